@@ -1,0 +1,1 @@
+"""Benchmarks: long-running measurements, run as `python -m benchmarks.NAME`."""

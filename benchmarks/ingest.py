@@ -1,0 +1,160 @@
+"""Ingestion throughput: the Dask pipeline against a plain single-threaded pandas run of the same steps.
+
+    python -m benchmarks.ingest [--rows 5000000] [--workers 2] [--keep]
+
+Generates a ComCat-style CSV (22 columns, as the USGS FDSN service writes them) once into data/cache/bench/,
+then runs, each in a fresh subprocess so memory is measured cleanly:
+
+* ``dask``:   ``run_ingest`` on a LocalCluster (N worker processes, 1 thread each, 64 MB chunks);
+* ``pandas``: the same ``run_ingest`` steps on the synchronous scheduler with the file as one chunk: one
+  ``pandas.read_csv`` and the same validation/cleaning/windowing, single-threaded;
+* ``read_csv only``: bare ``pandas.read_csv`` of the 5 used columns, for scale.
+
+It prints wall time, rows/s and peak RSS (the process plus its child processes, sampled every 50 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = ("time,latitude,longitude,depth,mag,magType,nst,gap,dmin,rms,net,id,updated,place,type,horizontalError,"
+          "depthError,magError,magNst,status,locationSource,magSource")
+
+
+def generate(path: Path, rows: int, seed: int = 0, block: int = 500_000) -> None:
+    """A synthetic ComCat CSV: clustered epicentres around Japan, Gutenberg-Richter magnitudes, sorted times."""
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    start = np.datetime64("1990-01-01T00:00:00", "ms")
+    span_ms = 30 * 365 * 86400 * 1000
+    times = np.sort(rng.integers(0, span_ms, rows))
+    with open(tmp, "w") as f:
+        f.write(HEADER + "\n")
+        for a in range(0, rows, block):
+            n = min(block, rows - a)
+            t = (start + times[a:a + n].astype("timedelta64[ms]")).astype(str)
+            lat = np.round(35 + 5 * rng.standard_normal(n), 4)
+            lon = np.round(140 + 5 * rng.standard_normal(n), 4)
+            mag = np.round(2.5 + rng.exponential(1 / np.log(10), n), 1)
+            depth = np.round(rng.uniform(0, 60, n), 2)
+            frame = pd.DataFrame({
+                "time": np.char.add(t, "Z"), "latitude": lat, "longitude": lon, "depth": depth, "mag": mag,
+                "magType": "mb", "nst": "", "gap": "", "dmin": "", "rms": 0.9, "net": "us",
+                "id": np.char.add("us", np.char.zfill(np.arange(a, a + n).astype(str), 9)),
+                "updated": "2020-01-01T00:00:00.000Z", "place": "near the coast of Honshu, Japan", "type": "earthquake",
+                "horizontalError": "", "depthError": 1.8, "magError": "", "magNst": "", "status": "reviewed",
+                "locationSource": "us", "magSource": "us"})
+            frame.to_csv(f, header=False, index=False)
+    os.replace(tmp, path)
+
+
+def _config(path: Path):
+    from stforecast.config import build_config
+
+    return build_config("bench", {
+        "kind": "earthquakes", "format": "comcat", "path": str(path), "time_unit": "days",
+        "split": {"history_start": "1990-01-01", "train_start": "1991-01-01", "val_start": "2010-01-01",
+                  "test_start": "2015-01-01", "end": "2020-01-01"},
+        "sequences": {"mode": "windows", "window": 30.0, "history_events": 32},
+        "projection": {"crs": "aeqd", "unit": "km"}})
+
+
+def run_one(mode: str, path: str, workers: int) -> dict:
+    """One measured run (called in a subprocess)."""
+    from stforecast.config import load_settings
+    from pipelines.ingest import run_ingest
+
+    settings = load_settings()
+    out = Path(tempfile.mkdtemp(prefix="stf-bench-"))
+    t0 = time.perf_counter()
+    if mode == "read_csv":
+        frame = pd.read_csv(path, usecols=["time", "latitude", "longitude", "mag", "id"])
+        rows = len(frame)
+    elif mode == "pandas":
+        r = run_ingest(_config(Path(path)), settings, client=None, out_root=out, blocksize=None, progress=False,
+                       force=True, scheduler="synchronous")
+        rows = r.manifest["counts"]["rows_read"]
+    else:
+        from pipelines.cli import dask_client
+
+        with dask_client(None, workers) as client:
+            t0 = time.perf_counter()  # cluster start-up (≈1 s) is not ingestion
+            r = run_ingest(_config(Path(path)), settings, client=client, out_root=out, progress=False, force=True)
+        rows = r.manifest["counts"]["rows_read"]
+    return {"mode": mode, "rows": rows, "seconds": time.perf_counter() - t0}
+
+
+def measure(mode: str, path: Path, workers: int) -> dict:
+    import psutil
+
+    cmd = [sys.executable, "-m", "benchmarks.ingest", "--child", mode, "--file", str(path), "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    peak = 0
+    ps = psutil.Process(proc.pid)
+
+    def sample():
+        nonlocal peak
+        while proc.poll() is None:
+            try:
+                total = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    th.join()
+    if proc.returncode:
+        raise SystemExit(f"{mode} run failed (exit {proc.returncode})")
+    res = json.loads(out.strip().splitlines()[-1])
+    res["peak_rss_mb"] = peak / 2**20
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--file", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args.child, args.file, args.workers)))
+        return
+    path = ROOT / "data" / "cache" / "bench" / f"comcat_{args.rows}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        t = time.perf_counter()
+        print(f"generating {args.rows:,} rows → {path} ...", flush=True)
+        generate(path, args.rows)
+        print(f"  {time.perf_counter() - t:.1f} s", flush=True)
+    size = path.stat().st_size / 2**20
+    print(f"file: {path} ({size:,.0f} MB, {args.rows:,} rows); machine: {os.cpu_count()} cores")
+    results = [measure(m, path, args.workers) for m in ("read_csv", "pandas", "dask")]
+    print(f"{'path':<28}{'seconds':>9}{'rows/s':>14}{'MB/s':>9}{'peak RSS MB':>13}")
+    names = {"read_csv": "pandas.read_csv only", "pandas": "pipeline, pandas 1 thread",
+             "dask": f"pipeline, Dask {args.workers} workers"}
+    for r in results:
+        print(f"{names[r['mode']]:<28}{r['seconds']:>9.1f}{r['rows'] / r['seconds']:>14,.0f}"
+              f"{size / r['seconds']:>9.1f}{r['peak_rss_mb']:>13,.0f}")
+    speedup = results[1]["seconds"] / results[2]["seconds"]
+    print(f"Dask pipeline vs single-threaded pandas pipeline: {speedup:.2f}x "
+          f"({'not slower' if speedup >= 1 else 'SLOWER'})")
+
+
+if __name__ == "__main__":
+    main()

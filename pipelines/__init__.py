@@ -1,0 +1,1 @@
+"""Orchestration: Dask ingestion graphs and the stforecast command line."""

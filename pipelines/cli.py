@@ -1,0 +1,266 @@
+"""The ``stforecast`` command line.
+
+    stforecast ingest earthquakes japan            # a catalog named in data/catalogs.toml
+    stforecast ingest crime --path my.csv --format chicago --train-start 2015-01-01 ...
+    stforecast ingest table --path events.parquet --time-col ts --x-col lon --y-col lat --crs EPSG:4326 ...
+    stforecast demo                                # the main job on embedded defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+KINDS = ("earthquakes", "crime", "spikes", "table")
+DEFAULT_CATALOG = {"earthquakes": "japan", "crime": "chicago", "spikes": "wmaze", "table": None}
+FORMATS = {"earthquakes": ["comcat", "japan", "pycsep", "dstpp-windows", "table"],
+           "crime": ["chicago", "sf", "table"], "spikes": ["spikes"], "table": ["table"]}
+
+
+def _ingest_parser(sub) -> None:
+    p = sub.add_parser(
+        "ingest", help="read, validate, clean, split and window a catalog into Parquet sequences",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Turn a raw event catalog into model-ready sequences.\n\n"
+            "Steps: read (file or URL) -> validate every row (bad rows are named by file, line and field) -> clean\n"
+            "(drop exact duplicates, sort, spread tied times inside one clock tick, filters, spatial window) ->\n"
+            "project to a local metric CRS -> split by date into train/val/test (targets never cross splits) ->\n"
+            "sequences -> Parquet + manifest.json under data/processed/NAME. Re-running with unchanged inputs does\n"
+            "nothing. Runs on a local Dask cluster; --scheduler uses an existing one."),
+        epilog=(
+            "examples:\n"
+            "  stforecast ingest earthquakes japan\n"
+            "  stforecast ingest earthquakes dstpp_japan\n"
+            "  stforecast ingest crime chicago --quarantine\n"
+            "  stforecast ingest spikes wmaze --speed-min 0\n"
+            "  stforecast ingest earthquakes --name socal --format comcat --path https://example.org/q.csv \\\n"
+            "      --history-start 2020-01-01 --train-start 2020-02-01 --val-start 2023-01-01 --test-start 2023-07-01 \\\n"
+            "      --end 2024-01-01 --magnitude-min 2.5\n"
+            "  stforecast ingest table --name mine --path events.csv --time-col when --x-col lon --y-col lat \\\n"
+            "      --crs EPSG:4326 --time-format '%d/%m/%Y %H:%M' --tz Europe/London --category-col type ..."))
+    p.add_argument("kind", choices=KINDS, help="what the events are; sets defaults (units, format)")
+    p.add_argument("catalog", nargs="?", help="a catalog named in the config file (default: japan, chicago, wmaze)")
+    p.add_argument("--list", action="store_true", help="list the catalogs in the config file and exit")
+    g = p.add_argument_group("where")
+    g.add_argument("--config", help="catalog config file (default data/catalogs.toml, or $STFORECAST_CONFIG)")
+    g.add_argument("--data-root", help="folder relative catalog paths start from (default ../shared/data)")
+    g.add_argument("--out", help="output root (default data/processed); the catalog goes to OUT/NAME")
+    g = p.add_argument_group("a catalog that is not in the config file (or overrides for one that is)")
+    g.add_argument("--name", help="output name for an ad-hoc catalog")
+    g.add_argument("--path", help="input file (CSV, CSV.gz, Parquet) or http(s) URL")
+    g.add_argument("--format", help="input preset: comcat, japan, pycsep, dstpp-windows, chicago, sf, table, spikes")
+    g.add_argument("--positions", help="spikes: Trodes .videoPositionTracking file")
+    g = p.add_argument_group("column mapping (format 'table' or to override a preset)")
+    for flag, key in (("--time-col", "time_col"), ("--x-col", "x_col"), ("--y-col", "y_col"), ("--id-col", "id_col"),
+                      ("--magnitude-col", "magnitude_col"), ("--category-col", "category_col"),
+                      ("--unit-col", "unit_col"), ("--sequence-col", "sequence_col")):
+        g.add_argument(flag, dest=f"table.{key}", metavar="COL")
+    g.add_argument("--crs", dest="table.crs", help="CRS of x/y: EPSG:4326 (lon/lat, default) or e.g. EPSG:32616; "
+                                                   "'none' for a local frame such as pixels")
+    g.add_argument("--time-format", dest="table.time_format",
+                   help="strftime pattern or ISO8601 (default); for numeric times use --time-is")
+    g.add_argument("--time-is", dest="table.time_unit", choices=["seconds", "minutes", "hours", "days"],
+                   help="times are numbers in this unit (lab clocks) rather than dates")
+    g.add_argument("--tz", dest="table.tz", help="zone of times written without one, e.g. America/Chicago (default UTC)")
+    g.add_argument("--sep", dest="table.sep", help="field separator (default ',')")
+    g = p.add_argument_group("cleaning and filters")
+    g.add_argument("--magnitude-min", dest="filters.magnitude_min", type=float)
+    g.add_argument("--magnitude-max", dest="filters.magnitude_max", type=float)
+    g.add_argument("--categories", dest="filters.categories", type=lambda s: s.split(","), help="keep only these, comma-separated")
+    g.add_argument("--exclude-categories", dest="filters.exclude_categories", type=lambda s: s.split(","))
+    g.add_argument("--bbox", dest="filters.bbox", type=lambda s: [float(v) for v in s.split(",")],
+                   metavar="MINX,MINY,MAXX,MAXY", help="keep events inside this box (input CRS)")
+    g.add_argument("--window", dest="filters.polygon", metavar="FILE", help="keep events inside this polygon (GeoJSON/GPKG)")
+    g.add_argument("--no-dedupe", dest="dedupe", action="store_const", const=False, help="keep exact duplicates")
+    g.add_argument("--tie-resolution", dest="tie_resolution_s", type=float, metavar="SECONDS",
+                   help="clock tick: events sharing a time are spread inside one tick")
+    g.add_argument("--speed-min", dest="spikes.speed_min", type=float, help="spikes: drop spikes below this speed (px/s; 0 keeps all)")
+    g.add_argument("--max-unit-fraction", dest="spikes.max_unit_fraction", type=float,
+                   help="spikes: drop clusters holding more than this share of spikes (multi-unit activity); 1 keeps all")
+    g = p.add_argument_group("split (dates in the catalog's zone, or seconds for recordings)")
+    for k in ("history-start", "train-start", "val-start", "test-start", "end"):
+        g.add_argument(f"--{k}", dest=f"split.{k.replace('-', '_')}")
+    g = p.add_argument_group("sequences and units")
+    g.add_argument("--sequence-mode", dest="sequences.mode", choices=["windows", "chunks", "given"])
+    g.add_argument("--seq-window", dest="sequences.window", type=float, help="window length in model time units")
+    g.add_argument("--seq-stride", dest="sequences.stride", type=float, help="window stride (default: window)")
+    g.add_argument("--seq-length", dest="sequences.length", type=int, help="chunk length in target events")
+    g.add_argument("--history-events", dest="sequences.history_events", type=int, help="context events before each sequence")
+    g.add_argument("--time-unit", dest="time_unit", choices=["seconds", "minutes", "hours", "days"], help="model time unit")
+    g.add_argument("--projection", dest="projection.crs", help="aeqd (default), none, or a CRS such as EPSG:26916")
+    g.add_argument("--length-unit", dest="projection.unit", choices=["m", "km"])
+    g = p.add_argument_group("running")
+    g.add_argument("--quarantine", action="store_true",
+                   help="set invalid rows aside in rejected.parquet (with reasons) instead of failing")
+    g.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster (tcp://host:8786)")
+    g.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
+    g.add_argument("--blocksize", type=int, default=64, metavar="MB", help="chunk size for parallel parsing (default 64 MB)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _overrides(args) -> dict:
+    """Dotted argparse destinations → a nested override dict (only the flags the user gave)."""
+    out: dict = {}
+    for key, value in vars(args).items():
+        if value is None or key in _NOT_CONFIG:
+            continue
+        if key.startswith("table.") and key.endswith(".crs") and str(value).lower() == "none":
+            value = None
+        if key.startswith("split.") and _is_number(value):
+            value = float(value)
+        if key == "spikes.speed_min" and value == 0:
+            value = None
+        if key == "spikes.max_unit_fraction" and value >= 1:
+            value = None
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    for k in ("path", "format", "positions"):
+        if getattr(args, k, None):
+            out[k] = getattr(args, k)
+    return out
+
+
+_NOT_CONFIG = {"command", "kind", "catalog", "list", "config", "data_root", "out", "name", "path", "format", "positions",
+               "quarantine", "force", "scheduler", "workers", "blocksize", "no_progress", "verbose"}
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int = 2):
+    """A distributed client: the given scheduler, or a LocalCluster bound to 127.0.0.1 without a dashboard."""
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def cmd_ingest(args) -> int:
+    from rich.console import Console
+
+    from pipelines.ingest import run_ingest
+    from stforecast.config import build_config, load_settings
+
+    console = Console()
+    settings = load_settings(args.config, args.data_root)
+    if args.list:
+        for name, c in settings.catalogs.items():
+            console.print(f"[bold]{name}[/] ({c.get('kind')}): {c.get('title', '')}")
+        return 0
+    overrides = _overrides(args)
+    name = args.catalog or (None if (args.path or args.name) else DEFAULT_CATALOG[args.kind])
+    if name:
+        cfg = settings.catalog(name, overrides)
+        if cfg.kind != args.kind and args.kind != "table":
+            raise SystemExit(f"catalog {name!r} holds {cfg.kind}, not {args.kind}")
+    else:
+        if not args.path:
+            raise SystemExit("give a catalog name from the config (see --list) or --path with a column mapping/format")
+        fmt = args.format or {"earthquakes": "comcat", "crime": "table", "spikes": "spikes", "table": "table"}[args.kind]
+        units = {"earthquakes": ("days", "km"), "crime": ("hours", "m"), "spikes": ("seconds", None), "table": ("days", "km")}
+        time_unit, length = units[args.kind]
+        base = {"kind": args.kind, "format": fmt, "time_unit": time_unit,
+                "projection": {"crs": "none"} if length is None else {"crs": "aeqd", "unit": length}}
+        from stforecast.config import deep_merge
+
+        cfg = build_config(args.name or Path(args.path).stem.split(".")[0], deep_merge(base, overrides))
+    with dask_client(args.scheduler, args.workers) as client:
+        result = run_ingest(cfg, settings, client=client, out_root=args.out, quarantine=args.quarantine,
+                            force=args.force, blocksize=args.blocksize * 2**20, progress=not args.no_progress)
+    print_summary(console, result)
+    return 0
+
+
+def print_summary(console, result) -> None:
+    from rich.table import Table
+
+    m = result.manifest
+    if result.skipped:
+        console.print(f"[green]Up to date[/]: {result.out_dir} already holds this input and configuration "
+                      f"(hash {m['input_hash'][:12]}); nothing to do. Use --force to rebuild.")
+    c = m["counts"]
+    t = Table(title=f"{m['name']}: {m.get('title', '')}", min_width=72)
+    t.add_column("events", justify="left")
+    t.add_column("rows", justify="right")
+    t.add_row("read", f"{c['rows_read']:,}")
+    t.add_row("kept", f"{c['events_kept']:,}")
+    for r in c["rejected"]:  # per reason; "invalid" rows only appear here with --quarantine
+        t.add_row(f"  {r['kind']}: {r['field']}: {r['reason']}", f"{r['rows']:,}")
+    console.print(t)
+    rejected = sum(r["rows"] for r in c["rejected"])
+    if rejected:
+        t.add_row("removed / rejected", f"{rejected:,}")
+    s = Table(title="sequences per split", min_width=72)
+    for col in ("split", "sequences", "target events", "history rows", "events in split"):
+        s.add_column(col, justify="right")
+    for name, v in c["splits"].items():
+        s.add_row(name, f"{v['sequences']:,}", f"{v['targets']:,}", f"{v['history_rows']:,}",
+                  f"{c['events_per_split'].get(name, 0):,}")
+    console.print(s)
+    extra = f" in {result.seconds:.1f} s" if not result.skipped else ""
+    console.print(f"Output: {result.out_dir}{extra}  (manifest.json, events.parquet, sequences/)")
+    if m["files"].get("rejected"):
+        console.print(f"Rejected rows with reasons: {result.out_dir / m['files']['rejected']}")
+
+
+def cmd_demo(args) -> int:
+    """The main job on embedded defaults. (Stage 1: ingestion of the three primary catalogs.)"""
+    from rich.console import Console
+
+    console = Console()
+    console.rule("stforecast demo: ingest the primary catalogs")
+    for kind, name in (("earthquakes", "japan"), ("earthquakes", "dstpp_japan"), ("crime", "chicago"), ("spikes", "wmaze")):
+        console.print(f"[bold]stforecast ingest {kind} {name}[/]")
+        ns = build_parser().parse_args(["ingest", kind, name, *(["--force"] if args.force else [])])
+        cmd_ingest(ns)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stforecast", description="Forecast the next events of spatio-temporal processes.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _ingest_parser(sub)
+    d = sub.add_parser("demo", help="run the main job on embedded defaults")
+    d.add_argument("--force", action="store_true", help="redo steps that are up to date")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    args = build_parser().parse_args(argv)
+    from stforecast.catalog import CatalogError
+
+    try:
+        return {"ingest": cmd_ingest, "demo": cmd_demo}[args.command](args)
+    except (CatalogError, ValueError, KeyError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

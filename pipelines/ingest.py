@@ -1,0 +1,417 @@
+"""The Dask ingestion graph shared by every catalog kind.
+
+    files ──plan──▶ chunks ──(parallel) parse + validate + filter──▶ ordered, de-duplicated, projected catalog
+          ──▶ chronological split ──▶ sequences ──▶ Parquet (partitioned by split) + manifest.json
+
+Parsing, validation and filtering run per chunk on the cluster's workers (the expensive part: text → numbers);
+the global steps (order, de-duplicate, tie-break, project, split, window, write) run as single tasks of the
+same graph. Outputs are written into a temporary folder beside the target and renamed into place at the end,
+so a failed or interrupted run leaves the previous output intact. A run whose inputs and configuration hash to
+the manifest already there does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import stforecast
+from stforecast.catalog import SECONDS_PER, CatalogError, raise_for_invalid
+from stforecast.clean import (
+    add_keys, apply_filters, geographic, load_window, order_events, project, projection_for,
+    to_model_time,
+)
+from stforecast.config import IngestConfig, Settings
+from stforecast.io import tables
+from stforecast.sequences import (
+    SPLITS, assign_splits, build_sequences, given_sequences, normalisation_stats, split_counts,
+)
+
+PIPELINE_VERSION = "ingest-1"
+
+
+@dataclass
+class IngestResult:
+    out_dir: Path
+    manifest: dict
+    skipped: bool = False  # True when the output was already up to date
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def resolve_inputs(cfg: IngestConfig, settings: Settings, progress: bool = False) -> dict[str, Path]:
+    """Role → local file. URLs are fetched into the cache; service queries are downloaded (cached)."""
+    from stforecast.io import remote
+
+    def get(p: str) -> Path:
+        return remote.fetch(settings.resolve(p), settings.cache_dir, progress=progress)
+
+    inputs: dict[str, Path] = {}
+    if cfg.download:
+        q = dict(cfg.download)
+        service = q.pop("service", None)
+        if service == "fdsn":
+            inputs["catalog"] = remote.download_fdsn_catalog(settings.cache_dir, **q)
+        elif service == "socrata":
+            inputs["catalog"] = remote.download_socrata(q.pop("url"), settings.cache_dir, **q)
+        else:
+            raise ValueError(f"catalog {cfg.name}: download.service must be 'fdsn' or 'socrata', not {service!r}")
+    elif cfg.split_files:
+        for split, p in cfg.split_files.items():
+            if split not in SPLITS:
+                raise ValueError(f"catalog {cfg.name}: split_files keys must be {SPLITS}, not {split!r}")
+            inputs[split] = get(p)
+    elif cfg.path:
+        inputs["catalog"] = get(cfg.path)
+    else:
+        raise ValueError(f"catalog {cfg.name}: give a path (file or URL), split_files, or a download query")
+    if cfg.format == "spikes":
+        if not cfg.positions:
+            raise ValueError(f"catalog {cfg.name}: spikes need `positions` (a Trodes .videoPositionTracking file)")
+        inputs["positions"] = get(cfg.positions)
+    if cfg.filters.polygon:
+        inputs["window"] = Path(settings.resolve(cfg.filters.polygon))
+    return inputs
+
+
+def file_sha256(path: Path, bufsize: int = 8 * 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def input_hash(cfg: IngestConfig, inputs: dict[str, Path]) -> tuple[str, list[dict]]:
+    """One hash over the input bytes, the configuration and the pipeline version."""
+    files = [{"role": role, "path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+             for role, p in sorted(inputs.items())]
+    h = hashlib.sha256()
+    h.update(PIPELINE_VERSION.encode())
+    h.update(cfg.canonical_json().encode())
+    for f in files:
+        h.update(f"{f['role']}:{f['sha256']}".encode())
+    return h.hexdigest(), files
+
+
+def table_spec(cfg: IngestConfig) -> tables.TableSpec:
+    if cfg.format in tables.PRESETS:
+        base = tables.PRESETS[cfg.format].to_dict()
+    elif cfg.format == "table":
+        base = {}
+    else:
+        raise ValueError(f"catalog {cfg.name}: unknown format {cfg.format!r}; "
+                         f"choose one of {sorted(tables.PRESETS)}, 'table' or 'spikes'")
+    values = {**base, **cfg.table}
+    try:
+        values["extra_cols"] = tuple(values.get("extra_cols", ()))
+        return tables.TableSpec(**values)
+    except TypeError as e:
+        raise ValueError(f"catalog {cfg.name}: bad [table] settings ({e})") from e
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+# Each function below is one node of the graph; a chunk's events stay on its worker until `finish` needs them.
+def parse_table_chunk(chunk, first_row, spec, source, filters, window, time_range, origin, time_unit):
+    # numeric times stay in the table's own unit until here
+    """Worker task: parse, validate, filter and key one chunk → (events, rejects, rows_read)."""
+    events, rejects = tables.read_chunk(chunk, first_row, spec, source)
+    n_read = len(events) + int(rejects["row"].nunique())  # read_chunk's rejects are invalid rows, one or more each
+    kept, filtered = apply_filters(events, filters, window, time_range,
+                                   line_offset=None if chunk.kind == "parquet" else 1)
+    kept["t"] = to_model_time(kept["time"], origin, time_unit, spec.time_unit or "seconds")
+    return add_keys(kept), pd.concat([rejects, filtered], ignore_index=True), n_read
+
+
+def read_spike_task(inputs, cfg: IngestConfig, time_range, origin):
+    from stforecast.io.spikes import read_spikes
+
+    s = cfg.spikes
+    events, rejects, info = read_spikes(
+        inputs["catalog"], inputs["positions"], speed_min=s.speed_min, max_gap_s=s.max_gap_s,
+        exclude_units=s.exclude_units, max_unit_fraction=s.max_unit_fraction, invalid_position=s.invalid_position)
+    events = events.assign(source=cfg.name)
+    events["event_id"] = (cfg.name + ":" + events["_row"].astype("str")).to_numpy()
+    kept, filtered = apply_filters(events, cfg.filters, None, time_range, line_offset=None)
+    kept["t"] = to_model_time(kept["time"], origin, cfg.time_unit)
+    return add_keys(kept), pd.concat([rejects, filtered], ignore_index=True), int(info["spikes_read"]), info
+
+
+def part_bounds(part) -> tuple[float, float, float, float] | None:
+    events = part[0]
+    if events.empty:
+        return None
+    return (float(events["x"].min()), float(events["y"].min()), float(events["x"].max()), float(events["y"].max()))
+
+
+def choose_projection(bounds, cfg: IngestConfig, crs_in):
+    """Model CRS from the configuration and the data's extent (the reduction of every chunk's bounds)."""
+    if crs_in is None:
+        return None, None
+    bounds = [b for b in bounds if b is not None]
+    total = (min(b[0] for b in bounds), min(b[1] for b in bounds), max(b[2] for b in bounds),
+             max(b[3] for b in bounds)) if bounds else None
+    return projection_for(cfg.projection, total)
+
+
+def project_part(part, crs_in, projection):
+    """Worker task: keep lon/lat and project x, y into the model CRS."""
+    events, *rest = part
+    crs_model, _ = projection
+    if geographic(crs_in):
+        events["lon"], events["lat"] = events["x"].to_numpy(), events["y"].to_numpy()
+    if crs_model is not None and len(events):
+        events["x"], events["y"] = project(events["x"], events["y"], crs_in, crs_model)
+    return (events, *rest)
+
+
+def finish(parts, cfg: IngestConfig, given: bool, split_of_file: dict, bounds_t: dict, columns: dict,
+           out_tmp: Path, quarantine: bool) -> dict:
+    """Single task: global order → split → sequences → statistics, written into ``out_tmp``.
+
+    Returns a small summary (counts, statistics); the tables stay on the worker that writes them. Raises
+    :class:`CatalogError` for invalid rows unless quarantining, and when nothing is left.
+    """
+    events = pd.concat([p[0] for p in parts], ignore_index=True)
+    rejects = pd.concat([p[1] for p in parts], ignore_index=True)
+    n_read = int(sum(p[2] for p in parts))
+    line_offset = None if cfg.format == "spikes" else 1
+    events, rej = order_events(events, time_unit=cfg.time_unit, tie_resolution_s=cfg.tie_resolution_s,
+                               dedupe=cfg.dedupe, given_sequences=given, line_offset=line_offset, **columns)
+    rejects = pd.concat([rejects, rej], ignore_index=True)
+    if not quarantine:
+        raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (rerun with --quarantine to set them aside)")
+    if events.empty:
+        raise CatalogError(
+            f"catalog {cfg.name}: no events left after cleaning and filters ({n_read} read). "
+            + "; ".join(f"{r['rows']} {r['kind']}: {r['reason']}" for r in rejects_summary(rejects)[:8]))
+    if given:
+        seqs = given_sequences(events, split_of_file)
+        events["split"] = events["_file"].map(split_of_file)
+    else:
+        events["split"] = assign_splits(events["t"].to_numpy(), bounds_t)
+        seqs = build_sequences(events, events["split"].to_numpy(), cfg.sequences, bounds_t)
+    counts = split_counts(seqs)
+    if counts["train"]["targets"] == 0:
+        raise CatalogError(f"catalog {cfg.name}: the train split has no target events; check the split settings "
+                           f"against the catalog's time range {events['time'].min()} … {events['time'].max()}")
+    events.drop(columns=["_file"]).to_parquet(out_tmp / "events.parquet", index=False)
+    write_sequences(seqs, out_tmp / "sequences")
+    if quarantine and len(rejects):
+        rejects.astype({"value": "str"}).to_parquet(out_tmp / "rejected.parquet", index=False)
+    return {
+        "rows_read": n_read, "events_kept": int(len(events)), "rejected": rejects_summary(rejects),
+        "splits": counts, "events_per_split": {k: int(v) for k, v in events["split"].value_counts().items()},
+        "normalisation": normalisation_stats(seqs),
+        "marks": [m for m in ("magnitude", "category", "unit") if m in events],
+        "time_range": [str(events["time"].min()), str(events["time"].max())],
+        "quarantined": bool(quarantine and len(rejects)),
+        "spikes": parts[0][3] if len(parts[0]) > 3 else None,
+    }
+
+
+def model_time(value, origin, cfg: IngestConfig, source_unit: str = "seconds") -> float | None:
+    """A split boundary in model time. Numeric boundaries are in the catalog's own unit (seconds for recordings)."""
+    if value is None:
+        return None
+    if isinstance(origin, pd.Timestamp):
+        return float((value - origin) / pd.Timedelta(seconds=SECONDS_PER[cfg.time_unit]))
+    return (float(value) - float(origin)) * SECONDS_PER[source_unit] / SECONDS_PER[cfg.time_unit]
+
+
+def bound_value(value, calendar: bool, tz: str = "UTC"):
+    """A split boundary as the events' time type: a wall-clock date in the catalog's zone → UTC timestamp,
+    or a number of seconds for lab clocks."""
+    if value is None:
+        return None
+    if not calendar:
+        return float(value)
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize(tz, ambiguous=True, nonexistent="shift_forward") if ts.tzinfo is None else ts
+    return ts.tz_convert("UTC")
+
+
+# ------------------------------------------------------------------------------------------------ output
+@contextlib.contextmanager
+def atomic_dir(target: Path):
+    """Yield a temp folder beside ``target``; on success it replaces ``target``, on error it is removed and
+    ``target`` is untouched."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_sequences(seqs: pd.DataFrame, folder: Path) -> None:
+    """Hive-partitioned Parquet: ``sequences/split=train/part-0.parquet`` etc."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in SPLITS:
+        part = seqs[seqs["split"] == name].drop(columns="split")
+        d = folder / f"split={name}"
+        d.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), d / "part-0.parquet")
+
+
+def rejects_summary(rejects: pd.DataFrame) -> list[dict]:
+    if rejects.empty:
+        return []
+    g = rejects.groupby(["kind", "field", "reason"], sort=True).size().reset_index(name="rows")
+    return g.to_dict("records")
+
+
+def read_manifest(out_dir: Path) -> dict | None:
+    p = out_dir / "manifest.json"
+    if not p.exists():
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: Path | None = None,
+               quarantine: bool = False, force: bool = False, blocksize: int | None = 64 * 2**20,
+               progress: bool = True, scheduler: str = "threads") -> IngestResult:
+    """Ingest one catalog. ``client``: a ``distributed.Client`` (the CLI makes a LocalCluster or connects to
+    ``--scheduler``); ``None`` runs the same graph on a local dask scheduler (``threads`` or ``synchronous``).
+    With a remote cluster the output folder must be on storage the workers share."""
+    import dask
+
+    started = time.perf_counter()
+    out_dir = Path(out_root or settings.processed_dir).absolute() / cfg.name
+    inputs = resolve_inputs(cfg, settings, progress=progress)
+    digest, files = input_hash(cfg, inputs)
+    old = read_manifest(out_dir)
+    if old and old.get("input_hash") == digest and not force:
+        return IngestResult(out_dir, old, skipped=True, seconds=time.perf_counter() - started)
+
+    given = cfg.split.mode == "given"
+    spikes = cfg.format == "spikes"
+    spec = None if spikes else table_spec(cfg)
+    crs_in = None if spikes else spec.crs
+    calendar = not spikes and spec.time_unit is None
+    split_raw = {k: getattr(cfg.split, k) for k in ("history_start", "train_start", "val_start", "test_start", "end")}
+    tz = spec.tz if spec is not None else "UTC"
+    bounds = {k: bound_value(v, calendar, tz) for k, v in split_raw.items()}
+    time_range = None if given else (bounds["history_start"], bounds["end"])
+    # given sequences carry times relative to each window start: no global origin
+    origin = 0.0 if given else (bounds["history_start"] if bounds["history_start"] is not None else bounds["train_start"])
+    if origin is None:
+        raise ValueError(f"catalog {cfg.name}: set split.history_start (or train_start): it is the time origin")
+    source_unit = (spec.time_unit if spec is not None else None) or "seconds"
+    bounds_t = {k: model_time(v, origin, cfg, source_unit) for k, v in bounds.items()}
+    window = load_window(str(inputs["window"]), crs_in) if "window" in inputs else None
+    split_of_file = {os.path.basename(str(p)): role for role, p in inputs.items() if role in SPLITS}
+
+    with atomic_dir(out_dir) as tmp:
+        # ---- the graph: parse chunks in parallel → extent → project in parallel → finish (order, split, write)
+        delayed = dask.delayed
+        if spikes:
+            parts = [delayed(read_spike_task, pure=False)(inputs, cfg, time_range, origin)]
+            columns = {}
+        else:
+            parts = []
+            for role, path in inputs.items():
+                if role in ("positions", "window"):
+                    continue
+                chunks = tables.plan_chunks(path, blocksize)
+                counts = [delayed(tables.count_rows)(c) for c in chunks]
+                for i, c in enumerate(chunks):
+                    first = delayed(_first_row)(*counts[:i]) if i else 1
+                    parts.append(delayed(parse_table_chunk)(c, first, spec, cfg.name, cfg.filters, window,
+                                                            time_range, origin, cfg.time_unit))
+            columns = {"time_col": spec.time_col, "id_col": spec.id_col or "event_id"}
+        projection = delayed(choose_projection)([delayed(part_bounds)(p) for p in parts], cfg, crs_in)
+        projected = [delayed(project_part)(p, crs_in, projection) for p in parts]
+        summary = delayed(finish)(projected, cfg, given, split_of_file, bounds_t, columns, tmp, quarantine)
+
+        if client is not None:
+            futures = client.compute([*parts, projection, summary])
+            _wait_with_progress(futures, progress, label=f"ingest {cfg.name}")
+            *_, (crs_model, center), summary = client.gather(futures)
+        else:
+            (crs_model, center), summary = dask.compute(projection, summary, scheduler=scheduler)
+
+        spikes_info = summary.pop("spikes")
+        manifest = {
+            "name": cfg.name, "kind": cfg.kind, "title": cfg.title,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "stforecast_version": stforecast.__version__, "pipeline_version": PIPELINE_VERSION,
+            "input_hash": digest, "inputs": files,
+            "source": {"url": cfg.source_url, "licence": cfg.licence, "notice": cfg.notice},
+            "schema": {
+                "time": "UTC timestamp" if calendar else f"number ({spec.time_unit if spec else 'seconds'})",
+                "time_unit": cfg.time_unit, "time_origin": "window start" if given else str(origin),
+                "time_range": summary.pop("time_range"),
+                "crs_input": crs_in, "crs_model": crs_model, "projection_center_lonlat": center,
+                "spatial_unit": cfg.projection.unit if crs_model else ("degree" if geographic(crs_in) else "pixel"),
+                "marks": summary.pop("marks"),
+            },
+            "split": {"mode": "given", "files": split_of_file} if given else {**split_raw, "model_time": bounds_t},
+            "sequences": {"mode": "given"} if given else cfg.sequences.__dict__,
+            "normalisation": summary.pop("normalisation"),
+            "counts": {k: summary[k] for k in ("rows_read", "events_kept", "rejected", "splits", "events_per_split")},
+            "config": cfg.to_dict(),
+            "files": {"events": "events.parquet", "sequences": "sequences/",
+                      "rejected": "rejected.parquet" if summary["quarantined"] else None},
+        }
+        if spikes_info is not None:
+            manifest["spikes"] = spikes_info
+        with open(tmp / "manifest.json", "w") as f:
+            json.dump(manifest, f, indent=2, default=_json_default)
+    return IngestResult(out_dir, manifest, skipped=False, seconds=time.perf_counter() - started)
+
+
+def _first_row(*counts: int) -> int:
+    return 1 + sum(counts)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (pd.Timestamp, Path)):
+        return str(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _wait_with_progress(futures, progress: bool, label: str) -> None:
+    from distributed import as_completed
+
+    if not progress:
+        for _ in as_completed(futures):
+            pass
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False) as bar:
+        task = bar.add_task(label, total=len(futures))
+        for fut in as_completed(futures):
+            if fut.status == "error":
+                fut.result()  # re-raise the worker's error here, with its message
+            bar.advance(task)

@@ -1,0 +1,188 @@
+"""Ingestion configuration: plain dataclasses, loaded from ``data/catalogs.toml`` and overridden from the CLI.
+
+Unknown keys are errors that name the file and the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class FilterConfig:
+    magnitude_min: float | None = None
+    magnitude_max: float | None = None
+    categories: list[str] | None = None  # keep only these
+    exclude_categories: list[str] | None = None
+    bbox: list[float] | None = None  # [min_x, min_y, max_x, max_y] in the input CRS (lon/lat for catalogs)
+    polygon: str | None = None  # GeoJSON/GPKG file (relative to the data root or absolute) of the spatial window
+
+
+@dataclass
+class SplitConfig:
+    """Chronological split. Dates (``"2007-01-01"``, UTC) for calendar catalogs, numbers in the catalog's own time
+    unit (seconds for recordings). Events in [history_start, train_start) are history only: they may condition the
+    first training targets but are never targets. ``mode = "given"`` takes splits from the source's files."""
+
+    mode: str = "dates"
+    history_start: str | float | None = None
+    train_start: str | float | None = None
+    val_start: str | float | None = None
+    test_start: str | float | None = None
+    end: str | float | None = None
+
+
+@dataclass
+class SequenceConfig:
+    """How a split's events become sequences.
+
+    ``windows``: time windows of ``window`` model-time units every ``stride`` units (stride < window overlaps, as in the
+    DSTPP paper); ``chunks``: consecutive runs of ``length`` target events; ``given``: as the source defines them.
+    Each sequence is prefixed with up to ``history_events`` earlier events (possibly from an earlier split) that
+    condition the model but are not targets, so no target belongs to two splits.
+    """
+
+    mode: str = "windows"
+    window: float = 30.0
+    stride: float | None = None  # default: window (no overlap)
+    length: int = 64
+    history_events: int = 32
+    min_targets: int = 2
+
+
+@dataclass
+class ProjectionConfig:
+    """Modelling CRS: ``aeqd`` (azimuthal equidistant about ``center`` lon/lat, default the data's bounding-box
+    centre), any pyproj CRS string (``EPSG:26916``), or ``none`` to keep input coordinates (pixels, or degrees for the
+    DSTPP paper protocol)."""
+
+    crs: str = "aeqd"
+    center: list[float] | None = None
+    unit: str = "km"
+
+
+@dataclass
+class SpikeConfig:
+    speed_min: float | None = None  # px/s; None keeps spikes at rest
+    max_gap_s: float = 1.0
+    exclude_units: list[str] = field(default_factory=list)
+    max_unit_fraction: float | None = 0.5  # clusters holding more than this share of spikes are multi-unit activity
+    invalid_position: str = "y<=1"
+
+
+@dataclass
+class IngestConfig:
+    name: str
+    kind: str  # earthquakes | crime | spikes | table
+    format: str = "table"  # a preset of stforecast.io.tables.PRESETS, "table", or "spikes"
+    title: str = ""
+    licence: str = ""
+    notice: str = ""
+    source_url: str = ""
+    path: str | None = None  # file or URL (relative paths: under the data root)
+    split_files: dict[str, str] = field(default_factory=dict)  # split name → file, for split.mode = "given"
+    positions: str | None = None  # spikes: Trodes position file
+    table: dict[str, Any] = field(default_factory=dict)  # TableSpec fields overriding the preset
+    time_unit: str = "days"  # model time unit: seconds | minutes | hours | days
+    tie_resolution_s: float = 0.001  # clock resolution: tied events are spread evenly inside one tick
+    dedupe: bool = True
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    sequences: SequenceConfig = field(default_factory=SequenceConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    spikes: SpikeConfig = field(default_factory=SpikeConfig)
+    download: dict[str, Any] = field(default_factory=dict)  # {"service": "fdsn"|"socrata", ...query}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)
+
+
+_NESTED = {"filters": FilterConfig, "split": SplitConfig, "sequences": SequenceConfig,
+           "projection": ProjectionConfig, "spikes": SpikeConfig}
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    kwargs = {}
+    for k, v in values.items():
+        if cls is IngestConfig and k in _NESTED:
+            v = _build(_NESTED[k], v or {}, f"{where}.{k}")
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@dataclass
+class Settings:
+    """Where things live. The data root defaults to ``../shared/data`` beside the repo when it exists;
+    ``STFORECAST_DATA_ROOT`` or ``--data-root`` override it."""
+
+    data_root: Path
+    processed_dir: Path
+    cache_dir: Path
+    catalogs: dict[str, dict]
+    config_file: Path
+
+    def catalog(self, name: str, overrides: dict | None = None) -> IngestConfig:
+        if name not in self.catalogs:
+            raise KeyError(f"{self.config_file}: no catalog named {name!r}; known: {sorted(self.catalogs)}")
+        values = deep_merge(self.catalogs[name], overrides or {})
+        return _build(IngestConfig, {"name": name, **values}, f"{self.config_file} [catalogs.{name}]")
+
+    def resolve(self, path: str) -> str:
+        """A catalog path: URLs and absolute paths as they are, others under the data root."""
+        if "://" in path or os.path.isabs(path):
+            return path
+        return str(self.data_root / path)
+
+
+DEFAULT_CONFIG = REPO_ROOT / "data" / "catalogs.toml"
+
+
+def load_settings(config_file: str | os.PathLike | None = None, data_root: str | None = None) -> Settings:
+    config_file = Path(config_file or os.environ.get("STFORECAST_CONFIG", DEFAULT_CONFIG))
+    with open(config_file, "rb") as f:
+        doc = tomllib.load(f)
+    unknown = sorted(set(doc) - {"settings", "catalogs"})
+    if unknown:
+        raise ValueError(f"{config_file}: unknown top-level table(s) {unknown}; expected [settings] and [catalogs.NAME]")
+    s = doc.get("settings", {})
+    base = config_file.resolve().parent.parent  # paths in the file are relative to the repo root
+
+    def rel(p: str) -> Path:
+        p = Path(os.path.expanduser(p))
+        return p if p.is_absolute() else (base / p).resolve()
+
+    root = data_root or os.environ.get("STFORECAST_DATA_ROOT") or s.get("data_root", "../shared/data")
+    return Settings(
+        data_root=rel(root),
+        processed_dir=rel(os.environ.get("STFORECAST_PROCESSED_DIR", s.get("processed_dir", "data/processed"))),
+        cache_dir=rel(s.get("cache_dir", "data/cache")),
+        catalogs=doc.get("catalogs", {}),
+        config_file=config_file,
+    )
+
+
+def build_config(name: str, values: dict, where: str = "command line") -> IngestConfig:
+    """An :class:`IngestConfig` from a plain dict (for catalogs that are not in the config file)."""
+    return _build(IngestConfig, {"name": name, **values}, where)

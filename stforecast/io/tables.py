@@ -1,0 +1,362 @@
+"""Tables (CSV, gzipped CSV, Parquet) → validated event tables, one chunk at a time.
+
+A :class:`TableSpec` maps a file's columns onto the event contract (:mod:`stforecast.catalog`); every
+supported text format (ComCat, pyCSEP, the EarthquakeNPP Japan table, Chicago and SF crime tables, the DSTPP
+windows) is a preset spec, and a user's own table needs only a spec built from command-line flags.
+
+Files are read in *chunks* (byte ranges aligned to line ends, or Parquet row groups) so that a scheduler can
+parse them in parallel. A chunk knows the data row number of its first row, so every problem is reported
+with its file, line, row and field. Chunking assumes no newline inside quoted fields (true for all formats
+here); pass ``blocksize=None`` to read a file as one chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import warnings
+from dataclasses import dataclass, field, asdict
+
+import numpy as np
+import pandas as pd
+
+from stforecast.catalog import (
+    GEOGRAPHIC_CRS, MARK_COLUMNS, SECONDS_PER, CatalogError, check_columns, empty_rejects, make_rejects,
+)
+
+TIME_UNITS = SECONDS_PER
+
+
+@dataclass
+class TableSpec:
+    """How a table's columns map onto events.
+
+    ``time_format``: a strftime pattern, ``"ISO8601"`` (mixed precision, optional zone), or ``None`` to let
+    pandas infer. ``time_unit``: set for numeric times (``"seconds"``, ``"days"``, ...): the times are then kept
+    as numbers in that unit (lab clocks, or times relative to a window start). ``tz``: the zone of times written
+    without one (Chicago's local clock); ``ignore_zone_suffix``: drop a zone suffix that is known to be wrong
+    (SF writes ``Z`` on local times).
+    """
+
+    time_col: str
+    x_col: str
+    y_col: str
+    crs: str | None = GEOGRAPHIC_CRS
+    time_format: str | None = "ISO8601"
+    time_unit: str | None = None
+    tz: str = "UTC"
+    ignore_zone_suffix: bool = False
+    id_col: str | None = None
+    magnitude_col: str | None = None
+    category_col: str | None = None
+    unit_col: str | None = None
+    sequence_col: str | None = None
+    sep: str = ","
+    extra_cols: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.time_unit is not None and self.time_unit not in TIME_UNITS:
+            raise ValueError(f"time_unit must be one of {sorted(TIME_UNITS)}, not {self.time_unit!r}")
+
+    @property
+    def mark_cols(self) -> dict[str, str]:
+        """Mark name → source column, for the marks this table has."""
+        cols = {"magnitude": self.magnitude_col, "category": self.category_col, "unit": self.unit_col}
+        return {k: v for k, v in cols.items() if v}
+
+    def roles(self) -> dict[str, str]:
+        roles = {"time": self.time_col, "x": self.x_col, "y": self.y_col, **self.mark_cols}
+        if self.id_col:
+            roles["id"] = self.id_col
+        if self.sequence_col:
+            roles["sequence"] = self.sequence_col
+        return roles
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Presets for the formats in ../shared/data and the public services.
+PRESETS: dict[str, TableSpec] = {
+    # USGS ComCat / FDSN event service CSV.
+    "comcat": TableSpec(time_col="time", x_col="longitude", y_col="latitude", magnitude_col="mag", id_col="id"),
+    # EarthquakeNPP's Japan table: naive UTC times; its own x/y (km, x = northing) are ignored, we project ourselves.
+    "japan": TableSpec(time_col="time", x_col="longitude", y_col="latitude", magnitude_col="magnitude", id_col="id"),
+    # pyCSEP catalog CSV (event_id often empty, so not used as id).
+    "pycsep": TableSpec(time_col="time_string", x_col="lon", y_col="lat", magnitude_col="M"),
+    # Chicago police: local wall-clock minutes, no zone.
+    "chicago": TableSpec(time_col="date", x_col="longitude", y_col="latitude", time_format="%Y-%m-%d %H:%M",
+                         tz="America/Chicago", category_col="loc_cat"),
+    # SFPD: the 'Z' suffix is wrong, values are local time.
+    "sf": TableSpec(time_col="date_time", x_col="longitude", y_col="latitude", tz="America/Los_Angeles",
+                    ignore_zone_suffix=True, id_col="uid", category_col="offense_type"),
+    # The DSTPP paper's windows: days since each window's start, sequences given.
+    "dstpp-windows": TableSpec(time_col="t_days", x_col="longitude", y_col="latitude", time_format=None,
+                               time_unit="days", sequence_col="sequence"),
+}
+
+
+# ----------------------------------------------------------------------------------------------- chunking
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of one file. Text: bytes [start, end). Parquet: one row group (``start`` = its index)."""
+
+    path: str
+    start: int
+    end: int | None
+    kind: str  # "text", "gzip", "parquet"
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def read_header(path: str, sep: str = ",") -> tuple[list[str], int]:
+    """Column names and the byte offset just after the header line of a (possibly gzipped) CSV."""
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as f:
+        line = f.readline()
+    if not line.strip():
+        raise CatalogError(f"{path}: the file is empty (no header line)")
+    names = next(csv.reader([line.decode("utf-8-sig").rstrip("\r\n")], delimiter=sep))
+    return [n.strip() for n in names], len(line)
+
+
+def plan_chunks(path: str | os.PathLike, blocksize: int | None = 64 * 2**20) -> list[Chunk]:
+    """Split a file into chunks that can be parsed independently."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise CatalogError(f"{path}: no such file")
+    if path.endswith(".parquet") or path.endswith(".pq"):
+        import pyarrow.parquet as pq
+
+        n = pq.ParquetFile(path).metadata.num_row_groups
+        return [Chunk(path, i, None, "parquet") for i in range(max(n, 1))]
+    if _is_gzip(path):
+        return [Chunk(path, 0, None, "gzip")]  # not splittable
+    _, data_start = read_header(path)
+    size = os.path.getsize(path)
+    if not blocksize or size - data_start <= blocksize:
+        return [Chunk(path, data_start, size, "text")]
+    bounds = [data_start]
+    with open(path, "rb") as f:
+        pos = data_start + blocksize
+        while pos < size:
+            f.seek(pos)
+            f.readline()  # move to the next line start so no row is split
+            pos = f.tell()
+            if pos >= size:
+                break
+            bounds.append(pos)
+            pos += blocksize
+    bounds.append(size)
+    return [Chunk(path, a, b, "text") for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def count_rows(chunk: Chunk) -> int:
+    """Rows (lines) in a chunk; used to number the rows of the chunks after it."""
+    if chunk.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        md = pq.ParquetFile(chunk.path).metadata
+        return md.row_group(chunk.start).num_rows if md.num_row_groups else 0
+    data = _read_bytes(chunk)
+    n = data.count(b"\n")
+    return n + (1 if data and not data.endswith(b"\n") else 0)
+
+
+def _read_bytes(chunk: Chunk) -> bytes:
+    if chunk.kind == "gzip":
+        with gzip.open(chunk.path, "rb") as f:
+            f.readline()  # header
+            try:
+                return f.read()
+            except (EOFError, OSError) as e:
+                raise CatalogError(f"{chunk.path}: the gzip stream is truncated or corrupt ({e})") from e
+    with open(chunk.path, "rb") as f:
+        f.seek(chunk.start)
+        return f.read(chunk.end - chunk.start)
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+def read_chunk(chunk: Chunk, first_row: int, spec: TableSpec, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse and validate one chunk.
+
+    Returns ``(events, rejects)``: events follow :data:`stforecast.catalog.EVENT_COLUMNS` (marks that the table
+    lacks are absent) plus ``_file``, ``_row`` (and ``sequence`` when the spec has one); rejects follow
+    :data:`stforecast.catalog.REJECT_COLUMNS`. ``first_row`` is the 1-based data row of the chunk's first row.
+    """
+    name = os.path.basename(chunk.path)
+    rejects = []
+    if chunk.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(chunk.path)
+        check_columns(name, pf.schema_arrow.names, spec.roles())
+        raw = pf.read_row_group(chunk.start, columns=list(dict.fromkeys(spec.roles().values()))).to_pandas() \
+            if pf.metadata.num_row_groups else pd.DataFrame(columns=list(spec.roles().values()))
+        raw = raw.astype({c: str for c in _string_cols(spec) if c in raw})
+        line_offset = None
+    else:
+        header, _ = read_header(chunk.path, spec.sep)
+        check_columns(name, header, spec.roles())
+        raw, bad = _parse_text(_read_bytes(chunk), header, spec, name, first_row)
+        rejects.append(bad)
+        line_offset = 1
+    raw["_file"] = name
+    raw["_row"] = np.arange(first_row, first_row + len(raw), dtype="int64") if "_row" not in raw else raw["_row"]
+    events, bad = to_events(raw, spec, source, line_offset)
+    rejects.append(bad)
+    return events, pd.concat([r for r in rejects if len(r)] or [empty_rejects()], ignore_index=True)
+
+
+def _string_cols(spec: TableSpec) -> list[str]:
+    cols = [spec.id_col, spec.category_col, spec.unit_col]
+    if spec.time_unit is None:
+        cols.append(spec.time_col)
+    return [c for c in cols if c]
+
+
+def _parse_text(data: bytes, header: list[str], spec: TableSpec, name: str, first_row: int):
+    """Fast path: the C parser. If a line has too many fields, find such lines with the csv module
+    (slow, but only for the broken chunk), reject them by row, and parse the rest.
+
+    All columns are parsed (not only the used ones) because pandas ignores surplus fields when ``usecols`` is
+    given, and a row with a field too many is malformed: its values may be shifted."""
+    usecols = list(dict.fromkeys(spec.roles().values()))
+    kw = dict(sep=spec.sep, header=None, names=header, skip_blank_lines=False,
+              dtype={c: str for c in _string_cols(spec)}, keep_default_na=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = pd.read_csv(io.BytesIO(data), **kw)
+        frame = frame[usecols]
+        frame["_row"] = np.arange(first_row, first_row + len(frame), dtype="int64")
+        return _drop_blank(frame, usecols), empty_rejects()
+    except pd.errors.ParserError:
+        pass
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    good, bad_rows, bad_counts = [], [], []
+    for i, fields in enumerate(csv.reader(lines, delimiter=spec.sep)):
+        if len(fields) > len(header):
+            bad_rows.append(first_row + i)
+            bad_counts.append(len(fields))
+        else:
+            good.append(i)
+    frame = pd.read_csv(io.StringIO("\n".join(lines[i] for i in good) + "\n"), **kw)[usecols] if good else \
+        pd.DataFrame(columns=usecols)
+    frame["_row"] = np.asarray(good, dtype="int64") + first_row
+    bad = pd.DataFrame({"file": name, "row": np.asarray(bad_rows, dtype="int64"),
+                        "line": np.asarray(bad_rows, dtype="int64") + 1, "field": "*",
+                        "value": [f"{n} fields" for n in bad_counts],
+                        "reason": f"malformed row: more fields than the {len(header)} in the header", "kind": "invalid"})
+    return _drop_blank(frame, usecols), bad
+
+
+def _drop_blank(frame: pd.DataFrame, usecols: list[str]) -> pd.DataFrame:
+    blank = frame[usecols].isna().all(axis=1).to_numpy()
+    return frame[~blank].reset_index(drop=True) if blank.any() else frame
+
+
+def parse_times(values: pd.Series, spec: TableSpec) -> tuple[pd.Series, dict]:
+    """Strings → UTC timestamps (or numbers in ``spec.time_unit``). Unparseable values become NaT/NaN.
+
+    Local times are localised with the spec's zone: a wall-clock time that occurs twice at the end of
+    daylight saving is taken as its first occurrence, one that does not exist (the spring gap) is moved
+    forward to the first valid time. Both are counted in the returned info.
+    """
+    info = {"ambiguous_local_times": 0, "nonexistent_local_times": 0}
+    if spec.time_unit is not None:
+        return pd.to_numeric(values, errors="coerce").astype("float64"), info
+    s = values.astype("str") if values.dtype != object else values
+    if spec.ignore_zone_suffix:
+        s = s.str.replace(r"(Z|[+-]\d\d:?\d\d)$", "", regex=True)
+    fmt = spec.time_format
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if spec.tz.upper() == "UTC":
+            return pd.to_datetime(s, format=fmt, errors="coerce", utc=True).astype("datetime64[ns, UTC]"), info
+        aware = s.str.contains(r"(Z|[+-]\d\d:?\d\d)$", regex=True, na=False).to_numpy()
+        naive = pd.to_datetime(s.where(~aware), format=fmt, errors="coerce")
+    local_first = naive.dt.tz_localize(spec.tz, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward")
+    local_other = naive.dt.tz_localize(spec.tz, ambiguous=np.zeros(len(naive), dtype=bool), nonexistent="NaT")
+    info["ambiguous_local_times"] = int(((local_first != local_other) & local_other.notna()).sum())
+    info["nonexistent_local_times"] = int((local_other.isna() & naive.notna()).sum())
+    out = local_first.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    if aware.any():
+        out[aware] = pd.to_datetime(s[aware], format=fmt, errors="coerce", utc=True)
+    return out, info
+
+
+def to_events(raw: pd.DataFrame, spec: TableSpec, source: str, line_offset: int | None = 1):
+    """Validate mapped columns and build the event table. Returns ``(events, rejects)``."""
+    rejects = []
+    bad = np.zeros(len(raw), dtype=bool)
+
+    def reject(mask, col, reason, kind="invalid"):
+        nonlocal bad
+        mask = np.asarray(mask, dtype=bool) & ~bad  # one problem per row is enough to name it
+        if mask.any():
+            rejects.append(make_rejects(raw, mask, col, raw[col], reason, kind, line_offset))
+            bad |= mask
+
+    time, _ = parse_times(raw[spec.time_col], spec)
+    missing_time = raw[spec.time_col].isna().to_numpy()
+    reject(missing_time, spec.time_col, "missing time")
+    reject(time.isna().to_numpy(), spec.time_col,
+           f"unparseable time (expected {spec.time_format or 'a number in ' + str(spec.time_unit)})")
+
+    coords = {}
+    for role, col in (("x", spec.x_col), ("y", spec.y_col)):
+        num = pd.to_numeric(raw[col], errors="coerce").astype("float64").to_numpy()
+        coords[role] = num
+        reject(raw[col].isna().to_numpy(), col, "missing coordinate")
+        reject(~np.isfinite(num), col, "coordinate is not a finite number")
+    if spec.crs == GEOGRAPHIC_CRS:
+        reject(np.abs(coords["x"]) > 180, spec.x_col, "longitude out of range [-180, 180]")
+        reject(np.abs(coords["y"]) > 90, spec.y_col, "latitude out of range [-90, 90]")
+
+    # .array keeps tz-aware times as one int64 block (to_numpy would build a Timestamp object per row)
+    events = pd.DataFrame({"time": time.array, "x": coords["x"], "y": coords["y"]})
+    if spec.magnitude_col:
+        col = spec.magnitude_col
+        mag = pd.to_numeric(raw[col], errors="coerce").astype("float64").to_numpy()
+        reject(raw[col].isna().to_numpy(), col, "missing magnitude")
+        reject(~np.isfinite(mag), col, "magnitude is not a number")
+        reject((mag < -3) | (mag > 10), col, "magnitude out of range [-3, 10]")
+        events["magnitude"] = mag
+    for mark in ("category", "unit"):
+        col = spec.mark_cols.get(mark)
+        if col:
+            vals = raw[col]
+            reject(vals.isna().to_numpy() | (vals.astype("str").str.strip() == "").to_numpy(), col, f"missing {mark}")
+            events[mark] = vals.astype("str").str.strip().to_numpy()
+    if spec.sequence_col:
+        col = spec.sequence_col
+        seq = pd.to_numeric(raw[col], errors="coerce").to_numpy(dtype="float64")
+        reject(~np.isfinite(seq) | (seq != np.round(seq)), col, "sequence id is not an integer")
+        events["sequence"] = np.nan_to_num(seq).astype("int64")
+    if spec.id_col:
+        ids = raw[spec.id_col]
+        reject(ids.isna().to_numpy() | (ids.astype("str").str.strip() == "").to_numpy(), spec.id_col, "missing id")
+        events["event_id"] = ids.astype("str").str.strip().to_numpy()
+    events["source"] = source
+    events["_file"] = raw["_file"].to_numpy()
+    events["_row"] = raw["_row"].to_numpy()
+    events = events[~bad].reset_index(drop=True)
+    if "event_id" not in events:
+        events["event_id"] = content_ids(events, source)
+    cols = ["event_id", "time", "x", "y", *[m for m in MARK_COLUMNS if m in events], "source",
+            *(["sequence"] if spec.sequence_col else []), "_file", "_row"]
+    return events[cols], pd.concat(rejects or [empty_rejects()], ignore_index=True)
+
+
+def content_ids(events: pd.DataFrame, source: str) -> np.ndarray:
+    """Stable ids for sources without their own: a hash of the event's content, so the same event keeps
+    its id when the file is re-downloaded or re-ordered (exact duplicates share one and are removed)."""
+    cols = [c for c in ("time", "x", "y", *MARK_COLUMNS, "sequence") if c in events]
+    h = pd.util.hash_pandas_object(events[cols], index=False).to_numpy()
+    return np.char.add(f"{source}:", np.char.mod("%016x", h.astype("uint64")))
