@@ -347,9 +347,12 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
         summary = delayed(finish)(projected, cfg, given, split_of_file, bounds_t, columns, tmp, quarantine)
 
         if client is not None:
+            # chunk futures are only watched for the progress bar; gathering them would ship every parsed row
+            # to this process
             futures = client.compute([*parts, projection, summary])
             _wait_with_progress(futures, progress, label=f"ingest {cfg.name}")
-            *_, (crs_model, center), summary = client.gather(futures)
+            (crs_model, center), summary = client.gather(futures[-2:])
+            del futures
         else:
             (crs_model, center), summary = dask.compute(projection, summary, scheduler=scheduler)
 

@@ -8,7 +8,8 @@ and model coordinates ``x``, ``y``. Output: a *long* sequence table, one row per
 ``sequence``    int, unique within the split
 ``position``    int, 0-based position in the sequence
 ``is_target``   bool: the model predicts this event. Non-targets are earlier history that conditions it
-``event_id``    the catalog id (an event may appear in several sequences: as history, or in overlapping windows)
+``event_index`` int64 row of the event in ``events.parquet`` (an event may appear in several sequences: as
+                history, or in overlapping windows); join there for ids, times and coordinates in lon/lat
 ``t``           float64 model time since the catalog origin
 ``t_start``     float64 start of the sequence's target window (for the first target's waiting time)
 ``x``, ``y``    float64 model coordinates
@@ -28,7 +29,7 @@ from stforecast.catalog import MARK_COLUMNS
 from stforecast.config import SequenceConfig
 
 SPLITS = ("train", "val", "test")
-SEQUENCE_COLUMNS = ("split", "sequence", "position", "is_target", "event_id", "t", "t_start", "x", "y")
+SEQUENCE_COLUMNS = ("split", "sequence", "position", "is_target", "event_index", "t", "t_start", "x", "y")
 
 
 def assign_splits(t: np.ndarray, bounds: dict[str, float | None]) -> np.ndarray:
@@ -63,7 +64,7 @@ def build_sequences(events: pd.DataFrame, split: np.ndarray, cfg: SequenceConfig
                     bounds: dict[str, float | None]) -> pd.DataFrame:
     """Sequences for every split of a single time-sorted stream (windows or chunks modes).
 
-    ``events`` needs ``t``, ``x``, ``y``, ``event_id`` and optional marks; ``split`` is :func:`assign_splits`'s
+    ``events`` needs ``t``, ``x``, ``y`` and optional marks; ``split`` is :func:`assign_splits`'s
     output. The loop below runs once per *sequence* (thousands), never per event.
     """
     t = events["t"].to_numpy()
@@ -119,7 +120,7 @@ def _frame(events, rows, name, seq, position, is_target, t_start) -> pd.DataFram
     sub = events.iloc[rows]
     out = pd.DataFrame({
         "split": name, "sequence": np.asarray(seq, dtype="int64"), "position": np.asarray(position, dtype="int64"),
-        "is_target": np.asarray(is_target, dtype=bool), "event_id": sub["event_id"].to_numpy(),
+        "is_target": np.asarray(is_target, dtype=bool), "event_index": np.asarray(rows, dtype="int64"),
         "t": sub["t"].to_numpy(dtype="float64"), "t_start": np.asarray(t_start, dtype="float64"),
         "x": sub["x"].to_numpy(dtype="float64"), "y": sub["y"].to_numpy(dtype="float64"),
     })
@@ -130,9 +131,15 @@ def _frame(events, rows, name, seq, position, is_target, t_start) -> pd.DataFram
 
 
 def inter_event_times(seqs: pd.DataFrame) -> np.ndarray:
-    """Waiting time before each row: since the previous event of its sequence, or since ``t_start`` for the first."""
-    prev = seqs.groupby(["split", "sequence"], sort=False)["t"].shift(1).to_numpy()
-    return seqs["t"].to_numpy() - np.where(np.isnan(prev), seqs["t_start"].to_numpy(), prev)
+    """Waiting time before each row: since the previous event of its sequence, or since ``t_start`` for the first.
+    ``seqs`` rows are grouped by sequence and ordered by position (as :func:`build_sequences` makes them)."""
+    t = seqs["t"].to_numpy()
+    seq = seqs["sequence"].to_numpy()
+    split = seqs["split"].to_numpy()
+    first = np.ones(len(t), dtype=bool)
+    first[1:] = (seq[1:] != seq[:-1]) | (split[1:] != split[:-1])
+    prev = np.r_[np.nan, t[:-1]]
+    return t - np.where(first, seqs["t_start"].to_numpy(), prev)
 
 
 def normalisation_stats(seqs: pd.DataFrame) -> dict:
@@ -158,5 +165,5 @@ def split_counts(seqs: pd.DataFrame) -> dict:
         s = seqs[seqs["split"] == name]
         out[name] = {"sequences": int(s["sequence"].nunique()), "targets": int(s["is_target"].sum()),
                      "history_rows": int((~s["is_target"]).sum()),
-                     "distinct_target_events": int(s.loc[s["is_target"], "event_id"].nunique())}
+                     "distinct_target_events": int(s.loc[s["is_target"], "event_index"].nunique())}
     return out

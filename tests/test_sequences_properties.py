@@ -37,14 +37,14 @@ def test_windowing_and_splitting_properties(case):
     events, bounds, cfg, overlap = case
     split = assign_splits(events["t"].to_numpy(), bounds)
     seqs = build_sequences(events, split, cfg, bounds)
-    label = dict(zip(events["event_id"], split))
-    time_of = dict(zip(events["event_id"], events["t"]))
+    label = dict(enumerate(split))
+    time_of = dict(enumerate(events["t"]))
     targets = seqs[seqs["is_target"]]
 
     # no event is a target in two splits, and it is a target only in the split whose time range holds it
-    per_event = targets.groupby("event_id")["split"].nunique()
+    per_event = targets.groupby("event_index")["split"].nunique()
     assert (per_event <= 1).all()
-    assert all(label[e] == s for e, s in zip(targets["event_id"], targets["split"]))
+    assert all(label[e] == s for e, s in zip(targets["event_index"], targets["split"]))
 
     # order is preserved inside every sequence, history precedes targets and never reaches past them
     for _, s in seqs.groupby(["split", "sequence"]):
@@ -58,14 +58,14 @@ def test_windowing_and_splitting_properties(case):
     # counts are conserved: without overlap every event of train/val/test is a target exactly once
     in_splits = {e for e, s in label.items() if s in ("train", "val", "test")}
     if not overlap or cfg.mode == "chunks":
-        assert sorted(targets["event_id"]) == sorted(in_splits)
+        assert sorted(targets["event_index"]) == sorted(in_splits)
     else:
-        assert set(targets["event_id"]) == in_splits  # overlapping windows repeat targets, lose none
+        assert set(targets["event_index"]) == in_splits  # overlapping windows repeat targets, lose none
     # waiting times are positive once ties are broken
     if len(seqs):
         dt = inter_event_times(seqs)
         assert np.all(dt[seqs["position"].to_numpy() > 0] > 0)
-    assert all(time_of[e] == t for e, t in zip(seqs["event_id"], seqs["t"]))
+    assert all(time_of[e] == t for e, t in zip(seqs["event_index"], seqs["t"]))
 
 
 @settings(max_examples=200, deadline=None)

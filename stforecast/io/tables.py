@@ -343,7 +343,8 @@ def to_events(raw: pd.DataFrame, spec: TableSpec, source: str, line_offset: int 
         ids = raw[spec.id_col]
         reject(ids.isna().to_numpy() | (ids.astype("str").str.strip() == "").to_numpy(), spec.id_col, "missing id")
         events["event_id"] = ids.astype("str").str.strip().to_numpy()
-    events["source"] = source
+    # constant per chunk: a categorical costs one code per row, not one string
+    events["source"] = pd.Categorical.from_codes(np.zeros(len(events), dtype="int8"), [source])
     events["_file"] = raw["_file"].to_numpy()
     events["_row"] = raw["_row"].to_numpy()
     events = events[~bad].reset_index(drop=True)
