@@ -4,31 +4,38 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev
-STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: demo test install bench-ingest clean
+.PHONY: demo test install bench-ingest bench-train bench-sample clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # torch first and pinned: any other spec pulls several GB of CUDA wheels on these machines.
-$(STAMP): pyproject.toml | $(BIN)/python
+# .installed-all: the product (model, tracking, maps); .installed-dev: that plus the test tools.
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q -e ".[$*]"
 	touch $@
 
-install: $(STAMP)
+.PRECIOUS: $(VENV)/.installed-%
 
-demo: $(STAMP)
+install: $(VENV)/.installed-all
+
+demo: $(VENV)/.installed-all
 	$(BIN)/stforecast demo
 
-test: $(STAMP)
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
-bench-ingest: $(STAMP)
+bench-ingest: $(VENV)/.installed-all
 	$(BIN)/python -m benchmarks.ingest
 
+bench-train: $(VENV)/.installed-all
+	$(BIN)/python -m benchmarks.train_speed
+
+bench-sample: $(VENV)/.installed-all
+	$(BIN)/python -m benchmarks.sample_speed
+
 clean:
-	rm -rf $(VENV) data/processed data/raw data/cache
+	rm -rf $(VENV) data/processed data/raw data/cache runs mlruns

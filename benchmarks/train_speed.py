@@ -1,0 +1,83 @@
+"""Training throughput of DSTPP on the DSTPP paper's Japan windows.
+
+    python -m benchmarks.train_speed [--preset paper|default|both] [--steps 30] [--device auto]
+
+Measures target events per second of wall time for forward + backward + AdamW step (the loop of
+stforecast.train, length-bucketed batches of 64 sequences, random order), after 3 warm-up steps, and the peak
+resident memory (CPU) or peak allocated memory (CUDA, bf16 autocast). Needs the ingested windows:
+`stforecast ingest earthquakes dstpp_japan`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from stforecast.batch import load_manifest, load_split, padding_fraction
+from stforecast.train import TrainConfig, build_model, pick_device
+
+
+def measure(preset: str, steps: int, device: torch.device, data: str, batch_size: int = 64) -> dict:
+    cfg = TrainConfig(data=data, preset=preset)
+    manifest = load_manifest(data)
+    train = load_split(data, "train")
+    model = build_model(cfg.model_config(), manifest).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    amp = device.type == "cuda"
+    batches = []
+    epoch = 0
+    while len(batches) < steps + 3:
+        batches += train.batches(batch_size, shuffle=True, seed=0, epoch=epoch)
+        epoch += 1
+    warm, timed = batches[:3], batches[3:steps + 3]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step(index):
+        batch = train.collate(index).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return batch.num_targets
+
+    for b in warm:
+        step(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    events = sum(step(b) for b in timed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"preset": preset, "events": events, "seconds": seconds, "events_per_s": events / seconds,
+            "params": model.num_parameters(), "padding": padding_fraction(train.lengths, timed), "peak_mb": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="both", choices=["paper", "default", "both"])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--data", default="data/processed/dstpp_japan")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
+          f"torch {torch.__version__}; {args.steps} timed steps of 64 sequences after 3 warm-up steps")
+    presets = ["paper", "default"] if args.preset == "both" else [args.preset]
+    for p in presets:
+        r = measure(p, args.steps, device, args.data)
+        print(f"{p:>8}: {r['events_per_s']:8,.0f} target events/s  ({r['events']:,} events in {r['seconds']:.1f} s; "
+              f"{r['params']:,} parameters; padding {r['padding']:.1%}; peak memory {r['peak_mb']:,.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

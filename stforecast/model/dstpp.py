@@ -1,0 +1,300 @@
+"""DSTPP: a spatio-temporal diffusion point process (Yuan et al., KDD 2023), written from its description.
+
+    history ─▶ HistoryEncoder ─▶ h_i = [h_t, h_s, h_st]  (three self-attention streams + recurrent heads)
+    next event (dt, x, y) ─scale to [-1, 1]─▶ x0 ─NoiseSchedule─▶ x_k ─CoAttentionDenoiser(x_k, k, h_i)─▶ ε̂
+
+Training minimises ||ε − ε̂||² over every target event (the event after position ``i`` is predicted from
+``h_i``, so the encoder only sees the past: the causal mask comes from positions and lengths). Sampling runs a
+sampler from :mod:`stforecast.model.schedule` (DDPM or DDIM) for ``n`` draws per history at once. Everything
+that does not depend on the noisy value (the history encoding, the denoiser's condition projections, its
+attention over the history) is computed once per history, not once per denoising step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stforecast.batch import Batch
+from stforecast.model.schedule import NoiseSchedule, make_sampler, sample_loop
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 128
+    rnn_hidden: int = 256  # recurrent head per stream; 0 drops the heads
+    dropout: float = 0.1
+    attn_dropout: float = 0.0  # dropout on attention weights: 4x the attention cost on CPU; the paper uses 0.1
+    spatial_embedding: str = "linear"  # "linear" (paper text) or "mlp" (paper code)
+    denoiser_width: int = 64
+    denoiser_layers: int = 3
+    steps: int = 200  # K; the paper's ablation finds K ≈ 200 best, its runs use 500
+    schedule: str = "cosine"
+    time_transform: str = "log"  # "log": diffuse log waiting times; "none": raw (paper)
+    range_margin: float = 0.05  # widen the train min-max range so samples can fall a little outside it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The published configuration (d_model 64, 4 layers, 4 heads, LSTM heads of 256, K = 500, raw waiting times).
+PAPER = ModelConfig(steps=500, time_transform="none", range_margin=0.0, spatial_embedding="mlp", attn_dropout=0.1)
+
+
+# -------------------------------------------------------------------------------------------------- scaling
+class Scaler(nn.Module):
+    """(dt, x, y) ↔ [-1, 1]³ by a min-max fitted on **train targets** (from the ingestion manifest).
+    With ``log_time`` the waiting time is log-transformed first (its distribution spans many decades)."""
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor, log_time: bool):
+        super().__init__()
+        self.register_buffer("lo", torch.as_tensor(lo, dtype=torch.float32))
+        self.register_buffer("hi", torch.as_tensor(hi, dtype=torch.float32))
+        self.register_buffer("log_time", torch.tensor(bool(log_time)))
+
+    @classmethod
+    def from_stats(cls, stats: dict, time_transform: str = "log", margin: float = 0.0) -> "Scaler":
+        log_time = time_transform == "log"
+        t = stats["log_dt" if log_time else "dt"]
+        lo = torch.tensor([t["min"], stats["x"]["min"], stats["y"]["min"]], dtype=torch.float64)
+        hi = torch.tensor([t["max"], stats["x"]["max"], stats["y"]["max"]], dtype=torch.float64)
+        width = (hi - lo).clamp(min=1e-12)
+        return cls(lo - margin * width, hi + margin * width, log_time)
+
+    def _time_value(self, dt: torch.Tensor) -> torch.Tensor:
+        if bool(self.log_time):
+            return torch.log(dt.clamp(min=math.exp(float(self.lo[0]))))  # ties (dt = 0) sit at the lower edge
+        return dt
+
+    def forward(self, dt: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """``dt`` (...), ``xy`` (..., 2) → (..., 3) in [-1, 1] for training-range values."""
+        v = torch.cat([self._time_value(dt).unsqueeze(-1), xy], -1)
+        return 2 * (v - self.lo) / (self.hi - self.lo) - 1
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        """(..., 3) scaled → (..., 3) = (dt, x, y) in model units."""
+        v = (u + 1) / 2 * (self.hi - self.lo) + self.lo
+        dt = v[..., 0].exp() if bool(self.log_time) else v[..., 0]
+        return torch.cat([dt.unsqueeze(-1), v[..., 1:]], -1)
+
+
+# -------------------------------------------------------------------------------------------------- encoder
+def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Interleaved sin/cos of ``t`` (...) at ``dim`` geometric frequencies → (..., dim)."""
+    j = torch.arange(dim, device=t.device)
+    div = torch.pow(10000.0, (2 * (j // 2)).float() / dim)
+    angle = t.unsqueeze(-1) / div
+    return torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LayerNorm self-attention block (as the published model): x ← LN(x + MHA(x)); x ← LN(x + FFN(x))."""
+
+    def __init__(self, d: int, heads: int, d_ff: int, dropout: float, attn_dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.attn_dropout = heads, attn_dropout
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d))
+        self.ln1, self.ln2 = nn.LayerNorm(d, eps=1e-6), nn.LayerNorm(d, eps=1e-6)
+        self.drop = nn.Dropout(dropout)
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.xavier_uniform_(self.proj.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, L, d), right-padded. Row i attends to rows 0..i: since padding only follows the real rows of
+        a sequence, the causal mask alone keeps every real row from seeing padding (and the future)."""
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        x = self.ln1(x + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, d))))
+        return self.ln2(x + self.drop(self.ff(x)))
+
+
+class Stream(nn.Module):
+    """One of the three views: a stack of attention layers, then a recurrent head projected back to d."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.attn_dropout)
+                                    for _ in range(cfg.n_layers))
+        self.rnn = nn.LSTM(cfg.d_model, cfg.rnn_hidden, batch_first=True) if cfg.rnn_hidden else None
+        self.out = nn.Linear(cfg.rnn_hidden, cfg.d_model) if cfg.rnn_hidden else nn.Identity()
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x) * keep
+        if self.rnn is not None:
+            # Right padding only follows the real rows and the LSTM runs forwards, so outputs at real rows are
+            # exactly those of a packed run; length bucketing keeps the wasted padded steps few.
+            x = self.out(self.rnn(x)[0])
+        return x * keep
+
+
+class HistoryEncoder(nn.Module):
+    """Events so far → ``(B, L, 3 d)`` states [h_t, h_s, h_st]; row i depends on rows 0..i only."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.d = d
+        if cfg.spatial_embedding == "linear":
+            self.spatial = nn.Linear(2, d)
+        elif cfg.spatial_embedding == "mlp":
+            self.spatial = nn.Sequential(nn.Linear(2, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d),
+                                         nn.ReLU(), nn.Linear(d, d))
+        else:
+            raise ValueError(f"spatial_embedding must be 'linear' or 'mlp', not {cfg.spatial_embedding!r}")
+        self.streams = nn.ModuleList(Stream(cfg) for _ in range(3))  # temporal, spatial, joint
+
+    def forward(self, time: torch.Tensor, xy_scaled: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``time`` (B, L) model time since the first row; ``xy_scaled`` (B, L, 2) in [-1, 1]; ``lengths`` (B,)."""
+        B, L = time.shape
+        # which rows are real comes from the lengths, never from coordinate values
+        keep = (torch.arange(L, device=time.device) < lengths.unsqueeze(1)).unsqueeze(-1).to(xy_scaled.dtype)
+        e_t = sinusoid(time, self.d) * keep
+        e_s = self.spatial(xy_scaled) * keep
+        h = [stream(x, keep) for stream, x in zip(self.streams, (e_t, e_s, e_t + e_s))]
+        return torch.cat(h, -1)
+
+
+# -------------------------------------------------------------------------------------------------- denoiser
+class CoAttentionDenoiser(nn.Module):
+    """ε̂(x_k, k | h): a temporal and a spatial branch, each conditioned on its own history view and the joint
+    view, mixed by attention weights that depend on the history and the step only (not on x_k).
+
+    Use :meth:`prepare` once per history to cache the step-independent parts, then call the module per step.
+    """
+
+    def __init__(self, d: int, width: int = 64, layers: int = 3):
+        super().__init__()
+        w = width
+        self.width = w
+        self.step_mlp = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, w))
+        self.cond_mlp = nn.Sequential(nn.Linear(3 * d, w), nn.ReLU(), nn.Linear(w, w))
+        # attention MLPs over concat(g, e_k): the first layer is split so the g half is cached per history
+        self.att_g = nn.ModuleList(nn.Linear(w, w) for _ in range(2))  # [spatial, temporal]
+        self.att_e = nn.ModuleList(nn.Linear(w, w, bias=False) for _ in range(2))
+        self.att_rest = nn.ModuleList(nn.Sequential(nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 2))
+                                      for _ in range(2))
+        self.w_s = nn.ModuleList([nn.Linear(2, w)] + [nn.Linear(w, w) for _ in range(layers - 1)])
+        self.w_t = nn.ModuleList([nn.Linear(1, w)] + [nn.Linear(w, w) for _ in range(layers - 1)])
+        self.joint = nn.ModuleList(nn.Linear(d, w) for _ in range(layers))  # shared by both branches
+        self.cond_s = nn.ModuleList(nn.Linear(d, w) for _ in range(layers))
+        self.cond_t = nn.ModuleList(nn.Linear(d, w) for _ in range(layers))
+        self.out_s, self.out_t = nn.Linear(w, w), nn.Linear(w, w)
+        self.head_t = nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 1))
+        self.head_s = nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 2))
+
+    def step_embedding(self, k: torch.Tensor) -> torch.Tensor:
+        half = self.width // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=k.device) / (half - 1))
+        angle = k.float().unsqueeze(-1) * freqs
+        return self.step_mlp(torch.cat([angle.sin(), angle.cos()], -1))
+
+    def prepare(self, cond: torch.Tensor) -> dict[str, torch.Tensor | list]:
+        """``cond`` (..., 3 d) → the step-independent tensors (each (..., width))."""
+        d = cond.shape[-1] // 3
+        c_t, c_s, c_st = cond[..., :d], cond[..., d:2 * d], cond[..., 2 * d:]
+        g = self.cond_mlp(cond)
+        joint = [lin(c_st) for lin in self.joint]
+        return {"att_g": [lin(g) for lin in self.att_g],
+                "cs": [j + lin(c_s) for j, lin in zip(joint, self.cond_s)],
+                "ct": [j + lin(c_t) for j, lin in zip(joint, self.cond_t)]}
+
+    def forward(self, x_k: torch.Tensor, k: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """``x_k`` (..., 3) noisy (dt, x, y); ``k`` integer steps broadcastable to (...); ``ctx`` from
+        :meth:`prepare`, broadcastable to (..., width). Returns ε̂ (..., 3)."""
+        e = self.step_embedding(k)
+        alpha_s, alpha_t = (torch.softmax(rest(g + lin(e)), -1) for g, lin, rest in
+                            zip(ctx["att_g"], self.att_e, self.att_rest))
+        h_t, h_s = x_k[..., :1], x_k[..., 1:]
+        for lin_t, lin_s, ct, cs in zip(self.w_t, self.w_s, ctx["ct"], ctx["cs"]):
+            h_t = F.relu(lin_t(h_t) + e + ct)
+            h_s = F.relu(lin_s(h_s) + e + cs)
+        h_t, h_s = self.out_t(h_t), self.out_s(h_s)
+        # attention over the two branch features, per output domain
+        o_t = alpha_t[..., :1] * h_t + alpha_t[..., 1:] * h_s
+        o_s = alpha_s[..., :1] * h_t + alpha_s[..., 1:] * h_s
+        return torch.cat([self.head_t(o_t), self.head_s(o_s)], -1)
+
+
+# -------------------------------------------------------------------------------------------------- the model
+class DSTPP(nn.Module):
+    def __init__(self, cfg: ModelConfig, scaler: Scaler):
+        super().__init__()
+        self.cfg = cfg
+        self.scaler = scaler
+        self.encoder = HistoryEncoder(cfg)
+        self.denoiser = CoAttentionDenoiser(cfg.d_model, cfg.denoiser_width, cfg.denoiser_layers)
+        self.schedule = NoiseSchedule(cfg.steps, cfg.schedule)
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """(B, L, 3 d) history states."""
+        xy = self.scaler(batch.dt, batch.xy)[..., 1:]
+        return self.encoder(batch.time, xy, batch.lengths)
+
+    def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition (N, 3 d) and scaled target x0 (N, 3) for the N target rows: row j conditioned on h_{j-1}."""
+        h = self.encode(batch)
+        b, j = batch.target.nonzero(as_tuple=True)
+        x0 = self.scaler(batch.dt[b, j], batch.xy[b, j])
+        return h[b, j - 1], x0
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The training loss (so DistributedDataParallel, which hooks ``forward``, sees the whole step)."""
+        return self.loss(batch)
+
+    def loss(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared error of the noise estimate over all target events and the 3 dimensions."""
+        cond, x0 = self.targets(batch)
+        k = torch.randint(0, self.schedule.steps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        eps = self.denoiser(self.schedule.add_noise(x0, noise, k), k, self.denoiser.prepare(cond))
+        return F.mse_loss(eps.float(), noise.float())
+
+    @torch.no_grad()
+    def sample_next(self, batch: Batch, n: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws of the event after each history's last row → (B, n, 3) = (dt, x, y) in model units."""
+        return self.sample_from_condition(self.last_states(batch), n, sampler, steps, eta, generator)
+
+    @torch.no_grad()
+    def last_states(self, batch: Batch, max_rows: int = 32768) -> torch.Tensor:
+        """(B, 3 d) encoder state after each history's newest event. Histories are encoded in chunks of similar
+        length (at most ``max_rows`` padded rows each), so one long history does not pad a thousand short ones."""
+        order = torch.argsort(batch.lengths)
+        chunk = torch.cumsum(batch.lengths[order], 0) // max_rows  # sorted, so a chunk's rows are alike in length
+        out = torch.empty((len(order), 3 * self.cfg.d_model), device=batch.time.device)
+        for c in torch.unique(chunk):
+            idx = order[chunk == c]
+            L = int(batch.lengths[idx].max())
+            sub = Batch(batch.time[idx, :L], batch.dt[idx, :L], batch.xy[idx, :L], batch.mask[idx, :L],
+                        batch.target[idx, :L], batch.lengths[idx])
+            h = self.encode(sub)
+            out[idx] = h[torch.arange(len(idx), device=h.device), sub.lengths - 1].to(out.dtype)
+        return out
+
+    @torch.no_grad()
+    def sample_from_condition(self, cond: torch.Tensor, n: int, sampler: str = "ddim", steps: int = 50,
+                              eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``cond`` (B, 3 d) → (B, n, 3) samples in model units; one batched tensor, no loop over histories."""
+        s = make_sampler(self.schedule, sampler, steps, eta)
+        ctx = self.denoiser.prepare(cond.unsqueeze(1))  # (B, 1, w): broadcast over the n samples
+        x = torch.randn((cond.shape[0], n, 3), device=cond.device, generator=generator, dtype=cond.dtype)
+
+        def denoise(x_k, k):
+            return self.denoiser(x_k, torch.tensor(k, device=x_k.device), ctx)
+
+        return self.scaler.inverse(sample_loop(s, denoise, x, generator))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

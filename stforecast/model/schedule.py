@@ -1,0 +1,150 @@
+"""Noise schedules and samplers: DDPM's forward process and two reverse samplers, apart from any network.
+
+The network only ever sees ``(x_k, k)`` and returns a noise estimate; everything that depends on which sampler
+runs lives here, so DDPM (ancestral, all K steps) and DDIM (a subset of steps, deterministic with eta = 0) swap
+without touching the model.
+
+Notation (Ho et al. 2020): ``beta_k`` per-step variance, ``alpha_k = 1 - beta_k``, ``alpha_bar_k = prod alpha``.
+``add_noise``: x_k = sqrt(alpha_bar_k) x0 + sqrt(1 - alpha_bar_k) eps. Tensors are ``(..., D)`` with ``k`` an
+integer tensor broadcastable to ``(...)``; all buffers are float32 (computed in float64 first).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def cosine_betas(steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule: alpha_bar(u) = cos^2(((u/K) + s)/(1 + s) * pi/2), normalised to 1."""
+    u = torch.arange(steps + 1, dtype=torch.float64)
+    alpha_bar = torch.cos(((u / steps) + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = alpha_bar / alpha_bar[0]
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(0, max_beta)
+
+
+def linear_betas(steps: int, start: float = 1e-4, end: float = 0.01) -> torch.Tensor:
+    return torch.linspace(start, end, steps, dtype=torch.float64)
+
+
+class NoiseSchedule(nn.Module):
+    """The forward process q(x_k | x0) and the posterior q(x_{k-1} | x_k, x0). A module only to carry buffers
+    (``.to(device)`` and ``state_dict`` come for free); it has no parameters."""
+
+    def __init__(self, steps: int = 200, kind: str = "cosine"):
+        super().__init__()
+        if kind == "cosine":
+            betas = cosine_betas(steps)
+        elif kind == "linear":
+            betas = linear_betas(steps)
+        else:
+            raise ValueError(f"schedule must be 'cosine' or 'linear', not {kind!r}")
+        self.steps, self.kind = steps, kind
+        alphas = 1 - betas
+        alpha_bar = torch.cumprod(alphas, 0)
+        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        post_var = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        buffers = {
+            "betas": betas, "alphas": alphas, "alpha_bar": alpha_bar, "alpha_bar_prev": alpha_bar_prev,
+            "sqrt_alpha_bar": alpha_bar.sqrt(), "sqrt_one_minus_alpha_bar": (1 - alpha_bar).sqrt(),
+            "sqrt_recip_alpha_bar": (1 / alpha_bar).sqrt(), "sqrt_recipm1_alpha_bar": (1 / alpha_bar - 1).sqrt(),
+            "posterior_variance": post_var,
+            # posterior variance is 0 at k = 0: clip its log at k = 1's value (as DDPM does) so it stays finite
+            "posterior_log_variance": torch.log(torch.cat([post_var[1:2], post_var[1:]])),
+            "posterior_mean_coef_x0": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+            "posterior_mean_coef_xk": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float(), persistent=False)
+
+    @staticmethod
+    def _at(buffer: torch.Tensor, k: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """buffer[k] shaped to broadcast against ``like`` (..., D)."""
+        return buffer[k].reshape(*k.shape, *([1] * (like.dim() - k.dim())))
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self._at(self.sqrt_alpha_bar, k, x0) * x0 + self._at(self.sqrt_one_minus_alpha_bar, k, x0) * noise
+
+    def predict_x0(self, x_k: torch.Tensor, eps: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self._at(self.sqrt_recip_alpha_bar, k, x_k) * x_k - self._at(self.sqrt_recipm1_alpha_bar, k, x_k) * eps
+
+    def posterior(self, x0: torch.Tensor, x_k: torch.Tensor, k: torch.Tensor):
+        """Mean, variance and (clipped) log-variance of q(x_{k-1} | x_k, x0)."""
+        mean = self._at(self.posterior_mean_coef_x0, k, x_k) * x0 + self._at(self.posterior_mean_coef_xk, k, x_k) * x_k
+        return mean, self._at(self.posterior_variance, k, x_k), self._at(self.posterior_log_variance, k, x_k)
+
+
+class DDPMSampler:
+    """Ancestral sampling over all K steps: x̂0 from the noise estimate (clamped to [-1, 1], the data range after
+    scaling), then a draw from the posterior. At k = 0 the posterior mean is x̂0 itself."""
+
+    def __init__(self, schedule: NoiseSchedule, clip: float | None = 1.0):
+        self.schedule, self.clip = schedule, clip
+
+    @property
+    def timesteps(self) -> list[int]:
+        return list(range(self.schedule.steps - 1, -1, -1))
+
+    def step(self, eps: torch.Tensor, k: int, x_k: torch.Tensor, generator: torch.Generator | None = None):
+        kk = torch.full(x_k.shape[:-1], k, device=x_k.device, dtype=torch.long)
+        x0 = self.schedule.predict_x0(x_k, eps, kk)
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+        mean, _, log_var = self.schedule.posterior(x0, x_k, kk)
+        if k == 0:
+            return mean
+        noise = torch.randn(x_k.shape, generator=generator, device=x_k.device, dtype=x_k.dtype)
+        return mean + (0.5 * log_var).exp() * noise
+
+
+class DDIMSampler:
+    """DDIM (Song et al. 2021) on ``num_steps`` evenly spaced steps. ``eta = 0`` is deterministic given x_K;
+    ``eta = 1`` matches DDPM's posterior variance on the sub-sequence."""
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0, clip: float | None = 1.0):
+        if not 1 <= num_steps <= schedule.steps:
+            raise ValueError(f"DDIM steps must be in 1..{schedule.steps}, not {num_steps}")
+        self.schedule, self.num_steps, self.eta, self.clip = schedule, num_steps, eta, clip
+        steps = torch.linspace(schedule.steps - 1, 0, num_steps).round().long().tolist()
+        self._steps = list(dict.fromkeys(steps))  # decreasing, unique, ends at 0
+
+    @property
+    def timesteps(self) -> list[int]:
+        return list(self._steps)
+
+    def step(self, eps: torch.Tensor, k: int, x_k: torch.Tensor, generator: torch.Generator | None = None):
+        s = self.schedule
+        i = self._steps.index(k)
+        ab = s.alpha_bar[k]
+        ab_prev = s.alpha_bar[self._steps[i + 1]] if i + 1 < len(self._steps) else torch.ones((), device=ab.device)
+        x0 = (x_k - (1 - ab).sqrt() * eps) / ab.sqrt()
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+            eps = (x_k - ab.sqrt() * x0) / (1 - ab).sqrt()  # keep eps consistent with the clamped x0
+        if i + 1 == len(self._steps):
+            return x0
+        sigma = self.eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+        out = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if self.eta > 0:
+            out = out + sigma * torch.randn(x_k.shape, generator=generator, device=x_k.device, dtype=x_k.dtype)
+        return out
+
+
+def make_sampler(schedule: NoiseSchedule, name: str = "ddim", steps: int = 50, eta: float = 0.0):
+    """``ddpm`` (all steps) or ``ddim`` with ``steps`` steps."""
+    if name == "ddpm":
+        return DDPMSampler(schedule)
+    if name == "ddim":
+        return DDIMSampler(schedule, steps, eta)
+    raise ValueError(f"sampler must be 'ddpm' or 'ddim', not {name!r}")
+
+
+@torch.no_grad()
+def sample_loop(sampler, denoise, x_T: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run ``sampler`` from ``x_T`` using ``denoise(x_k, k) -> eps`` (k an int)."""
+    x = x_T
+    for k in sampler.timesteps:
+        x = sampler.step(denoise(x, k), k, x, generator)
+    return x

@@ -1,0 +1,148 @@
+"""MLflow tracking: where runs go, what a training run records, and loading a registered model back.
+
+Default store: a local SQLite database ``mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts`` under the
+project (embedded, no server). ``MLFLOW_TRACKING_URI`` (any MLflow URI) and ``STFORECAST_ARTIFACT_ROOT``
+override them. Browse with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from stforecast.config import REPO_ROOT
+
+DEFAULT_EXPERIMENT = "stforecast"
+DEFAULT_MODEL_NAME = "dstpp"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def artifact_root() -> Path:
+    return Path(os.environ.get("STFORECAST_ARTIFACT_ROOT") or REPO_ROOT / "mlruns" / "artifacts")
+
+
+def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the store and return the experiment id (created with an explicit artifact folder, so
+    artifacts do not land relative to the current directory)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root() / experiment
+    location.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(experiment, artifact_location=location.resolve().as_uri())
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def log_trained_model(checkpoint: Path, model_config: dict, registered_name: str | None = DEFAULT_MODEL_NAME):
+    """Log ``best.pt`` as an MLflow pyfunc model (from code, no pickle) in the active run and register it.
+    Returns the model's URI (``models:/NAME/VERSION`` when registered)."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    code = Path(__file__).with_name("mlflow_model.py")
+    example_in = pd.DataFrame({"history": [0, 0], "t": [0.0, 1.0], "x": [0.0, 1.0], "y": [0.0, 1.0]})
+    example_out = pd.DataFrame({"history": [0], "sample": [0], "dt": [0.5], "t": [1.5], "x": [0.0], "y": [0.0]})
+    signature = infer_signature(example_in, example_out,
+                                params={"n": 100, "sampler": "ddim", "steps": 50, "seed": 0})
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "model_config.json"
+        cfg.write_text(json.dumps(model_config, indent=2))
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
+                                       artifacts={"checkpoint": str(checkpoint), "model_config": str(cfg)},
+                                       registered_model_name=registered_name, signature=signature,
+                                       # stated, not inferred: inference re-imports the model in a subprocess
+                                       pip_requirements=["torch>=2.13", "numpy", "pandas", "mlflow", "stforecast"])
+    if registered_name and info.registered_model_version is not None:
+        return f"models:/{registered_name}/{info.registered_model_version}"
+    return info.model_uri
+
+
+def load_model(uri: str):
+    """A DSTPP from an MLflow model URI (``models:/NAME/VERSION``, ``runs:/ID/model``) or a checkpoint path.
+    Reads the weights with ``torch.load(weights_only=True)``; no pickled object is loaded."""
+    from stforecast.train import load_model as load_checkpoint_model
+
+    if "://" not in uri and Path(uri).exists():
+        return load_checkpoint_model(uri)
+    setup()
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    found = sorted(local.rglob("best.pt")) or sorted(local.rglob("*.pt"))
+    if not found:
+        raise FileNotFoundError(f"{uri}: no checkpoint (*.pt) among the model's artifacts")
+    return load_checkpoint_model(found[0])
+
+
+def train_and_track(cfg, *, resume: bool = False, experiment: str = DEFAULT_EXPERIMENT,
+                    registered_name: str | None = DEFAULT_MODEL_NAME, run_name: str | None = None):
+    """Train (see :func:`stforecast.train.train`) inside an MLflow run: configuration, data manifest hash, git
+    commit, per-evaluation metrics, the best checkpoint and the registered model. A resumed training continues
+    the MLflow run it started (its id is kept in ``out_dir/mlflow_run.json``). Returns (TrainResult, model URI)."""
+    import mlflow
+
+    from stforecast.batch import load_manifest
+    from stforecast.train import train
+
+    exp_id = setup(experiment)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / "mlflow_run.json"
+    run_id = json.loads(marker.read_text())["run_id"] if resume and marker.exists() else None
+    manifest = load_manifest(cfg.data)
+    with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=run_name) as run:
+        marker.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri()}))
+        if run_id is None:
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg.to_dict()).items()})
+            mlflow.log_params({f"model.{k}": v for k, v in cfg.model_config().to_dict().items()
+                               if f"model.{k}" not in flatten(cfg.to_dict())})
+            mlflow.set_tags({"git_commit": git_commit(), "data.name": manifest.get("name", ""),
+                             "data.input_hash": manifest.get("input_hash", ""),
+                             "data.pipeline_version": manifest.get("pipeline_version", "")})
+            mlflow.log_dict(manifest, "data_manifest.json")
+
+        def on_eval(metrics: dict) -> None:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in ("epoch", "step")},
+                               step=int(metrics["step"]))
+
+        result = train(cfg, resume=resume, on_eval=on_eval)
+        mlflow.log_metrics({"best_val_loss": result.best_val, "best_step": result.best_step,
+                            "train_events_per_s": result.events_per_second})
+        mlflow.log_artifact(str(out / "best.pt"), artifact_path="checkpoints")
+        uri = log_trained_model(out / "best.pt", cfg.model_config().to_dict(), registered_name)
+        mlflow.set_tag("model_uri", uri)
+    return result, uri

@@ -1,0 +1,322 @@
+"""Training: one loop a reader can hold in their head.
+
+    for each epoch: for each length-bucketed batch: loss → backward → clip → AdamW step → LR schedule
+                    every `eval_every` epochs: validation loss (fixed noise) → keep the best → early stop
+
+Selection and early stopping use the **validation** split only; the test split is never read here. The
+normalisation comes from the ingestion manifest (fitted on train targets). Checkpoints (``last.pt``) hold the
+model, optimiser, schedule, RNG state and position in the epoch; they are written atomically, and
+``resume=True`` continues from them to the same result as an uninterrupted run. On CUDA the loop uses mixed
+precision (bf16) and optionally ``torch.compile``; under ``torchrun`` it runs DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from stforecast.batch import SequenceSet, load_manifest, load_split
+from stforecast.model.dstpp import DSTPP, PAPER, ModelConfig, Scaler
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/processed/dstpp_japan"  # an ingested catalog folder
+    preset: str = "default"  # "default" or "paper": the model configuration the `model` overrides start from
+    model: dict = field(default_factory=dict)  # ModelConfig fields overriding the preset
+    epochs: int = 30
+    batch_size: int = 64  # sequences per batch (length-bucketed)
+    max_tokens: int | None = None  # optional cap on padded rows per batch
+    lr: float = 1e-3
+    min_lr: float = 5e-5
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    eval_every: int = 1  # epochs
+    patience: int = 8  # evaluations without improvement before stopping
+    max_steps: int | None = None  # stop after this many optimiser steps (tests, smoke runs)
+    checkpoint_every: int = 100  # steps
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the model on CUDA
+    out_dir: str = "runs/dstpp"
+    progress: bool = True
+
+    def model_config(self) -> ModelConfig:
+        base = PAPER if self.preset == "paper" else ModelConfig()
+        if self.preset not in ("paper", "default"):
+            raise ValueError(f"preset must be 'default' or 'paper', not {self.preset!r}")
+        return dataclasses.replace(base, **self.model)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML or YAML file plus ``key=value`` overrides (``model.d_model=32``)."""
+    values: dict = {}
+    if path:
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            import tomllib
+
+            values = tomllib.loads(text)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key=value")
+        node = values
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(raw.strip())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path or 'overrides'}: unknown training setting(s) {unknown}; allowed: {sorted(known)}")
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    cfg = TrainConfig(**values)
+    model_known = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(cfg.model) - model_known)
+    if bad:
+        raise ValueError(f"unknown model setting(s) {bad}; allowed: {sorted(model_known)}")
+    return cfg
+
+
+def _parse_value(raw: str):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare string
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def build_model(cfg: ModelConfig, manifest: dict) -> DSTPP:
+    return DSTPP(cfg, Scaler.from_stats(manifest["normalisation"], cfg.time_transform, cfg.range_margin))
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` then linear decay to ``min_lr`` at ``total`` steps."""
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return cfg.lr - (cfg.lr - cfg.min_lr) * frac
+
+
+@torch.no_grad()
+def evaluate_loss(model: DSTPP, data: SequenceSet, batch_size: int, device: torch.device, seed: int = 0,
+                  amp: bool = False) -> float:
+    """Denoising loss over every target of ``data`` with fixed noise (seeded), so evaluations compare."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total, count = 0.0, 0
+    for index in data.batches(batch_size, shuffle=False):
+        batch = data.collate(index).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model.loss(batch, generator=gen)
+        total += float(loss) * batch.num_targets
+        count += batch.num_targets
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@dataclass
+class TrainResult:
+    best_val: float
+    best_step: int
+    steps: int
+    epochs_run: int
+    history: list[dict]
+    out_dir: Path
+    model: DSTPP
+    stopped_early: bool
+    events_per_second: float
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train DSTPP on ``cfg.data``. ``on_eval(metrics)`` is called after each evaluation (MLflow logging)."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = 0, 1
+    device = pick_device(cfg.device)
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+            torch.cuda.set_device(device)
+    seed_everything(cfg.seed)
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(cfg.data)
+    train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    model_cfg = cfg.model_config()
+    model = build_model(model_cfg, manifest).to(device)
+    amp = cfg.amp and device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set.batches(cfg.batch_size, shuffle=False, max_tokens=cfg.max_tokens)) / world)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": math.inf, "best_step": -1, "bad_evals": 0,
+             "history": []}
+    last = out / "last.pt"
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        state["history"] = json.loads(state["history"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in ckpt:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
+    elif resume:
+        print(f"no checkpoint at {last}; starting from scratch")
+
+    net = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile and device.type == "cuda":
+        net = torch.compile(net)
+
+    def save(path: Path, full: bool = True) -> None:
+        if rank != 0:
+            return
+        ckpt = {"model": model.state_dict(), "model_config": json.dumps(model_cfg.to_dict()),
+                "train_config": json.dumps(cfg.to_dict(), default=str),
+                "manifest_hash": manifest.get("input_hash", "")}
+        if full:
+            s = dict(state, history=json.dumps(state["history"]))
+            ckpt.update(optimizer=opt.state_dict(), state=s, rng_cpu=torch.get_rng_state())
+            if device.type == "cuda":
+                ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
+        atomic_torch_save(ckpt, path)
+
+    bar = None
+    if cfg.progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+    stopped_early, events, busy = False, 0, 0.0
+    loss = torch.tensor(math.nan)
+    model.train()
+    while state["step"] < total_steps and not stopped_early:
+        epoch = state["epoch"]
+        batches = train_set.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, max_tokens=cfg.max_tokens)
+        batches = batches[rank::world]
+        for i in range(state["batch_in_epoch"], len(batches)):
+            if state["step"] >= total_steps:
+                break
+            t0 = time.perf_counter()
+            batch = train_set.collate(batches[i]).to(device, non_blocking=True)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(state["step"], total_steps, warmup, cfg)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = net(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            busy += time.perf_counter() - t0
+            events += batch.num_targets
+            state["step"] += 1
+            state["batch_in_epoch"] = i + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.4f}", best_val=f"{state['best_val']:.4f}")
+            if state["step"] % cfg.checkpoint_every == 0:
+                save(last)
+        else:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            if state["epoch"] % cfg.eval_every == 0:
+                val = evaluate_loss(model, val_set, cfg.batch_size, device, amp=amp)
+                metrics = {"epoch": state["epoch"], "step": state["step"], "train_loss": float(loss.detach()),
+                           "val_loss": val, "lr": opt.param_groups[0]["lr"]}
+                if val < state["best_val"]:
+                    state.update(best_val=val, best_step=state["step"], bad_evals=0)
+                    save(out / "best.pt", full=False)
+                else:
+                    state["bad_evals"] += 1
+                    stopped_early = state["bad_evals"] >= cfg.patience
+                state["history"].append(metrics)
+                if on_eval is not None and rank == 0:
+                    on_eval(metrics)
+            save(last)
+    save(last)
+    if bar is not None:
+        bar.close()
+    if not (out / "best.pt").exists() and rank == 0:  # ran fewer steps than one epoch: keep what we have
+        state["best_val"] = evaluate_loss(model, val_set, cfg.batch_size, device, amp=amp)
+        state["best_step"] = state["step"]
+        save(out / "best.pt", full=False)
+        save(last)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(best_val=state["best_val"], best_step=state["best_step"], steps=state["step"],
+                       epochs_run=state["epoch"], history=state["history"], out_dir=out, model=model,
+                       stopped_early=stopped_early, events_per_second=events / busy if busy else math.nan)
+
+
+def load_model(checkpoint: str | os.PathLike, map_location="cpu") -> DSTPP:
+    """A trained model from ``best.pt``/``last.pt`` (weights only: nothing in the file is executed)."""
+    ckpt = load_checkpoint(Path(checkpoint), map_location)
+    cfg = ModelConfig(**json.loads(ckpt["model_config"]))
+    state = ckpt["model"]
+    scaler = Scaler(state["scaler.lo"], state["scaler.hi"], bool(state["scaler.log_time"]))
+    model = DSTPP(cfg, scaler)
+    model.load_state_dict(state)
+    return model.eval()

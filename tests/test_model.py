@@ -1,0 +1,175 @@
+"""DSTPP model, noise schedule and samplers: identities, causality, shapes, scaling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stforecast.batch import SequenceSet
+from stforecast.model.dstpp import DSTPP, PAPER, ModelConfig, Scaler
+from stforecast.model.schedule import DDIMSampler, DDPMSampler, NoiseSchedule, sample_loop
+
+TINY = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, rnn_hidden=16, denoiser_width=16, steps=50,
+                   dropout=0.0)
+STATS = {"dt": {"min": 0.001, "max": 5.0}, "log_dt": {"min": math.log(0.001), "max": math.log(5.0)},
+         "x": {"min": -100.0, "max": 100.0}, "y": {"min": -50.0, "max": 80.0}}
+
+
+def toy_set(n_seq=6, seed=0) -> SequenceSet:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 12, n_seq)
+    t = np.concatenate([np.cumsum(rng.exponential(0.5, n) + 0.01) for n in lengths])
+    offsets = np.r_[0, np.cumsum(lengths)]
+    n = len(t)
+    return SequenceSet(t, rng.uniform(-90, 90, n), rng.uniform(-40, 70, n), np.zeros(n_seq), np.ones(n, bool), offsets)
+
+
+def model(cfg=TINY, seed=0) -> DSTPP:
+    torch.manual_seed(seed)
+    return DSTPP(cfg, Scaler.from_stats(STATS, cfg.time_transform, cfg.range_margin)).eval()
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+def test_cosine_schedule_matches_published_values():
+    s = NoiseSchedule(500, "cosine")
+    assert float(s.betas[0]) == pytest.approx(8.742e-5, rel=1e-3)
+    assert float(s.betas[1]) == pytest.approx(1.0685e-4, rel=1e-3)
+    assert float(s.betas[-1]) == pytest.approx(0.999)
+    assert float(s.alpha_bar[0]) == pytest.approx(0.999913, abs=1e-6)
+    assert float(s.alpha_bar[-1]) == pytest.approx(9.7e-9, rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_alpha_bar_is_the_product_and_posterior_matches_closed_form(kind):
+    s = NoiseSchedule(100, kind)
+    ab = torch.cumprod(1 - s.betas.double(), 0)
+    assert torch.allclose(s.alpha_bar.double(), ab, rtol=1e-5)
+    # q(x_{k-1} | x_k, x0) from Bayes' rule for Gaussians, written independently of the buffers
+    x0, xk = torch.randn(100, 3, dtype=torch.float64), torch.randn(100, 3, dtype=torch.float64)
+    k = torch.arange(1, 100)
+    beta, alpha = s.betas.double()[k], 1 - s.betas.double()[k]
+    ab_prev = ab[k - 1]
+    var = 1 / (alpha / beta + 1 / (1 - ab_prev))
+    mean = var[:, None] * (alpha.sqrt()[:, None] * xk[k] / beta[:, None] + ab_prev.sqrt()[:, None] * x0[k] / (1 - ab_prev)[:, None])
+    m, v, logv = s.posterior(x0[k].float(), xk[k].float(), k)
+    assert torch.allclose(m.double(), mean, atol=1e-4)
+    assert torch.allclose(v.squeeze(-1).double(), var, rtol=1e-4)
+    assert torch.allclose(logv.squeeze(-1)[1:].double(), var[1:].log(), rtol=1e-4)
+
+
+def test_add_noise_has_the_forward_marginal():
+    s = NoiseSchedule(100, "cosine")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((200_000, 1), 0.7)
+    k = torch.full((200_000,), 40)
+    xk = s.add_noise(x0, torch.randn(x0.shape, generator=g), k)
+    assert float(xk.mean()) == pytest.approx(0.7 * float(s.alpha_bar[40].sqrt()), abs=5e-3)
+    assert float(xk.var()) == pytest.approx(1 - float(s.alpha_bar[40]), abs=5e-3)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_recover_x0_with_an_oracle_noise_estimate(sampler):
+    """With the exact noise for a known x0, both samplers must land on x0: the update rules are consistent."""
+    s = NoiseSchedule(100, "cosine")
+    x0 = torch.tensor([[0.3, -0.5, 0.9]])
+    samp = DDPMSampler(s) if sampler == "ddpm" else DDIMSampler(s, 10)
+
+    def oracle(x_k, k):
+        ab = s.alpha_bar[k]
+        return (x_k - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    out = sample_loop(samp, oracle, torch.randn(1, 3, generator=torch.Generator().manual_seed(1)))
+    assert torch.allclose(out, x0, atol=1e-4)
+    assert DDIMSampler(s, 10).timesteps[0] == 99 and DDIMSampler(s, 10).timesteps[-1] == 0
+
+
+# ------------------------------------------------------------------------------------------------ model
+def test_causal_mask_future_events_never_change_earlier_outputs():
+    data = toy_set()
+    batch = data.collate(np.arange(len(data)))
+    m = model()
+    h = m.encode(batch)
+    j = 2
+    changed = batch.xy.clone()
+    changed[:, j:] += 37.0
+    t = batch.time.clone()
+    t[:, j:] += 3.0
+    from stforecast.batch import Batch
+
+    other = Batch(t, batch.dt, changed, batch.mask, batch.target, batch.lengths)
+    h2 = m.encode(other)
+    assert torch.allclose(h[:, :j], h2[:, :j], atol=1e-6)
+    assert not torch.allclose(h[:, j:][batch.mask[:, j:]], h2[:, j:][batch.mask[:, j:]])
+
+
+def test_padding_content_and_coordinates_at_the_minimum_never_act_as_padding():
+    data = toy_set()
+    batch = data.collate(np.arange(len(data)))
+    m = model()
+    h = m.encode(batch)
+    noisy = batch.xy.clone()
+    noisy[~batch.mask] = 123.0  # garbage in padded rows
+    from stforecast.batch import Batch
+
+    h2 = m.encode(Batch(batch.time, batch.dt, noisy, batch.mask, batch.target, batch.lengths))
+    assert torch.allclose(h[batch.mask], h2[batch.mask], atol=1e-6)
+    # an event exactly at the minimum longitude is a real event (the published code masked it as padding)
+    at_min = batch.xy.clone()
+    at_min[0, 1, 0] = STATS["x"]["min"]
+    h3 = m.encode(Batch(batch.time, batch.dt, at_min, batch.mask, batch.target, batch.lengths))
+    assert not torch.allclose(h3[0, 1], torch.zeros_like(h3[0, 1]))
+    assert not torch.allclose(h3[0, 2:int(batch.lengths[0])], h[0, 2:int(batch.lengths[0])])
+
+
+def test_shapes_loss_and_batched_sampling():
+    data = toy_set()
+    batch = data.collate(np.arange(len(data)))
+    m = model()
+    assert batch.time.shape == batch.dt.shape == batch.mask.shape and batch.xy.shape[-1] == 2
+    assert m.loss(batch).shape == ()
+    cond, x0 = m.targets(batch)
+    assert cond.shape == (batch.num_targets, 3 * TINY.d_model) and x0.shape == (batch.num_targets, 3)
+    for sampler, steps in (("ddpm", 0), ("ddim", 10)):
+        out = m.sample_next(batch, 7, sampler=sampler, steps=steps or 50, generator=torch.Generator().manual_seed(0))
+        assert out.shape == (len(data), 7, 3)
+        assert torch.isfinite(out).all() and (out[..., 0] > 0).all()  # waiting times are positive
+        # clamped x̂0: samples stay inside the scaled training range (plus the margin)
+        assert (out[..., 1] >= -100 - 10.1).all() and (out[..., 1] <= 100 + 10.1).all()
+
+
+def test_sampling_is_one_batched_call_and_seeded():
+    data = toy_set()
+    batch = data.collate(np.arange(len(data)))
+    m = model()
+    a = m.sample_next(batch, 5, steps=5, generator=torch.Generator().manual_seed(3))
+    b = m.sample_next(batch, 5, steps=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    # history 2 alone gives the same draws as within the batch when its noise is the same: histories do not mix
+    last = m.last_states(batch)
+    alone = m.last_states(data.collate(np.array([2])))
+    assert torch.allclose(last[2], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("transform", ["log", "none"])
+def test_scaler_round_trip(transform):
+    sc = Scaler.from_stats(STATS, transform, 0.05)
+    dt = torch.tensor([0.002, 0.3, 4.0])
+    xy = torch.tensor([[-90.0, 70.0], [0.0, 0.0], [99.0, -49.0]])
+    u = sc(dt, xy)
+    assert u.abs().max() <= 1.0
+    back = sc.inverse(u)
+    assert torch.allclose(back[:, 0], dt, rtol=1e-5, atol=1e-5) and torch.allclose(back[:, 1:], xy, atol=1e-4)
+
+
+def test_paper_configuration_has_the_published_sizes():
+    assert (PAPER.d_model, PAPER.n_layers, PAPER.n_heads, PAPER.steps, PAPER.rnn_hidden) == (64, 4, 4, 500, 256)
+    m = model(PAPER)
+    # sizes in the reference description; the published encoder also holds an unused 12,608-parameter MLP and
+    # two unused scalars
+    enc = sum(p.numel() for p in m.encoder.parameters())
+    den = sum(p.numel() for p in m.denoiser.parameters())
+    assert enc == 1_463_170 - 12_608 - 2
+    assert abs(den - 121_159) < 0.05 * 121_159
