@@ -113,8 +113,6 @@ def _overrides(args) -> dict:
             continue
         if key.startswith("table.") and key.endswith(".crs") and str(value).lower() == "none":
             value = None
-        if key.startswith("split.") and _is_number(value):
-            value = float(value)
         if key == "spikes.speed_min" and value == 0:
             value = None
         if key == "spikes.max_unit_fraction" and value >= 1:
@@ -132,14 +130,6 @@ def _overrides(args) -> dict:
 
 _NOT_CONFIG = {"command", "kind", "catalog", "list", "config", "data_root", "out", "name", "path", "format", "positions",
                "quarantine", "force", "scheduler", "workers", "blocksize", "no_progress", "verbose"}
-
-
-def _is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 @contextlib.contextmanager
@@ -208,10 +198,10 @@ def print_summary(console, result) -> None:
     t.add_row("kept", f"{c['events_kept']:,}")
     for r in c["rejected"]:  # per reason; "invalid" rows only appear here with --quarantine
         t.add_row(f"  {r['kind']}: {r['field']}: {r['reason']}", f"{r['rows']:,}")
-    console.print(t)
-    rejected = sum(r["rows"] for r in c["rejected"])
+    rejected = c["rows_read"] - c["events_kept"]
     if rejected:
-        t.add_row("removed / rejected", f"{rejected:,}")
+        t.add_row("removed / rejected (rows)", f"{rejected:,}")
+    console.print(t)
     s = Table(title="sequences per split", min_width=72)
     for col in ("split", "sequences", "target events", "history rows", "events in split"):
         s.add_column(col, justify="right")

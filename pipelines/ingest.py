@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import operator
 import os
 import shutil
 import time
@@ -81,7 +82,7 @@ def resolve_inputs(cfg: IngestConfig, settings: Settings, progress: bool = False
             raise ValueError(f"catalog {cfg.name}: spikes need `positions` (a Trodes .videoPositionTracking file)")
         inputs["positions"] = get(cfg.positions)
     if cfg.filters.polygon:
-        inputs["window"] = Path(settings.resolve(cfg.filters.polygon))
+        inputs["window"] = get(cfg.filters.polygon)
     return inputs
 
 
@@ -93,13 +94,15 @@ def file_sha256(path: Path, bufsize: int = 8 * 2**20) -> str:
     return h.hexdigest()
 
 
-def input_hash(cfg: IngestConfig, inputs: dict[str, Path]) -> tuple[str, list[dict]]:
-    """One hash over the input bytes, the configuration and the pipeline version."""
+def input_hash(cfg: IngestConfig, inputs: dict[str, Path], quarantine: bool = False) -> tuple[str, list[dict]]:
+    """One hash over the input bytes, the configuration, the pipeline version and the quarantine switch (which
+    decides whether invalid rows fail the run or are set aside)."""
     files = [{"role": role, "path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
              for role, p in sorted(inputs.items())]
     h = hashlib.sha256()
     h.update(PIPELINE_VERSION.encode())
     h.update(cfg.canonical_json().encode())
+    h.update(f"quarantine={bool(quarantine)}".encode())
     for f in files:
         h.update(f"{f['role']}:{f['sha256']}".encode())
     return h.hexdigest(), files
@@ -115,7 +118,6 @@ def table_spec(cfg: IngestConfig) -> tables.TableSpec:
                          f"choose one of {sorted(tables.PRESETS)}, 'table' or 'spikes'")
     values = {**base, **cfg.table}
     try:
-        values["extra_cols"] = tuple(values.get("extra_cols", ()))
         return tables.TableSpec(**values)
     except TypeError as e:
         raise ValueError(f"catalog {cfg.name}: bad [table] settings ({e})") from e
@@ -123,10 +125,9 @@ def table_spec(cfg: IngestConfig) -> tables.TableSpec:
 
 # ------------------------------------------------------------------------------------------------ tasks
 # Each function below is one node of the graph; a chunk's events stay on its worker until `finish` needs them.
-def parse_table_chunk(chunk, first_row, spec, source, filters, window, time_range, origin, time_unit):
-    # numeric times stay in the table's own unit until here
+def parse_table_chunk(chunk, first_row, spec, source, filters, window, time_range, origin, time_unit, name):
     """Worker task: parse, validate, filter and key one chunk → (events, rejects, rows_read)."""
-    events, rejects = tables.read_chunk(chunk, first_row, spec, source)
+    events, rejects = tables.read_chunk(chunk, first_row, spec, source, name)
     n_read = len(events) + int(rejects["row"].nunique())  # read_chunk's rejects are invalid rows, one or more each
     kept, filtered = apply_filters(events, filters, window, time_range,
                                    line_offset=None if chunk.kind == "parquet" else 1)
@@ -148,8 +149,14 @@ def read_spike_task(inputs, cfg: IngestConfig, time_range, origin):
     return add_keys(kept), pd.concat([rejects, filtered], ignore_index=True), int(info["spikes_read"]), info
 
 
-def part_bounds(part) -> tuple[float, float, float, float] | None:
+def part_bounds(part, train_range) -> tuple[float, float, float, float] | None:
+    """Extent of a chunk's training-period events (the projection centre must not depend on val/test data)."""
     events = part[0]
+    lo, hi = train_range
+    if lo is not None:
+        events = events[events["t"] >= lo]
+    if hi is not None:
+        events = events[events["t"] < hi]
     if events.empty:
         return None
     return (float(events["x"].min()), float(events["y"].min()), float(events["x"].max()), float(events["y"].max()))
@@ -169,11 +176,12 @@ def project_part(part, crs_in, projection):
     """Worker task: keep lon/lat and project x, y into the model CRS."""
     events, *rest = part
     crs_model, _ = projection
+    new = {}  # a new frame, never the input modified in place (a task may run twice)
     if geographic(crs_in):
-        events["lon"], events["lat"] = events["x"].to_numpy(), events["y"].to_numpy()
+        new["lon"], new["lat"] = events["x"].to_numpy(), events["y"].to_numpy()
     if crs_model is not None and len(events):
-        events["x"], events["y"] = project(events["x"], events["y"], crs_in, crs_model)
-    return (events, *rest)
+        new["x"], new["y"] = project(events["x"], events["y"], crs_in, crs_model)
+    return (events.assign(**new), *rest)
 
 
 def finish(parts, cfg: IngestConfig, given: bool, split_of_file: dict, bounds_t: dict, columns: dict,
@@ -186,9 +194,10 @@ def finish(parts, cfg: IngestConfig, given: bool, split_of_file: dict, bounds_t:
     events = pd.concat([p[0] for p in parts], ignore_index=True)
     rejects = pd.concat([p[1] for p in parts], ignore_index=True)
     n_read = int(sum(p[2] for p in parts))
-    line_offset = None if cfg.format == "spikes" else 1
+    line_offset = columns.pop("line_offset")
     events, rej = order_events(events, time_unit=cfg.time_unit, tie_resolution_s=cfg.tie_resolution_s,
-                               dedupe=cfg.dedupe, given_sequences=given, line_offset=line_offset, **columns)
+                               dedupe=cfg.dedupe, given_sequences=given, line_offset=line_offset,
+                               barriers=list(bounds_t.values()), **columns)
     rejects = pd.concat([rejects, rej], ignore_index=True)
     if not quarantine:
         raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (rerun with --quarantine to set them aside)")
@@ -206,7 +215,7 @@ def finish(parts, cfg: IngestConfig, given: bool, split_of_file: dict, bounds_t:
     if counts["train"]["targets"] == 0:
         raise CatalogError(f"catalog {cfg.name}: the train split has no target events; check the split settings "
                            f"against the catalog's time range {events['time'].min()} … {events['time'].max()}")
-    events.drop(columns=["_file"]).to_parquet(out_tmp / "events.parquet", index=False)
+    events.to_parquet(out_tmp / "events.parquet", index=False)
     write_sequences(seqs, out_tmp / "sequences")
     if quarantine and len(rejects):
         rejects.astype({"value": "str"}).to_parquet(out_tmp / "rejected.parquet", index=False)
@@ -237,6 +246,8 @@ def bound_value(value, calendar: bool, tz: str = "UTC"):
         return None
     if not calendar:
         return float(value)
+    if isinstance(value, (int, float)):
+        raise ValueError(f"split boundary {value!r}: this catalog has calendar times, give a date like '2019-01-01'")
     ts = pd.Timestamp(value)
     ts = ts.tz_localize(tz, ambiguous=True, nonexistent="shift_forward") if ts.tzinfo is None else ts
     return ts.tz_convert("UTC")
@@ -258,8 +269,26 @@ def atomic_dir(target: Path):
     old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
     if target.exists():
         os.replace(target, old)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)  # put the previous output back
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sweep_stale(target: Path, max_age_s: float = 3600) -> None:
+    """Remove temp/old folders that a killed run left beside ``target`` (older than ``max_age_s``); if the
+    output itself is missing but an old copy survives (killed between the two renames), restore it."""
+    if not target.parent.exists():
+        return
+    now = time.time()
+    for p in target.parent.glob(f".{target.name}.*-*"):
+        if ".old-" in p.name and not target.exists():
+            os.replace(p, target)
+        elif now - p.stat().st_mtime > max_age_s:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def write_sequences(seqs: pd.DataFrame, folder: Path) -> None:
@@ -301,7 +330,8 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
     started = time.perf_counter()
     out_dir = Path(out_root or settings.processed_dir).absolute() / cfg.name
     inputs = resolve_inputs(cfg, settings, progress=progress)
-    digest, files = input_hash(cfg, inputs)
+    digest, files = input_hash(cfg, inputs, quarantine)
+    sweep_stale(out_dir)
     old = read_manifest(out_dir)
     if old and old.get("input_hash") == digest and not force:
         return IngestResult(out_dir, old, skipped=True, seconds=time.perf_counter() - started)
@@ -322,27 +352,31 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
     source_unit = (spec.time_unit if spec is not None else None) or "seconds"
     bounds_t = {k: model_time(v, origin, cfg, source_unit) for k, v in bounds.items()}
     window = load_window(str(inputs["window"]), crs_in) if "window" in inputs else None
-    split_of_file = {os.path.basename(str(p)): role for role, p in inputs.items() if role in SPLITS}
+    data_inputs = {role: p for role, p in inputs.items() if role not in ("positions", "window")}
+    # messages and lineage name a file by its base name, or its full path when two inputs share one
+    base = [os.path.basename(str(p)) for p in data_inputs.values()]
+    names = {role: (os.path.basename(str(p)) if base.count(os.path.basename(str(p))) == 1 else str(p))
+             for role, p in data_inputs.items()}
+    split_of_file = {names[role]: role for role in data_inputs if role in SPLITS}
+    parquet_only = all(str(p).endswith((".parquet", ".pq")) for p in data_inputs.values())
 
     with atomic_dir(out_dir) as tmp:
         # ---- the graph: parse chunks in parallel → extent → project in parallel → finish (order, split, write)
         delayed = dask.delayed
         if spikes:
             parts = [delayed(read_spike_task, pure=False)(inputs, cfg, time_range, origin)]
-            columns = {}
+            columns = {"id_col": None, "line_offset": None}
         else:
             parts = []
-            for role, path in inputs.items():
-                if role in ("positions", "window"):
-                    continue
-                chunks = tables.plan_chunks(path, blocksize)
-                counts = [delayed(tables.count_rows)(c) for c in chunks]
-                for i, c in enumerate(chunks):
-                    first = delayed(_first_row)(*counts[:i]) if i else 1
+            for role, path in data_inputs.items():
+                first = 1
+                for c in tables.plan_chunks(path, blocksize):
                     parts.append(delayed(parse_table_chunk)(c, first, spec, cfg.name, cfg.filters, window,
-                                                            time_range, origin, cfg.time_unit))
-            columns = {"time_col": spec.time_col, "id_col": spec.id_col or "event_id"}
-        projection = delayed(choose_projection)([delayed(part_bounds)(p) for p in parts], cfg, crs_in)
+                                                            time_range, origin, cfg.time_unit, names[role]))
+                    first = delayed(operator.add)(first, delayed(tables.count_rows)(c))  # rows before the next chunk
+            columns = {"time_col": spec.time_col, "id_col": spec.id_col, "line_offset": None if parquet_only else 1}
+        train_range = (bounds_t["train_start"], bounds_t["val_start"]) if not given else (None, None)
+        projection = delayed(choose_projection)([delayed(part_bounds)(p, train_range) for p in parts], cfg, crs_in)
         projected = [delayed(project_part)(p, crs_in, projection) for p in parts]
         summary = delayed(finish)(projected, cfg, given, split_of_file, bounds_t, columns, tmp, quarantine)
 
@@ -384,10 +418,6 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
         with open(tmp / "manifest.json", "w") as f:
             json.dump(manifest, f, indent=2, default=_json_default)
     return IngestResult(out_dir, manifest, skipped=False, seconds=time.perf_counter() - started)
-
-
-def _first_row(*counts: int) -> int:
-    return 1 + sum(counts)
 
 
 def _json_default(o):

@@ -25,7 +25,7 @@ Rows that cannot be used are never silently dropped: they become *rejects*, a ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -33,7 +33,6 @@ import pandas as pd
 
 MARK_COLUMNS = ("magnitude", "category", "unit")
 EVENT_COLUMNS = ("event_id", "time", "x", "y", *MARK_COLUMNS, "source")
-LINEAGE_COLUMNS = ("_file", "_row")
 REJECT_COLUMNS = ("file", "row", "line", "field", "value", "reason", "kind")
 
 GEOGRAPHIC_CRS = "EPSG:4326"
@@ -72,20 +71,6 @@ class CatalogError(ValueError):
         if self.total > 20:
             lines.append(f"  ... and {self.total - 20} more")
         super().__init__("\n".join(lines))
-
-
-@dataclass
-class CatalogSchema:
-    """What a source declares about its coordinates and times."""
-
-    crs: str | None = GEOGRAPHIC_CRS  # None: a local frame such as camera pixels
-    time_kind: str = "datetime"  # "datetime" (UTC) or "seconds" (lab clock) or "relative" (given per sequence)
-    spatial_unit: str = "degree"
-    marks: tuple[str, ...] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        if self.time_kind not in ("datetime", "seconds", "relative"):
-            raise ValueError(f"time_kind must be datetime, seconds or relative, not {self.time_kind!r}")
 
 
 def empty_rejects() -> pd.DataFrame:

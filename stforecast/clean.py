@@ -84,6 +84,8 @@ def add_keys(events: pd.DataFrame) -> pd.DataFrame:
     """Per-chunk (parallel) preparation for the global step: 64-bit hashes of each event's content (``_hash``)
     and of its id (``_idhash``), so de-duplication compares one integer column instead of every field."""
     cols = [c for c in CONTENT_COLUMNS if c in events]
+    if "sequence" in events:
+        cols.append("_file")  # sequence numbers are per file: the same window id in two files is two windows
     events["_hash"] = pd.util.hash_pandas_object(events[cols], index=False).to_numpy()
     events["_idhash"] = pd.util.hash_pandas_object(events["event_id"], index=False).to_numpy()
     return events
@@ -114,7 +116,8 @@ def deduplicate(events: pd.DataFrame, line_offset: int | None = 1):
     Returns ``(kept, rejects)``; the reject's value names the row it repeats."""
     if "_hash" not in events:
         events = add_keys(events)
-    dup, first = _repeats(events, "_hash", [c for c in CONTENT_COLUMNS if c in events])
+    dup, first = _repeats(events, "_hash", [c for c in (*CONTENT_COLUMNS, "_file") if c in events
+                                            and (c != "_file" or "sequence" in events)])
     if not dup.any():
         return events, empty_rejects()
     first_row = events["_row"].to_numpy()[first]
@@ -136,14 +139,15 @@ def check_unique_ids(events: pd.DataFrame, line_offset: int | None = 1, id_col: 
 
 
 def check_sequence_order(events: pd.DataFrame, time_col: str, line_offset: int | None = 1) -> pd.DataFrame:
-    """For sources that define sequences themselves: times must strictly increase within a sequence, in file order."""
+    """For sources that define sequences themselves: times must not decrease within a sequence, in file order
+    (equal times are ties, broken later like any others)."""
     ordered = events.sort_values(["_file", "_row"], kind="stable")
     prev = ordered.groupby(["_file", "sequence"], sort=False)["time"].shift(1)
-    bad = (ordered["time"] <= prev).to_numpy()
+    bad = (ordered["time"] < prev).to_numpy()
     if not bad.any():
         return empty_rejects()
     return make_rejects(ordered, bad, time_col, [f"{t} (previous {p})" for t, p in zip(ordered["time"], prev)],
-                        "time out of order: not after the previous event of its sequence", "invalid", line_offset)
+                        "time out of order: before the previous event of its sequence", "invalid", line_offset)
 
 
 def to_model_time(time: pd.Series, origin, time_unit: str, source_unit: str = "seconds") -> np.ndarray:
@@ -156,10 +160,11 @@ def to_model_time(time: pd.Series, origin, time_unit: str, source_unit: str = "s
     return (time.to_numpy(dtype="float64") - float(origin or 0.0)) * (SECONDS_PER[source_unit] / scale)
 
 
-def break_ties(t: np.ndarray, resolution: float) -> np.ndarray:
+def break_ties(t: np.ndarray, resolution: float, barriers=()) -> np.ndarray:
     """Spread events that share a time evenly inside one clock tick: the i-th of k tied events moves by
-    ``i/k * tick`` (never past the next distinct time), so inter-event times stay positive and the order
-    is the input order. ``t`` must be sorted; ``resolution`` is in the same unit as ``t``."""
+    ``i/k * tick`` (never past the next distinct time, nor past a ``barrier`` such as a split boundary), so
+    inter-event times stay positive and the order is the input order. ``t`` must be sorted; ``resolution`` is in
+    the same unit as ``t``."""
     t = np.asarray(t, dtype="float64")
     if len(t) < 2:
         return t.copy()
@@ -171,6 +176,10 @@ def break_ties(t: np.ndarray, resolution: float) -> np.ndarray:
         return t.copy()
     rank = np.arange(len(t)) - starts[group]
     next_time = np.r_[t[starts[1:]], np.inf]
+    b = np.sort(np.asarray([v for v in barriers if v is not None and np.isfinite(v)], dtype="float64"))
+    if len(b):
+        after = np.searchsorted(b, t[starts], side="right")  # first barrier strictly above the tied time
+        next_time = np.minimum(next_time, np.r_[b, np.inf][after])
     tick = np.minimum(resolution, next_time - t[starts])  # a coarser clock than declared must not reorder events
     return t + tick[group] * rank / sizes[group]
 
@@ -203,21 +212,24 @@ def project(x: np.ndarray, y: np.ndarray, crs_from: str | None, crs_to: str | No
 
 
 def order_events(events: pd.DataFrame, *, time_unit: str, tie_resolution_s: float, dedupe: bool = True,
-                 given_sequences: bool = False, time_col: str = "time", id_col: str = "event_id",
-                 line_offset: int | None = 1):
+                 given_sequences: bool = False, time_col: str = "time", id_col: str | None = "event_id",
+                 line_offset: int | None = 1, barriers=()):
     """The global cleaning step: de-duplicate, check ids (and sequence order), sort, break ties.
 
-    ``events`` carries ``t`` (float64 model time, see :func:`to_model_time`); ties in ``t`` are broken in place.
-    Calendar catalogs are sorted by time; sources with their own sequences by (file, sequence, time), with
-    ties broken inside each sequence. Returns ``(events, rejects)``.
+    ``events`` carries ``t`` (float64 model time, see :func:`to_model_time`); ties in ``t`` are broken in place,
+    never across a value in ``barriers`` (split boundaries, in model time). Calendar catalogs are sorted by time;
+    sources with their own sequences by (file, sequence, time), with ties broken inside each sequence.
+    ``id_col``: the source's id column, whose values must be unique; None when ids are generated.
+    Returns ``(events, rejects)``.
     """
     rejects = []
-    if given_sequences:
-        rejects.append(check_sequence_order(events, time_col, line_offset))
     if dedupe:
         events, rej = deduplicate(events, line_offset)
         rejects.append(rej)
-    rejects.append(check_unique_ids(events, line_offset, id_col))
+    if given_sequences:
+        rejects.append(check_sequence_order(events, time_col, line_offset))
+    if id_col:
+        rejects.append(check_unique_ids(events, line_offset, id_col))
     rejects = pd.concat([r for r in rejects if len(r)] or [empty_rejects()], ignore_index=True)
     invalid = rejects[rejects["kind"] == "invalid"]
     if len(invalid):  # quarantined rows leave the table
@@ -238,7 +250,7 @@ def order_events(events: pd.DataFrame, *, time_unit: str, tie_resolution_s: floa
         span = (np.max(t) - np.min(t) + 1.0) * 2
         t = break_ties(t + seq_key * span, res) - seq_key * span
     else:
-        t = break_ties(t, res)
+        t = break_ties(t, res, barriers)
     events["t"] = t
     return events.drop(columns=["_hash", "_idhash"], errors="ignore"), rejects
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -185,4 +186,85 @@ def test_truncated_trodes_file_named(settings, tmp_path, data_root):
     cfg = settings.catalog("linear_track", {"path": str(tmp_path / "spikes.mat"),
                                             "positions": str(tmp_path / "pos.videoPositionTracking")})
     with pytest.raises(CatalogError, match=r"pos.videoPositionTracking.*record \d+.*cut off in field"):
+        run_ingest(cfg, settings, out_root=tmp_path / "out", progress=False)
+
+
+def test_malformed_first_row_of_a_chunk_is_named_and_others_survive(settings, tmp_path):
+    """A surplus field in the first row must not shift the columns of the whole chunk."""
+    rows = one_bad(GOOD_ROWS, 0, "2020-01-01T00:00:00.000Z,35.1,139.1,10,3.0,ml,ev0,extra")
+    r = ingest(settings, tmp_path, rows, quarantine=True)
+    rej = pd.read_parquet(r.out_dir / "rejected.parquet")
+    assert rej["line"].tolist() == [2] and rej["reason"].str.startswith("malformed row").all()
+    assert r.manifest["counts"]["events_kept"] == len(GOOD_ROWS) - 1
+
+
+def test_row_with_only_some_fields_is_validated_not_dropped(settings, tmp_path):
+    rows = one_bad(GOOD_ROWS, 4, ",,,10,,ml,")
+    r = ingest(settings, tmp_path, rows, quarantine=True)
+    c = r.manifest["counts"]
+    assert c["rows_read"] == len(GOOD_ROWS) and c["events_kept"] == len(GOOD_ROWS) - 1
+    rej = pd.read_parquet(r.out_dir / "rejected.parquet")
+    assert set(rej["field"]) == {"time", "latitude", "longitude", "mag", "id"}  # every problem of the row named
+    assert set(rej["line"]) == {6}
+
+
+def test_quarantine_switch_is_part_of_the_idempotency_hash(settings, tmp_path):
+    rows = one_bad(GOOD_ROWS, 5, "2020-01-02T02:00:00.000Z,95,139.1,10,3.0,ml,q1")
+    ingest(settings, tmp_path, rows, quarantine=True)
+    with pytest.raises(CatalogError, match="latitude out of range"):
+        ingest(settings, tmp_path, rows)  # not "up to date": without quarantine the bad row fails the run
+
+
+def test_parquet_problems_name_rows_not_lines(settings, tmp_path):
+    frame = pd.DataFrame({"time": ["2020-01-02T00:00:00Z", "2020-01-03T00:00:00Z", "2020-01-04T00:00:00Z"],
+                          "latitude": [35.0, 36.0, 37.0], "longitude": [139.0, 139.5, 140.0], "mag": [3.0, 3.1, 3.2],
+                          "id": ["a", "b", "a"]})
+    frame.to_parquet(tmp_path / "c.parquet")
+    with pytest.raises(CatalogError) as e:
+        run_ingest(cfg_for(tmp_path / "c.parquet"), settings, out_root=tmp_path / "out", progress=False)
+    assert "c.parquet (row 3), field 'id': duplicate event id" in str(e.value)
+    assert "line" not in str(e.value).split("\n")[1]
+
+
+def test_split_files_with_the_same_name_are_kept_apart(settings, tmp_path):
+    paths = {}
+    for i, split in enumerate(("train", "val", "test")):
+        (tmp_path / split).mkdir()
+        p = tmp_path / split / "windows.csv"
+        p.write_text("sequence,t_days,longitude,latitude\n0,0.1,140,35\n0,0.5,141,36\n0,0.9,142,37\n")
+        paths[split] = str(p)
+    cfg = build_config("w", {"kind": "earthquakes", "format": "dstpp-windows", "split_files": paths,
+                             "split": {"mode": "given"}, "sequences": {"mode": "given"}, "projection": {"crs": "none"}})
+    r = run_ingest(cfg, settings, out_root=tmp_path / "out", progress=False)
+    s = r.manifest["counts"]["splits"]
+    assert [s[k]["targets"] for k in ("train", "val", "test")] == [3, 3, 3]
+
+
+def test_ties_inside_given_sequences_are_broken_not_rejected(settings, tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_text("sequence,t_days,longitude,latitude\n0,0.5,140,35\n0,0.5,141,36\n0,0.7,141,36\n")
+    cfg = build_config("w", {"kind": "earthquakes", "format": "dstpp-windows", "split_files": {"train": str(p)},
+                             "split": {"mode": "given"}, "sequences": {"mode": "given"}, "projection": {"crs": "none"}})
+    r = run_ingest(cfg, settings, out_root=tmp_path / "out", progress=False)
+    t = pd.read_parquet(r.out_dir / "events.parquet")["t"].to_numpy()
+    assert r.manifest["counts"]["events_kept"] == 3 and np.all(np.diff(t) > 0) and t[0] == 0.5
+
+
+def test_no_dedupe_keeps_exact_duplicates_of_sources_without_ids(settings, tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("date,loc_cat,longitude,latitude,district\n" + "2019-07-01 10:00,street,-87.6,41.8,1\n" * 2
+                 + "".join(f"2019-07-{d:02d} 11:00,street,-87.7,41.9,1\n" for d in range(2, 28)))
+    cfg = build_config("c", {"kind": "crime", "format": "chicago", "path": str(p), "time_unit": "hours",
+                             "dedupe": False, "split": {"history_start": "2019-07-01", "train_start": "2019-07-01",
+                                                        "val_start": "2019-07-20", "test_start": "2019-07-24",
+                                                        "end": "2019-08-01"},
+                             "sequences": {"mode": "chunks", "length": 5, "history_events": 2}})
+    r = run_ingest(cfg, settings, out_root=tmp_path / "out", progress=False)
+    assert r.manifest["counts"]["events_kept"] == 28
+
+
+def test_a_number_as_a_calendar_split_date_is_refused(settings, tmp_path):
+    path = comcat(tmp_path, GOOD_ROWS)
+    cfg = cfg_for(path, split={"history_start": "2020-01-01", "train_start": 2020})
+    with pytest.raises(ValueError, match="give a date like"):
         run_ingest(cfg, settings, out_root=tmp_path / "out", progress=False)

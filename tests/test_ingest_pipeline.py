@@ -37,7 +37,7 @@ def test_cli_generic_table_with_column_mapping(settings, tmp_path, capsys):
     """A user's own Parquet table, day-first local times, custom columns: no code needed."""
     rng = np.random.default_rng(1)
     n = 400
-    times = pd.date_range("2021-03-01", periods=n, freq="37min")
+    times = pd.date_range("2021-06-01", periods=n, freq="37min")  # British Summer Time: UTC+1
     pd.DataFrame({
         "when": times.strftime("%d/%m/%Y %H:%M"), "lon": -0.1 + rng.normal(0, 0.02, n),
         "lat": 51.5 + rng.normal(0, 0.02, n), "kind": rng.choice(["burglary", "theft"], n), "ref": np.arange(n),
@@ -45,8 +45,8 @@ def test_cli_generic_table_with_column_mapping(settings, tmp_path, capsys):
     rc = main(["ingest", "table", "--name", "mine", "--path", str(tmp_path / "mine.parquet"), "--out", str(tmp_path / "o"),
                "--time-col", "when", "--x-col", "lon", "--y-col", "lat", "--category-col", "kind", "--id-col", "ref",
                "--time-format", "%d/%m/%Y %H:%M", "--tz", "Europe/London", "--time-unit", "hours",
-               "--length-unit", "m", "--history-start", "2021-03-01", "--train-start", "2021-03-02",
-               "--val-start", "2021-03-08", "--test-start", "2021-03-09", "--end", "2021-03-12",
+               "--length-unit", "m", "--history-start", "2021-06-01", "--train-start", "2021-06-02",
+               "--val-start", "2021-06-08", "--test-start", "2021-06-09", "--end", "2021-06-12",
                "--seq-window", "24", "--no-progress", "--workers", "1"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -55,8 +55,7 @@ def test_cli_generic_table_with_column_mapping(settings, tmp_path, capsys):
     assert m["counts"]["rows_read"] == n and m["schema"]["marks"] == ["category"]
     assert m["schema"]["crs_model"].startswith("+proj=aeqd") and m["schema"]["spatial_unit"] == "m"
     ev = pd.read_parquet(tmp_path / "o" / "mine" / "events.parquet")
-    # 28 March 2021 01:00 London switched to BST; times before it are UTC+0
-    assert ev["time"].iloc[0] == pd.Timestamp("2021-03-01 00:00", tz="UTC")
+    assert ev["time"].iloc[0] == pd.Timestamp("2021-05-31 23:00", tz="UTC")  # 00:00 BST
 
 
 def test_cli_reports_bad_input_without_traceback(settings, tmp_path, capsys):
@@ -105,7 +104,7 @@ def test_same_graph_on_an_existing_cluster(settings, tmp_path, capsys):
         rc = main(["ingest", "earthquakes", "ridgecrest", "--out", str(tmp_path / "o"), "--scheduler",
                    cluster.scheduler_address, "--no-progress"])
         assert rc == 0
-        local = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp_path / "local", progress=False)
+        run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp_path / "local", progress=False)
     a = pd.read_parquet(tmp_path / "o" / "ridgecrest" / "sequences")
     b = pd.read_parquet(tmp_path / "local" / "ridgecrest" / "sequences")
     pd.testing.assert_frame_equal(a, b)  # same result whatever runs the graph
@@ -131,6 +130,28 @@ def test_chicago_daylight_saving(local, utc, note):
     spec = TableSpec(time_col="date", x_col="x", y_col="y", time_format="%Y-%m-%d %H:%M", tz="America/Chicago")
     out, info = parse_times(pd.Series([local]), spec)
     assert out.iloc[0] == pd.Timestamp(utc, tz="UTC"), note
+
+
+def test_zone_suffix_detection_only_for_iso_times():
+    spec = TableSpec(time_col="t", x_col="x", y_col="y", time_format="%Y%m%d-%H%M", tz="America/Chicago")
+    out, _ = parse_times(pd.Series(["20190115-1230"]), spec)
+    assert out.iloc[0] == pd.Timestamp("2019-01-15 18:30", tz="UTC")  # '-1230' is the clock time, not a zone
+
+
+def test_ties_never_cross_a_split_boundary(settings, tmp_path):
+    rows = ["time,latitude,longitude,mag,id"] + [f"2020-01-{d:02d}T12:00:00Z,35,139,3,e{d}" for d in range(2, 31)]
+    rows += ["2020-01-31T23:59:59.995Z,35,139,3,tie1", "2020-01-31T23:59:59.995Z,35.1,139,3,tie2"]
+    p = tmp_path / "c.csv"
+    p.write_text("\n".join(rows) + "\n")
+    cfg = build_config("c", {"kind": "earthquakes", "format": "comcat", "path": str(p), "tie_resolution_s": 0.01,
+                             "split": {"history_start": "2020-01-01", "train_start": "2020-01-02",
+                                       "val_start": "2020-01-20", "test_start": "2020-01-25", "end": "2020-02-01"},
+                             "sequences": {"mode": "windows", "window": 3.0, "history_events": 2, "min_targets": 1}})
+    r = run_ingest(cfg, settings, out_root=tmp_path / "o", progress=False)
+    ev = pd.read_parquet(r.out_dir / "events.parquet")
+    assert set(ev["split"]) <= {"train", "val", "test"}  # nothing pushed past `end`
+    assert (ev.loc[ev.event_id.isin(["tie1", "tie2"]), "split"] == "test").all()
+    assert r.manifest["counts"]["splits"]["test"]["targets"] == int((ev["split"] == "test").sum())
 
 
 def test_sf_zone_suffix_is_ignored():

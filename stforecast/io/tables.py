@@ -17,7 +17,7 @@ import gzip
 import io
 import os
 import warnings
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,6 @@ from stforecast.catalog import (
     GEOGRAPHIC_CRS, MARK_COLUMNS, SECONDS_PER, CatalogError, check_columns, empty_rejects, make_rejects,
 )
 
-TIME_UNITS = SECONDS_PER
 
 
 @dataclass
@@ -54,11 +53,10 @@ class TableSpec:
     unit_col: str | None = None
     sequence_col: str | None = None
     sep: str = ","
-    extra_cols: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.time_unit is not None and self.time_unit not in TIME_UNITS:
-            raise ValueError(f"time_unit must be one of {sorted(TIME_UNITS)}, not {self.time_unit!r}")
+        if self.time_unit is not None and self.time_unit not in SECONDS_PER:
+            raise ValueError(f"time_unit must be one of {sorted(SECONDS_PER)}, not {self.time_unit!r}")
 
     @property
     def mark_cols(self) -> dict[str, str]:
@@ -182,14 +180,16 @@ def _read_bytes(chunk: Chunk) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
-def read_chunk(chunk: Chunk, first_row: int, spec: TableSpec, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_chunk(chunk: Chunk, first_row: int, spec: TableSpec, source: str,
+               name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse and validate one chunk.
 
     Returns ``(events, rejects)``: events follow :data:`stforecast.catalog.EVENT_COLUMNS` (marks that the table
     lacks are absent) plus ``_file``, ``_row`` (and ``sequence`` when the spec has one); rejects follow
-    :data:`stforecast.catalog.REJECT_COLUMNS`. ``first_row`` is the 1-based data row of the chunk's first row.
+    :data:`stforecast.catalog.REJECT_COLUMNS`. ``first_row`` is the 1-based data row of the chunk's first row;
+    ``name`` is how messages and lineage name the file (default: its base name).
     """
-    name = os.path.basename(chunk.path)
+    name = name or os.path.basename(chunk.path)
     rejects = []
     if chunk.kind == "parquet":
         import pyarrow.parquet as pq
@@ -227,16 +227,17 @@ def _parse_text(data: bytes, header: list[str], spec: TableSpec, name: str, firs
     All columns are parsed (not only the used ones) because pandas ignores surplus fields when ``usecols`` is
     given, and a row with a field too many is malformed: its values may be shifted."""
     usecols = list(dict.fromkeys(spec.roles().values()))
-    kw = dict(sep=spec.sep, header=None, names=header, skip_blank_lines=False,
+    # index_col=False: never turn a surplus first field into an index (which shifts every column silently)
+    kw = dict(sep=spec.sep, header=None, names=header, index_col=False, skip_blank_lines=False,
               dtype={c: str for c in _string_cols(spec)}, keep_default_na=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            warnings.simplefilter("error", pd.errors.ParserWarning)  # "more fields than names" must not pass
             frame = pd.read_csv(io.BytesIO(data), **kw)
-        frame = frame[usecols]
         frame["_row"] = np.arange(first_row, first_row + len(frame), dtype="int64")
-        return _drop_blank(frame, usecols), empty_rejects()
-    except pd.errors.ParserError:
+        return _drop_blank(frame)[usecols + ["_row"]], empty_rejects()
+    except (pd.errors.ParserError, pd.errors.ParserWarning):
         pass
     lines = data.decode("utf-8", errors="replace").splitlines()
     good, bad_rows, bad_counts = [], [], []
@@ -246,18 +247,23 @@ def _parse_text(data: bytes, header: list[str], spec: TableSpec, name: str, firs
             bad_counts.append(len(fields))
         else:
             good.append(i)
-    frame = pd.read_csv(io.StringIO("\n".join(lines[i] for i in good) + "\n"), **kw)[usecols] if good else \
-        pd.DataFrame(columns=usecols)
+    if good:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = pd.read_csv(io.StringIO("\n".join(lines[i] for i in good) + "\n"), **kw)
+    else:
+        frame = pd.DataFrame(columns=header)
     frame["_row"] = np.asarray(good, dtype="int64") + first_row
     bad = pd.DataFrame({"file": name, "row": np.asarray(bad_rows, dtype="int64"),
                         "line": np.asarray(bad_rows, dtype="int64") + 1, "field": "*",
                         "value": [f"{n} fields" for n in bad_counts],
                         "reason": f"malformed row: more fields than the {len(header)} in the header", "kind": "invalid"})
-    return _drop_blank(frame, usecols), bad
+    return _drop_blank(frame)[usecols + ["_row"]], bad
 
 
-def _drop_blank(frame: pd.DataFrame, usecols: list[str]) -> pd.DataFrame:
-    blank = frame[usecols].isna().all(axis=1).to_numpy()
+def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop empty lines (every field empty). A row with some fields filled is kept and validated."""
+    blank = frame.drop(columns="_row").isna().all(axis=1).to_numpy()
     return frame[~blank].reset_index(drop=True) if blank.any() else frame
 
 
@@ -279,7 +285,10 @@ def parse_times(values: pd.Series, spec: TableSpec) -> tuple[pd.Series, dict]:
         warnings.simplefilter("ignore")
         if spec.tz.upper() == "UTC":
             return pd.to_datetime(s, format=fmt, errors="coerce", utc=True).astype("datetime64[ns, UTC]"), info
-        aware = s.str.contains(r"(Z|[+-]\d\d:?\d\d)$", regex=True, na=False).to_numpy()
+        if fmt is None or fmt == "ISO8601":
+            aware = s.str.contains(r"(Z|[+-]\d\d:?\d\d)$", regex=True, na=False).to_numpy()
+        else:  # an explicit pattern says itself whether it carries a zone
+            aware = np.full(len(s), "%z" in fmt or "%Z" in fmt)
         naive = pd.to_datetime(s.where(~aware), format=fmt, errors="coerce")
     local_first = naive.dt.tz_localize(spec.tz, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward")
     local_other = naive.dt.tz_localize(spec.tz, ambiguous=np.zeros(len(naive), dtype=bool), nonexistent="NaT")
@@ -298,7 +307,7 @@ def to_events(raw: pd.DataFrame, spec: TableSpec, source: str, line_offset: int 
 
     def reject(mask, col, reason, kind="invalid"):
         nonlocal bad
-        mask = np.asarray(mask, dtype=bool) & ~bad  # one problem per row is enough to name it
+        mask = np.asarray(mask, dtype=bool)  # every problem of a row is named, not only its first
         if mask.any():
             rejects.append(make_rejects(raw, mask, col, raw[col], reason, kind, line_offset))
             bad |= mask
@@ -306,15 +315,16 @@ def to_events(raw: pd.DataFrame, spec: TableSpec, source: str, line_offset: int 
     time, _ = parse_times(raw[spec.time_col], spec)
     missing_time = raw[spec.time_col].isna().to_numpy()
     reject(missing_time, spec.time_col, "missing time")
-    reject(time.isna().to_numpy(), spec.time_col,
+    reject(time.isna().to_numpy() & ~missing_time, spec.time_col,
            f"unparseable time (expected {spec.time_format or 'a number in ' + str(spec.time_unit)})")
 
     coords = {}
     for role, col in (("x", spec.x_col), ("y", spec.y_col)):
         num = pd.to_numeric(raw[col], errors="coerce").astype("float64").to_numpy()
         coords[role] = num
-        reject(raw[col].isna().to_numpy(), col, "missing coordinate")
-        reject(~np.isfinite(num), col, "coordinate is not a finite number")
+        missing = raw[col].isna().to_numpy()
+        reject(missing, col, "missing coordinate")
+        reject(~np.isfinite(num) & ~missing, col, "coordinate is not a finite number")
     if spec.crs == GEOGRAPHIC_CRS:
         reject(np.abs(coords["x"]) > 180, spec.x_col, "longitude out of range [-180, 180]")
         reject(np.abs(coords["y"]) > 90, spec.y_col, "latitude out of range [-90, 90]")
@@ -324,8 +334,9 @@ def to_events(raw: pd.DataFrame, spec: TableSpec, source: str, line_offset: int 
     if spec.magnitude_col:
         col = spec.magnitude_col
         mag = pd.to_numeric(raw[col], errors="coerce").astype("float64").to_numpy()
-        reject(raw[col].isna().to_numpy(), col, "missing magnitude")
-        reject(~np.isfinite(mag), col, "magnitude is not a number")
+        missing = raw[col].isna().to_numpy()
+        reject(missing, col, "missing magnitude")
+        reject(~np.isfinite(mag) & ~missing, col, "magnitude is not a number")
         reject((mag < -3) | (mag > 10), col, "magnitude out of range [-3, 10]")
         events["magnitude"] = mag
     for mark in ("category", "unit"):
@@ -359,5 +370,7 @@ def content_ids(events: pd.DataFrame, source: str) -> np.ndarray:
     """Stable ids for sources without their own: a hash of the event's content, so the same event keeps
     its id when the file is re-downloaded or re-ordered (exact duplicates share one and are removed)."""
     cols = [c for c in ("time", "x", "y", *MARK_COLUMNS, "sequence") if c in events]
+    if "sequence" in events:
+        cols.append("_file")  # window ids repeat across split files
     h = pd.util.hash_pandas_object(events[cols], index=False).to_numpy()
     return np.char.add(f"{source}:", np.char.mod("%016x", h.astype("uint64")))
