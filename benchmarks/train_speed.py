@@ -72,8 +72,17 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
           f"torch {torch.__version__}; {args.steps} timed steps of 64 sequences after 3 warm-up steps")
-    presets = ["paper", "default"] if args.preset == "both" else [args.preset]
-    for p in presets:
+    if args.preset == "both":  # one process per preset, so each peak-memory figure is its own
+        import subprocess
+        import sys
+
+        for p in ("paper", "default"):
+            out = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--preset", p, "--steps",
+                                  str(args.steps), "--device", args.device, "--data", args.data],
+                                 capture_output=True, text=True, check=True).stdout
+            print(out.strip().splitlines()[-1])
+        return
+    for p in [args.preset]:
         r = measure(p, args.steps, device, args.data)
         print(f"{p:>8}: {r['events_per_s']:8,.0f} target events/s  ({r['events']:,} events in {r['seconds']:.1f} s; "
               f"{r['params']:,} parameters; padding {r['padding']:.1%}; peak memory {r['peak_mb']:,.0f} MB)")

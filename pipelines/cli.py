@@ -299,7 +299,9 @@ def cmd_train(args) -> int:
     print(f"checkpoints: {result.out_dir}/best.pt, last.pt")
     if uri:
         print(f"MLflow model: {uri}  (store {tracking_uri()})")
-        print("browse runs:  mlflow ui --backend-store-uri " + tracking_uri() + " --host 127.0.0.1")
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        print(f"browse runs:  {mlflow_bin if mlflow_bin.exists() else 'mlflow'} ui --backend-store-uri "
+              f"{tracking_uri()} --host 127.0.0.1   (then open http://127.0.0.1:5000)")
     return 0
 
 

@@ -78,7 +78,12 @@ def log_trained_model(checkpoint: Path, model_config: dict, registered_name: str
     example_out = pd.DataFrame({"history": [0], "sample": [0], "dt": [0.5], "t": [1.5], "x": [0.0], "y": [0.0]})
     signature = infer_signature(example_in, example_out,
                                 params={"n": 100, "sampler": "ddim", "steps": 50, "seed": 0})
-    with tempfile.TemporaryDirectory() as tmp:
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow hints about integer columns and input examples do not apply: the signature is written by hand
+        warnings.simplefilter("ignore", UserWarning)
         cfg = Path(tmp) / "model_config.json"
         cfg.write_text(json.dumps(model_config, indent=2))
         info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
