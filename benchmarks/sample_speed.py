@@ -4,7 +4,8 @@
 
 Draws ``samples`` next events for each of ``histories`` histories (prefixes of the DSTPP Japan test windows,
 chosen at random with a fixed seed) as one batched call per sampler, and prints samples/s (wall time, encoder
-included), peak memory, and — with a trained ``--checkpoint`` — how the samplers differ in quality against the
+included), peak memory (CUDA: per sampler; CPU: the process peak so far, so run one sampler per call to
+separate them), and — with a trained ``--checkpoint`` — how the samplers differ in quality against the
 held-out next events: mean absolute error of the sample mean and median waiting time (days), distance of the
 sample mean location (degrees, as the paper), and the spread (std) of the samples.
 """

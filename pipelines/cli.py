@@ -263,7 +263,7 @@ def _train_parser(sub) -> None:
 
 def cmd_train(args) -> int:
     from stforecast.config import load_settings
-    from stforecast.train import load_train_config, train
+    from stforecast.train import TrainConfig, load_train_config, train
 
     overrides = list(args.set)
     settings = load_settings()
@@ -285,7 +285,7 @@ def cmd_train(args) -> int:
     cfg = load_train_config(args.config, overrides)
     if args.out:
         cfg.out_dir = args.out
-    elif not any(o.startswith("out_dir=") for o in overrides):
+    elif cfg.out_dir == TrainConfig().out_dir:  # neither the file nor --set chose one
         cfg.out_dir = str(Path("runs") / f"{Path(cfg.data).name}-{cfg.preset}")
     if args.no_track:
         result, uri = train(cfg, resume=args.resume), None

@@ -74,23 +74,25 @@ def log_trained_model(checkpoint: Path, model_config: dict, registered_name: str
     from mlflow.models import infer_signature
 
     code = Path(__file__).with_name("mlflow_model.py")
-    example_in = pd.DataFrame({"history": [0, 0], "t": [0.0, 1.0], "x": [0.0, 1.0], "y": [0.0, 1.0]})
-    example_out = pd.DataFrame({"history": [0], "sample": [0], "dt": [0.5], "t": [1.5], "x": [0.0], "y": [0.0]})
-    signature = infer_signature(example_in, example_out,
-                                params={"n": 100, "sampler": "ddim", "steps": 50, "seed": 0})
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # MLflow hints about integer columns and input examples do not apply: the signature is written by hand
         warnings.simplefilter("ignore", UserWarning)
+        example_in = pd.DataFrame({"history": [0, 0], "t": [0.0, 1.0], "x": [0.0, 1.0], "y": [0.0, 1.0]})
+        example_out = pd.DataFrame({"history": [0], "sample": [0], "dt": [0.5], "t": [1.5], "x": [0.0], "y": [0.0]})
+        signature = infer_signature(example_in, example_out,
+                                    params={"n": 100, "sampler": "ddim", "steps": 50, "seed": 0})
         cfg = Path(tmp) / "model_config.json"
         cfg.write_text(json.dumps(model_config, indent=2))
         info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
                                        artifacts={"checkpoint": str(checkpoint), "model_config": str(cfg)},
                                        registered_model_name=registered_name, signature=signature,
                                        # stated, not inferred: inference re-imports the model in a subprocess
-                                       pip_requirements=["torch>=2.13", "numpy", "pandas", "mlflow", "stforecast"])
+                                       pip_requirements=["torch>=2.13", "numpy", "pandas", "mlflow"],
+                                       # the loader lives in this package: ship it with the model
+                                       code_paths=[str(Path(__file__).parent)])
     if registered_name and info.registered_model_version is not None:
         return f"models:/{registered_name}/{info.registered_model_version}"
     return info.model_uri
@@ -123,6 +125,8 @@ def train_and_track(cfg, *, resume: bool = False, experiment: str = DEFAULT_EXPE
     from stforecast.batch import load_manifest
     from stforecast.train import train
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks to MLflow
+        return train(cfg, resume=resume), None
     exp_id = setup(experiment)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,6 +149,8 @@ def train_and_track(cfg, *, resume: bool = False, experiment: str = DEFAULT_EXPE
                                step=int(metrics["step"]))
 
         result = train(cfg, resume=resume, on_eval=on_eval)
+        if not result.trained_now:  # a resumed run that had already finished: nothing new to log
+            return result, mlflow.get_run(run.info.run_id).data.tags.get("model_uri")
         mlflow.log_metrics({"best_val_loss": result.best_val, "best_step": result.best_step,
                             "train_events_per_s": result.events_per_second})
         mlflow.log_artifact(str(out / "best.pt"), artifact_path="checkpoints")

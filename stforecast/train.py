@@ -175,54 +175,107 @@ class TrainResult:
     model: DSTPP
     stopped_early: bool
     events_per_second: float
+    trained_now: bool = True  # False when a resumed run had already finished
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train DSTPP on ``cfg.data``. ``on_eval(metrics)`` is called after each evaluation (MLflow logging)."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = 0, 1
-    device = pick_device(cfg.device)
-    if distributed:
+class _Dist:
+    """Rank, world size and the few collectives the loop needs (no-ops in a single process)."""
+
+    def __init__(self, device: torch.device):
+        self.on = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank, self.world, self.device = 0, 1, device
+        if self.on:
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            if device.type == "cuda":
+                self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+                torch.cuda.set_device(self.device)
+
+    def gather(self, obj):
+        """Every rank's ``obj``, in rank order (for RNG states kept per rank)."""
+        if not self.on:
+            return [obj]
         import torch.distributed as dist
 
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-            torch.cuda.set_device(device)
-    seed_everything(cfg.seed)
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def from_rank0(self, obj):
+        """Rank 0's ``obj`` on every rank, so decisions (early stopping) cannot diverge."""
+        if not self.on:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.on:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train DSTPP on ``cfg.data``. ``on_eval(metrics)`` is called on rank 0 at the end of every epoch with the
+    mean train loss and learning rate, plus ``val_loss`` when the epoch was evaluated (MLflow logging)."""
+    dist = _Dist(pick_device(cfg.device))
+    device, rank = dist.device, dist.rank
+    seed_everything(cfg.seed + rank)  # ranks draw different noise; each rank's RNG state is checkpointed
     out = Path(cfg.out_dir)
+    last, best = out / "last.pt", out / "best.pt"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a fresh run must never report or resume a previous run's files
+            for stale in (last, best, out / "mlflow_run.json"):
+                stale.unlink(missing_ok=True)
+    if dist.on:
+        dist.from_rank0(None)  # wait for the clean-up
     manifest = load_manifest(cfg.data)
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     model_cfg = cfg.model_config()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(model_cfg, manifest).to(device)
+    torch.manual_seed(cfg.seed + rank)
     amp = cfg.amp and device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set.batches(cfg.batch_size, shuffle=False, max_tokens=cfg.max_tokens)) / world)
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    n_batches = len(train_set.batches(cfg.batch_size, shuffle=False, max_tokens=cfg.max_tokens))
+    if n_batches < dist.world:
+        raise ValueError(f"{n_batches} training batches cannot feed {dist.world} processes; use a smaller batch_size")
+    steps_per_epoch = n_batches // dist.world
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": math.inf, "best_step": -1, "bad_evals": 0,
-             "history": []}
-    last = out / "last.pt"
+             "loss_sum": 0.0, "loss_n": 0, "finished": False, "stopped_early": False, "history": []}
     if resume and last.exists():
-        ckpt = load_checkpoint(last, map_location=device)
+        ckpt = load_checkpoint(last, map_location="cpu")
+        if json.loads(ckpt["model_config"]) != model_cfg.to_dict():
+            raise ValueError(f"{last} was written with another model configuration; not resuming it")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         state["history"] = json.loads(state["history"])
-        torch.set_rng_state(ckpt["rng_cpu"])
+        rng = ckpt["rng_cpu"]
+        torch.set_rng_state(rng[rank] if isinstance(rng, list) else rng)
         if device.type == "cuda" and "rng_cuda" in ckpt:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
+            cuda_rng = ckpt["rng_cuda"]
+            torch.cuda.set_rng_state((cuda_rng[rank] if isinstance(cuda_rng, list) else cuda_rng).cpu(), device)
+        if state["finished"] and state["step"] < total_steps and not state["stopped_early"]:
+            state["finished"] = False  # more epochs were asked for: carry on
     elif resume:
         print(f"no checkpoint at {last}; starting from scratch")
 
     net = model
-    if distributed:
+    if dist.on:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -230,30 +283,49 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
         net = torch.compile(net)
 
     def save(path: Path, full: bool = True) -> None:
+        """Write a checkpoint from rank 0 (all ranks call it: the RNG states are gathered)."""
+        rngs = dist.gather(torch.get_rng_state()) if full else None
+        cuda_rngs = dist.gather(torch.cuda.get_rng_state(device)) if full and device.type == "cuda" else None
         if rank != 0:
             return
         ckpt = {"model": model.state_dict(), "model_config": json.dumps(model_cfg.to_dict()),
                 "train_config": json.dumps(cfg.to_dict(), default=str),
                 "manifest_hash": manifest.get("input_hash", "")}
         if full:
-            s = dict(state, history=json.dumps(state["history"]))
-            ckpt.update(optimizer=opt.state_dict(), state=s, rng_cpu=torch.get_rng_state())
-            if device.type == "cuda":
-                ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
+            ckpt.update(optimizer=opt.state_dict(), state=dict(state, history=json.dumps(state["history"])),
+                        rng_cpu=rngs)
+            if cuda_rngs is not None:
+                ckpt["rng_cuda"] = cuda_rngs
         atomic_torch_save(ckpt, path)
 
+    def end_of_epoch(evaluate: bool) -> None:
+        """Log the epoch (mean train loss, learning rate) and, when due, evaluate and keep the best."""
+        metrics = {"epoch": state["epoch"], "step": state["step"],
+                   "train_loss": state["loss_sum"] / max(state["loss_n"], 1), "lr": opt.param_groups[0]["lr"]}
+        if evaluate:
+            val = dist.from_rank0(evaluate_loss(model, val_set, cfg.batch_size, device, amp=amp) if rank == 0 else None)
+            metrics["val_loss"] = val
+            if val < state["best_val"]:
+                state.update(best_val=val, best_step=state["step"], bad_evals=0)
+                save(best, full=False)
+            else:
+                state["bad_evals"] += 1
+                state["stopped_early"] = state["bad_evals"] >= cfg.patience
+        state["history"].append(metrics)
+        if on_eval is not None and rank == 0:
+            on_eval(metrics)
+
     bar = None
-    if cfg.progress and rank == 0:
+    if cfg.progress and rank == 0 and not state["finished"]:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-    stopped_early, events, busy = False, 0, 0.0
-    loss = torch.tensor(math.nan)
+    events, busy = 0, 0.0
     model.train()
-    while state["step"] < total_steps and not stopped_early:
+    while not state["finished"] and state["step"] < total_steps and not state["stopped_early"]:
         epoch = state["epoch"]
         batches = train_set.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, max_tokens=cfg.max_tokens)
-        batches = batches[rank::world]
+        batches = batches[: len(batches) // dist.world * dist.world][rank::dist.world]  # equal counts per rank
         for i in range(state["batch_in_epoch"], len(batches)):
             if state["step"] >= total_steps:
                 break
@@ -271,6 +343,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
             events += batch.num_targets
             state["step"] += 1
             state["batch_in_epoch"] = i + 1
+            state["loss_sum"] += float(loss.detach())
+            state["loss_n"] += 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.4f}", best_val=f"{state['best_val']:.4f}")
@@ -278,37 +352,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
                 save(last)
         else:
             state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            if state["epoch"] % cfg.eval_every == 0:
-                val = evaluate_loss(model, val_set, cfg.batch_size, device, amp=amp)
-                metrics = {"epoch": state["epoch"], "step": state["step"], "train_loss": float(loss.detach()),
-                           "val_loss": val, "lr": opt.param_groups[0]["lr"]}
-                if val < state["best_val"]:
-                    state.update(best_val=val, best_step=state["step"], bad_evals=0)
-                    save(out / "best.pt", full=False)
-                else:
-                    state["bad_evals"] += 1
-                    stopped_early = state["bad_evals"] >= cfg.patience
-                state["history"].append(metrics)
-                if on_eval is not None and rank == 0:
-                    on_eval(metrics)
+            end_of_epoch(evaluate=state["epoch"] % cfg.eval_every == 0)
+            state.update(batch_in_epoch=0, loss_sum=0.0, loss_n=0)
             save(last)
-    save(last)
+    if not state["finished"]:
+        if state["best_step"] < 0:  # stopped before the first evaluation: select what we have
+            end_of_epoch(evaluate=True)
+        state["finished"] = True
+        save(last)
     if bar is not None:
         bar.close()
-    if not (out / "best.pt").exists() and rank == 0:  # ran fewer steps than one epoch: keep what we have
-        state["best_val"] = evaluate_loss(model, val_set, cfg.batch_size, device, amp=amp)
-        state["best_step"] = state["step"]
-        save(out / "best.pt", full=False)
-        save(last)
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+    dist.close()
     return TrainResult(best_val=state["best_val"], best_step=state["best_step"], steps=state["step"],
                        epochs_run=state["epoch"], history=state["history"], out_dir=out, model=model,
-                       stopped_early=stopped_early, events_per_second=events / busy if busy else math.nan)
+                       stopped_early=state["stopped_early"], events_per_second=events / busy if busy else math.nan,
+                       trained_now=events > 0)
 
 
 def load_model(checkpoint: str | os.PathLike, map_location="cpu") -> DSTPP:

@@ -44,8 +44,11 @@ def test_short_training_reduces_validation_loss(windows, tmp_path):
     assert after < 0.8 * before, (before, after)
 
 
-def test_resume_gives_the_same_weights(windows, tmp_path, monkeypatch):
-    straight = train(tiny(windows, tmp_path / "a", max_steps=8, checkpoint_every=1))
+def test_resume_gives_the_same_run(windows, tmp_path, monkeypatch):
+    """Interrupted after an epoch boundary (past an evaluation and a best checkpoint), resumed: same weights,
+    same history, same best. 950 sequences / 128 = 8 steps per epoch; 12 steps; the stop comes in step 10."""
+    kw = dict(max_steps=12, checkpoint_every=1, batch_size=128)
+    straight = train(tiny(windows, tmp_path / "a", **kw))
 
     from stforecast.batch import SequenceSet
 
@@ -53,21 +56,33 @@ def test_resume_gives_the_same_weights(windows, tmp_path, monkeypatch):
 
     def interrupted(self, index):
         calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt  # the operator stops the run during step 5
+        if calls["n"] == 11:  # 8 training batches, 1 validation batch, steps 9 and 10 → stop in step 10
+            raise KeyboardInterrupt
         return original(self, index)
 
-    cfg = tiny(windows, tmp_path / "b", max_steps=8, checkpoint_every=1)
+    cfg = tiny(windows, tmp_path / "b", **kw)
     monkeypatch.setattr(SequenceSet, "collate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     monkeypatch.setattr(SequenceSet, "collate", original)
     ckpt = torch.load(tmp_path / "b" / "run" / "last.pt", weights_only=True)
-    assert ckpt["state"]["step"] == 4
+    assert ckpt["state"]["step"] == 9 and ckpt["state"]["epoch"] == 1
     resumed = train(cfg, resume=True)
-    assert resumed.steps == straight.steps == 8
+    assert resumed.steps == straight.steps == 12
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history == straight.history and resumed.best_val == straight.best_val
+    # resuming a finished run trains nothing more
+    again = train(cfg, resume=True)
+    assert not again.trained_now and again.steps == 12
+
+
+def test_a_fresh_run_never_reports_a_previous_runs_checkpoint(windows, tmp_path):
+    train(tiny(windows, tmp_path, max_steps=2))
+    other = dict(TINY, d_model=8)
+    result = train(tiny(windows, tmp_path, max_steps=1, model=other))
+    assert result.best_step == 1
+    assert load_model(tmp_path / "run" / "best.pt").cfg.d_model == 8
 
 
 def test_mlflow_run_holds_a_registered_model_that_reloads_and_samples(windows, tmp_path, monkeypatch):
@@ -78,14 +93,19 @@ def test_mlflow_run_holds_a_registered_model_that_reloads_and_samples(windows, t
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("STFORECAST_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
-    result, uri = tracking.train_and_track(tiny(windows, tmp_path, max_steps=3), registered_name="dstpp-test")
+    result, uri = tracking.train_and_track(tiny(windows, tmp_path, max_steps=32, batch_size=64),
+                                           registered_name="dstpp-test")  # 15 steps per epoch: 2 evaluations
     assert uri == "models:/dstpp-test/1"
     client = MlflowClient()
     version = client.get_model_version("dstpp-test", "1")
     run = client.get_run(version.run_id)
     assert run.data.tags["data.input_hash"] == load_manifest(windows)["input_hash"]
-    assert run.data.tags["git_commit"] and "model.d_model" in run.data.params
-    assert "val_loss" in run.data.metrics or "best_val_loss" in run.data.metrics
+    assert run.data.tags["git_commit"] and run.data.params["model.d_model"] == "16" and run.data.params["lr"] == "0.003"
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in history] == [15, 30]  # once per epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [15, 30]
+    assert {"train_loss", "val_loss", "lr", "best_val_loss"} <= set(run.data.metrics)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     model = tracking.load_model(uri)
     data = load_split(windows, "test")
     out = model.sample_next(data.collate(np.arange(4)), 6, steps=5)
@@ -96,14 +116,27 @@ def test_mlflow_run_holds_a_registered_model_that_reloads_and_samples(windows, t
     assert len(pred) == 8 and (pred["dt"] > 0).all()
 
 
-def test_ddp_two_processes_gloo(windows, tmp_path):
-    """The same script under torchrun with DistributedDataParallel (gloo on CPU, 2 processes, tiny model)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+def test_ddp_two_processes_gloo_with_tracking(windows, tmp_path):
+    """The same script under torchrun with DistributedDataParallel (gloo on CPU, 2 processes, tiny model), across
+    an evaluation, tracked: one MLflow run and one registered version (only rank 0 logs)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", STFORECAST_ARTIFACT_ROOT=str(tmp_path / "art"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "pipelines.cli", "train", "--data", str(windows), "--max-steps", "4", "--no-track", "--no-progress",
-           "--out", str(tmp_path / "ddp"), "--batch-size", "16", *sum((["--set", f"model.{k}={v}"] for k, v in TINY.items()), [])]
+           "pipelines.cli", "train", "--data", str(windows), "--max-steps", "12", "--no-progress",
+           "--register-as", "ddp-test", "--out", str(tmp_path / "ddp"), "--batch-size", "64",
+           *sum((["--set", f"model.{k}={v}"] for k, v in TINY.items()), [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "best validation loss" in proc.stdout
+    assert "models:/ddp-test/1" in proc.stdout
     ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
-    assert ckpt["state"]["step"] == 4
+    assert ckpt["state"]["step"] == 12 and len(ckpt["rng_cpu"]) == 2  # one RNG state per rank
+    assert len(ckpt["state"]["history"]) > 2  # 7 steps per rank per epoch: an evaluation ran under DDP
+
+    from mlflow import MlflowClient
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    assert len(client.search_model_versions("name='ddp-test'")) == 1
+    exp = client.get_experiment_by_name("stforecast")
+    assert len(client.search_runs([exp.experiment_id])) == 1

@@ -264,8 +264,14 @@ class DSTPP(nn.Module):
     @torch.no_grad()
     def sample_next(self, batch: Batch, n: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` draws of the event after each history's last row → (B, n, 3) = (dt, x, y) in model units."""
-        return self.sample_from_condition(self.last_states(batch), n, sampler, steps, eta, generator)
+        """``n`` draws of the event after each history's last row → (B, n, 3) = (dt, x, y) in model units.
+        Runs in eval mode (no dropout) whatever mode the model is in, and restores it."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.sample_from_condition(self.last_states(batch), n, sampler, steps, eta, generator)
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def last_states(self, batch: Batch, max_rows: int = 32768) -> torch.Tensor:

@@ -25,8 +25,12 @@ def cosine_betas(steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(0, max_beta)
 
 
-def linear_betas(steps: int, start: float = 1e-4, end: float = 0.01) -> torch.Tensor:
-    return torch.linspace(start, end, steps, dtype=torch.float64)
+def linear_betas(steps: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+    """Ho et al.'s linear schedule, scaled by 1000/K so that any K ends in (nearly) pure noise. (The published
+    DSTPP code's unscaled 1e-4..0.01 leaves alpha_bar at 0.36 after 200 steps: sampling from N(0, I) then starts
+    from the wrong distribution.)"""
+    scale = 1000 / steps
+    return torch.linspace(start * scale, min(end * scale, 0.999), steps, dtype=torch.float64)
 
 
 class NoiseSchedule(nn.Module):
