@@ -29,3 +29,33 @@ def energy_score(samples: np.ndarray, truth: np.ndarray, max_pairs: int = 200) -
     a = x[:, :max_pairs]
     term2 = np.linalg.norm(a[:, :, None, :] - a[:, None, :, :], axis=-1).mean((1, 2))
     return term1 - 0.5 * term2
+
+
+def interval_coverage(samples: np.ndarray, truth: np.ndarray, levels=(0.5, 0.8, 0.95)) -> dict[float, float]:
+    """Share of forecasts whose truth lies in the central ``level`` interval of its samples (H, n)."""
+    x = np.asarray(samples, dtype=float)
+    y = np.asarray(truth, dtype=float)
+    out = {}
+    for level in levels:
+        lo, hi = np.quantile(x, [(1 - level) / 2, (1 + level) / 2], axis=1)
+        out[level] = float(np.mean((y >= lo) & (y <= hi)))
+    return out
+
+
+def hdr_coverage(samples: np.ndarray, truth: np.ndarray, levels=(0.5, 0.8, 0.95), bandwidth: float | None = None
+                 ) -> dict[float, float]:
+    """Share of forecasts whose true location lies in the highest-density region holding ``level`` of the
+    forecast mass. The density of each forecast is a Gaussian KDE of its samples (H, n, 2) (Scott's rule on
+    standardised coordinates); the region's threshold is the (1 − level) quantile of the density at the samples."""
+    from scipy.stats import gaussian_kde
+
+    x = np.asarray(samples, dtype=float)
+    y = np.asarray(truth, dtype=float)
+    hits = {level: 0 for level in levels}
+    for s, t in zip(x, y):  # one KDE per forecast: H is the number of forecasts, not of events
+        kde = gaussian_kde(s.T, bw_method=bandwidth)
+        dens_samples = kde(s.T)
+        dens_truth = kde(t[:, None])[0]
+        for level in levels:
+            hits[level] += dens_truth >= np.quantile(dens_samples, 1 - level)
+    return {level: hits[level] / len(x) for level in levels}

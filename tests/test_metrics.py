@@ -32,3 +32,22 @@ def test_crps_exact_small_cases_and_energy_score_reduces_to_crps_in_1d():
     # a sharper forecast centred on the truth scores better
     sharp, wide = rng.normal(0, 0.1, (1, 500, 2)), rng.normal(0, 2.0, (1, 500, 2))
     assert energy_score(sharp, np.zeros((1, 2)))[0] < energy_score(wide, np.zeros((1, 2)))[0]
+
+
+def test_coverage_is_nominal_for_a_calibrated_forecast_and_off_for_a_narrow_one():
+    from stforecast.metrics import hdr_coverage, interval_coverage
+
+    rng = np.random.default_rng(3)
+    H, n = 2000, 400
+    centre = rng.normal(0, 5, H)
+    truth = centre + rng.normal(0, 1, H)
+    good = centre[:, None] + rng.normal(0, 1, (H, n))
+    narrow = centre[:, None] + rng.normal(0, 0.3, (H, n))
+    cov = interval_coverage(good, truth)
+    assert all(abs(cov[k] - k) < 0.03 for k in cov)
+    assert interval_coverage(narrow, truth)[0.8] < 0.4
+    centre2 = rng.normal(0, 5, (300, 2))
+    truth2 = centre2 + rng.normal(0, 1, (300, 2))
+    good2 = centre2[:, None, :] + rng.normal(0, 1, (300, 300, 2))
+    cov2 = hdr_coverage(good2, truth2, levels=(0.8,))
+    assert abs(cov2[0.8] - 0.8) < 0.07
