@@ -78,3 +78,54 @@ def test_hawkes_beats_poisson_on_clustered_data(catalog):
     h_ll = sum(h.next_event_logpdf(t, xy, idx)).mean()
     p_ll = sum(p.next_event_logpdf(t, xy, idx)).mean()
     assert h_ll > p_ll + 0.5  # nats per event on held-out time
+
+
+# ---------------------------------------------------------------------------------------------------- ETAS
+ETAS_TRUE = {"mu": 0.3, "A": 0.25, "alpha": 1.0, "c": 0.02, "p": 1.3, "D": 1.5, "q": 1.8, "gamma": 0.6}
+ETAS_BOX = (0.0, 0.0, 200.0, 200.0)
+
+
+@pytest.fixture(scope="module")
+def etas_catalog():
+    from stforecast.baselines.etas import simulate_etas
+
+    return simulate_etas(ETAS_TRUE, 3.0, 1.0, ETAS_BOX, 10_000.0, np.random.default_rng(5))
+
+
+def test_etas_mle_recovers_the_simulated_parameters(etas_catalog):
+    from stforecast.baselines.etas import ETAS
+
+    t, xy, m = etas_catalog
+    fit = ETAS(3.0, background=ETAS_BOX, max_lag=150).fit(t, xy, m, t_end=10_000.0, t_start=0.0)
+    p = fit.params
+    assert fit.converged
+    assert p["mu"] == pytest.approx(ETAS_TRUE["mu"], rel=0.15)
+    assert p["A"] == pytest.approx(ETAS_TRUE["A"], rel=0.3)
+    assert p["alpha"] == pytest.approx(ETAS_TRUE["alpha"], abs=0.15)
+    assert p["p"] == pytest.approx(ETAS_TRUE["p"], abs=0.15)
+    assert ETAS_TRUE["c"] / 2 < p["c"] < ETAS_TRUE["c"] * 2
+    assert p["D"] == pytest.approx(ETAS_TRUE["D"], rel=0.2)
+    assert p["q"] == pytest.approx(ETAS_TRUE["q"], abs=0.25)
+    assert p["gamma"] == pytest.approx(ETAS_TRUE["gamma"], abs=0.2)
+    true_ratio = ETAS_TRUE["A"] * np.log(10) / (np.log(10) - ETAS_TRUE["alpha"])
+    assert fit.branching_ratio() == pytest.approx(true_ratio, rel=0.2)
+
+
+def test_etas_next_event_density_integrates_to_one(etas_catalog):
+    from stforecast.baselines.etas import ETAS, _unpack
+
+    t, xy, m = etas_catalog
+    model = ETAS(3.0, background=ETAS_BOX, max_lag=150)
+    model.background = UniformBox(ETAS_BOX)
+    th = ETAS_TRUE
+    model.theta = np.array([np.log(th["mu"]), np.log(th["A"]), th["alpha"], np.log(th["c"]), np.log(th["p"] - 1),
+                            np.log(th["D"]), np.log(th["q"] - 1), th["gamma"]])
+    assert np.allclose(_unpack(model.theta), [th[k] for k in ("mu", "A", "alpha", "c", "p", "D", "q", "gamma")])
+    i = 800
+
+    def p_tau(tau):
+        tt = np.r_[t[:i], t[i - 1] + tau]
+        return math.exp(model.next_event_logpdf(tt, np.r_[xy[:i], xy[i - 1:i]], np.r_[m[:i], 3.0], np.array([i]))[0][0])
+
+    total = sum(integrate.quad(p_tau, a, b, limit=400)[0] for a, b in ((0, 0.1), (0.1, 5), (5, 200)))
+    assert total == pytest.approx(1.0, abs=2e-3)
