@@ -19,23 +19,10 @@ import math
 import numpy as np
 from scipy.optimize import minimize
 
-from stforecast.baselines.hawkes import UniformBox
+from stforecast.baselines.hawkes import UniformBox, _lagged
 from stforecast.baselines.poisson_kde import GaussianKDE2D
 
 NAMES = ("mu", "A", "alpha", "c", "p", "D", "q", "gamma")
-
-
-def _lagged(t, xy, m, max_lag):
-    n = len(t)
-    L = min(max_lag, max(n - 1, 1))
-    dt = np.full((n, L), np.inf)
-    r2 = np.full((n, L), np.inf)
-    mj = np.zeros((n, L))
-    for lag in range(1, L + 1):
-        dt[lag:, lag - 1] = t[lag:] - t[:-lag]
-        r2[lag:, lag - 1] = ((xy[lag:] - xy[:-lag]) ** 2).sum(1)
-        mj[lag:, lag - 1] = m[:-lag]
-    return dt, r2, mj
 
 
 def _unpack(theta):
@@ -68,7 +55,7 @@ class ETAS:
         self.background = UniformBox(self.background_spec) if isinstance(self.background_spec, tuple) \
             else GaussianKDE2D(xy)
         log_f0 = self.background.logpdf(xy)
-        dt, r2, mj = _lagged(t, xy, m, self.max_lag)
+        dt, r2, mj = _lagged(t, xy, self.max_lag, marks=m)
         start = {"mu": 0.5 * len(t) / (t_end - t_start), "A": 0.2, "alpha": 1.0, "c": 0.01, "p": 1.2, "D": 1.0,
                  "q": 1.5, "gamma": 0.5, **(init or {})}
         x0 = np.array([math.log(start["mu"]), math.log(start["A"]), start["alpha"], math.log(start["c"]),

@@ -34,16 +34,20 @@ class UniformBox:
         return np.column_stack([rng.uniform(self.x0, self.x1, n), rng.uniform(self.y0, self.y1, n)])
 
 
-def _lagged(t: np.ndarray, xy: np.ndarray, max_lag: int):
-    """For each event i and lag l = 1..L: time gap and squared distance to event i − l (inf when absent)."""
+def _lagged(t: np.ndarray, xy: np.ndarray, max_lag: int, marks: np.ndarray | None = None):
+    """For each event i and lag l = 1..L: time gap and squared distance to event i − l (inf when absent), and
+    that event's mark (0 when absent) if ``marks`` are given. Shapes (N, L)."""
     n = len(t)
     L = min(max_lag, max(n - 1, 1))
     dt = np.full((n, L), np.inf)
     d2 = np.full((n, L), np.inf)
+    mj = np.zeros((n, L)) if marks is not None else None
     for lag in range(1, L + 1):  # a loop over lags (≤ L), vectorised over events
         dt[lag:, lag - 1] = t[lag:] - t[:-lag]
         d2[lag:, lag - 1] = ((xy[lag:] - xy[:-lag]) ** 2).sum(1)
-    return dt, d2
+        if marks is not None:
+            mj[lag:, lag - 1] = marks[:-lag]
+    return dt, d2, mj
 
 
 class HawkesST:
@@ -70,7 +74,7 @@ class HawkesST:
         else:
             self.background = GaussianKDE2D(xy)
         log_f0 = self.background.logpdf(xy)
-        dt, d2 = _lagged(t, xy, self.max_lag)
+        dt, d2, _ = _lagged(t, xy, self.max_lag)
         span = t_end - t_start
         mu0 = init[0] or 0.5 * len(t) / span
         sigma0 = init[3] or 0.1 * float(np.sqrt(xy.var(0).sum()))
