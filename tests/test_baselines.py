@@ -129,3 +129,29 @@ def test_etas_next_event_density_integrates_to_one(etas_catalog):
 
     total = sum(integrate.quad(p_tau, a, b, limit=400)[0] for a, b in ((0, 0.1), (0.1, 5), (5, 200)))
     assert total == pytest.approx(1.0, abs=2e-3)
+
+
+def test_etas_sampler_agrees_with_its_density(etas_catalog):
+    from stforecast.baselines.etas import ETAS, aki_b_value
+
+    t, xy, m = etas_catalog
+    assert aki_b_value(m, 3.0, bin_width=0.0) == pytest.approx(1.0, rel=0.05)  # simulated with b = 1
+    model = ETAS(3.0, background=ETAS_BOX, max_lag=150)
+    model.background = UniformBox(ETAS_BOX)
+    th = ETAS_TRUE
+    model.theta = np.array([np.log(th["mu"]), np.log(th["A"]), th["alpha"], np.log(th["c"]), np.log(th["p"] - 1),
+                            np.log(th["D"]), np.log(th["q"] - 1), th["gamma"]])
+    i = int(np.argmax(m[:-1])) + 1  # right after the largest event: a strongly triggered moment
+
+    def p_tau(tau):
+        tt = np.r_[t[:i], t[i - 1] + tau]
+        return math.exp(model.next_event_logpdf(tt, np.r_[xy[:i], xy[i - 1:i]], np.r_[m[:i], 3.0], np.array([i]))[0][0])
+
+    cuts = (0, 0.01, 0.1, 1, 10, 300)
+    mean_tau = sum(integrate.quad(lambda s: s * p_tau(s), a, b, limit=400)[0] for a, b in zip(cuts[:-1], cuts[1:]))
+    draws = model.sample_next(t, xy, m, np.array([i]), 20_000, np.random.default_rng(1))
+    assert draws.shape == (1, 20_000, 4)
+    assert draws[0, :, 0].mean() == pytest.approx(mean_tau, rel=0.05)
+    # most of these next events are aftershocks near the big event
+    near = np.hypot(*(draws[0, :, 1:3] - xy[i - 1]).T) < 20
+    assert near.mean() > 0.5 and (draws[0, :, 3] >= 3.0).all()

@@ -99,6 +99,64 @@ class ETAS:
             np.where(valid, age_now, np.inf), r2, m[jj], A, alpha, c, p, D, q, gamma).sum(1)
         return np.log(lam_t) - integral, np.log(lam_ts + 1e-300) - np.log(lam_t)
 
+    def sample_next(self, t, xy, m, index, n: int, rng: np.random.Generator, b_value: float = 1.0,
+                          iterations: int = 60) -> np.ndarray:
+        """(H, n, 4) exact draws of (τ, x, y, magnitude) for the event after each ``index``: the earliest of a
+        background event (Exp(μ)) and a triggered one, whose waiting time solves Λ_trig(τ) = E, E ~ Exp(1), by
+        bisection (no triggered event when E exceeds the parents' remaining productivity); a triggered event's
+        parent is drawn ∝ its rate at that time, its offset from the power-law kernel of the parent's magnitude;
+        magnitudes are Gutenberg-Richter with ``b_value``."""
+        mu, A, alpha, c, p, D, q, gamma = _unpack(self.theta)
+        t, xy, m = np.asarray(t, float), np.asarray(xy, float), np.asarray(m, float)
+        index = np.atleast_1d(index)
+        last = index - 1
+        lags = np.arange(min(self.max_lag, int(last.max()) + 1))
+        j = last[:, None] - lags[None, :]
+        valid = j >= 0
+        jj = np.where(valid, j, 0)
+        age = t[last][:, None] - t[jj]  # (H, L)
+        kappa = np.where(valid, A * np.exp(alpha * (m[jj] - self.mc)), 0.0)
+        H = len(index)
+
+        def cum(tau):  # (H, n) triggered expected count in (t_n, t_n + τ]
+            a = age[:, None, :]
+            return (kappa[:, None, :] * ((1 + a / c) ** (1 - p) - (1 + (a + tau[..., None]) / c) ** (1 - p))).sum(-1)
+
+        remaining = (kappa * (1 + age / c) ** (1 - p)).sum(1)[:, None]  # Λ_trig(∞)
+        e = rng.exponential(1.0, (H, n))
+        has = e < remaining
+        lo, hi = np.zeros((H, n)), np.ones((H, n))
+        for _ in range(60):  # grow the bracket until Λ(hi) ≥ E where an event exists
+            grow = has & (cum(hi) < e)
+            if not grow.any():
+                break
+            hi = np.where(grow, hi * 4, hi)
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            below = cum(mid) < e
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        tau_tr = np.where(has, (lo + hi) / 2, np.inf)
+        tau_bg = rng.exponential(1 / mu, (H, n))
+        triggered = tau_tr < tau_bg
+        tau = np.minimum(tau_tr, tau_bg)
+        # parent ∝ κ_j g(age_j + τ)
+        rate = kappa[:, None, :] * (1 + (age[:, None, :] + tau[..., None]) / c) ** (-p)
+        cdf = np.cumsum(rate, -1)
+        u = rng.random((H, n, 1)) * cdf[..., -1:]
+        pick = (u > cdf).sum(-1).clip(max=rate.shape[-1] - 1)
+        parent = np.take_along_axis(jj[:, None, :].repeat(n, 1), pick[..., None], -1)[..., 0]
+        sig2 = D**2 * np.exp(gamma * (m[parent] - self.mc))
+        r = np.sqrt(sig2 * ((1 - rng.random((H, n))) ** (1 / (1 - q)) - 1))
+        angle = rng.uniform(0, 2 * math.pi, (H, n))
+        child = xy[parent] + np.stack([r * np.cos(angle), r * np.sin(angle)], -1)
+        background = self.background.sample(H * n, rng).reshape(H, n, 2)
+        out = np.empty((H, n, 4))
+        out[..., 0] = tau
+        out[..., 1:3] = np.where(triggered[..., None], child, background)
+        out[..., 3] = self.mc + rng.exponential(1 / (b_value * math.log(10)), (H, n))
+        return out
+
+
 
 def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float, rng: np.random.Generator,
                   max_events: int = 500_000):
@@ -131,3 +189,10 @@ def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float,
     m = np.concatenate([a[2] for a in parts])
     order = np.argsort(t)
     return t[order], xy[order], m[order]
+
+
+def aki_b_value(m: np.ndarray, mc: float, bin_width: float = 0.1) -> float:
+    """Maximum-likelihood Gutenberg-Richter b-value (Aki 1965, with Utsu's correction for binned magnitudes)."""
+    m = np.asarray(m, float)
+    m = m[m >= mc]
+    return math.log10(math.e) / (m.mean() - (mc - bin_width / 2))
