@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from pipelines.ingest import run_ingest
 from stforecast.evaluate import evaluate_next_event, fit_baselines, load_stream, next_event_targets, sample_scores
