@@ -42,3 +42,23 @@ def test_harness_on_ridgecrest(settings, tmp_path):
     assert table.loc[table.model != "dstpp", "nll_joint"].notna().all()
     assert pd.isna(table.loc[table.model == "dstpp", "nll_joint"]).all()  # the DSTPP bound is not computed yet
     assert ((table.filter(like="cover_") >= 0) & (table.filter(like="cover_") <= 1)).all().all()
+
+
+def test_evaluate_cli_writes_tables_and_tracks(settings, tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("STFORECAST_ARTIFACT_ROOT", str(tmp_path / "art"))
+    r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp_path / "p", progress=False)
+    rc = main(["evaluate", "--data", str(r.out_dir), "--targets", "30", "--samples", "20", "--baselines",
+               "poisson_kde,hawkes", "--out", str(tmp_path / "rep")])
+    assert rc == 0
+    table = pd.read_csv(tmp_path / "rep" / "next_event.csv")
+    assert list(table["model"]) == ["poisson_kde", "hawkes"] and table["nll_joint"].notna().all()
+    md = (tmp_path / "rep" / "next_event.md").read_text()
+    assert "| model |" in md and "30 held-out events" in md and "days" in md
+    assert "next-event scores" in capsys.readouterr().out
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["stforecast-evaluate"])
+    assert len(runs) == 1 and "metrics.hawkes.crps_dt" in runs.columns
