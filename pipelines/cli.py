@@ -216,8 +216,9 @@ def print_summary(console, result) -> None:
 
 
 def cmd_demo(args) -> int:
-    """The main job on embedded defaults: ingest the primary catalogs, then train a small DSTPP on the Japan
-    catalog (EarthquakeNPP's chronological split) on whatever device there is, tracked in MLflow."""
+    """The main job on embedded defaults: ingest the primary catalogs, train a small DSTPP on the Japan catalog
+    (EarthquakeNPP's chronological split) on whatever device there is, tracked in MLflow, and score it against
+    the baselines on held-out test events."""
     from rich.console import Console
 
     console = Console()
@@ -225,10 +226,14 @@ def cmd_demo(args) -> int:
     for kind, name in (("earthquakes", "japan"), ("earthquakes", "dstpp_japan"), ("crime", "chicago"), ("spikes", "wmaze")):
         console.print(f"[bold]stforecast ingest {kind} {name}[/]")
         cmd_ingest(build_parser().parse_args(["ingest", kind, name, *(["--force"] if args.force else [])]))
-    console.rule("stforecast demo 2/2: train DSTPP on the Japan catalog (validation split selects the model)")
+    console.rule("stforecast demo 2/3: train DSTPP on the Japan catalog (validation split selects the model)")
     train_args = ["train", "--config", str(DEMO_TRAIN_CONFIG), "--data", "japan", "--out", "runs/demo-japan"]
     console.print("[bold]stforecast " + " ".join(train_args) + "[/]")
-    return cmd_train(build_parser().parse_args(train_args))
+    cmd_train(build_parser().parse_args(train_args))
+    console.rule("stforecast demo 3/3: score DSTPP against Poisson, Hawkes and ETAS on the held-out test years")
+    eval_args = ["evaluate", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--targets", "500"]
+    console.print("[bold]stforecast " + " ".join(eval_args) + "[/]")
+    return cmd_evaluate(build_parser().parse_args(eval_args))
 
 
 def _train_parser(sub) -> None:
