@@ -388,11 +388,14 @@ def cmd_evaluate(args) -> int:
     (out / "next_event.md").write_text(header + _markdown(table) + "\n")
     view = Table(title=f"{manifest['name']} {args.split}: next-event scores ({time_unit}, {space_unit})")
     cols = ["model", "crps_dt", "energy_xy", "mae_dt_median", "dist_xy_mean", "cover_dt_80", "cover_xy_80", "nll_joint"]
-    for c in cols:
-        view.add_column(c, justify="right")
+    labels = ["model", "CRPS dt", "energy xy", "|dt| err", "xy err", "cov dt 80", "cov xy 80", "NLL"]
+    for label in labels:
+        view.add_column(label, justify="right")
     for _, row in table.iterrows():
         view.add_row(*[row["model"]] + [("–" if row.get(c) != row.get(c) else f"{row[c]:.3f}") for c in cols[1:]])
     console.print(view)
+    console.print("CRPS/energy: sample scores; |dt| err: median waiting-time error; xy err: distance of the sample mean; "
+                  "cov: share of truths inside the 80 % interval/region (nominal 0.80); NLL: exact, nats per event")
     console.print(f"tables: {out / 'next_event.csv'}, {out / 'next_event.md'}")
     if not args.no_track:
         import mlflow
