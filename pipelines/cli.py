@@ -236,6 +236,15 @@ def cmd_demo(args) -> int:
     return cmd_evaluate(build_parser().parse_args(eval_args))
 
 
+def catalog_folder(name: str, settings) -> Path:
+    """An ingested catalog: a folder holding manifest.json, or a name under the processed directory."""
+    for folder in (Path(name), settings.processed_dir / name):
+        if (folder / "manifest.json").exists():
+            return folder
+    raise FileNotFoundError(f"no ingested catalog {name!r} (looked for {name}/manifest.json and "
+                            f"{settings.processed_dir / name}/manifest.json); run `stforecast ingest` first")
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a DSTPP model on an ingested catalog (tracked in MLflow)",
@@ -273,13 +282,7 @@ def cmd_train(args) -> int:
     overrides = list(args.set)
     settings = load_settings()
     if args.data:
-        folder = Path(args.data)
-        if not (folder / "manifest.json").exists():
-            folder = settings.processed_dir / args.data
-        if not (folder / "manifest.json").exists():
-            raise FileNotFoundError(f"no ingested catalog {args.data!r} (looked for {folder}/manifest.json); "
-                                    f"run `stforecast ingest` first")
-        overrides.append(f'data="{folder}"')
+        overrides.append(f'data="{catalog_folder(args.data, settings)}"')
     for flag, key in (("preset", "preset"), ("epochs", "epochs"), ("max_steps", "max_steps"),
                       ("batch_size", "batch_size"), ("device", "device")):
         value = getattr(args, flag)
@@ -355,9 +358,7 @@ def cmd_evaluate(args) -> int:
 
     console = Console()
     settings = load_settings()
-    folder = Path(args.data) if (Path(args.data) / "manifest.json").exists() else settings.processed_dir / args.data
-    if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"no ingested catalog {args.data!r} (looked for {folder}/manifest.json)")
+    folder = catalog_folder(args.data, settings)
     manifest = json.loads((folder / "manifest.json").read_text())
     if manifest["split"].get("mode") == "given":
         raise ValueError(f"{args.data}: the baselines need one continuous catalog; evaluate a chronological split")
