@@ -9,7 +9,6 @@ Units are the catalog's model units (manifest ``schema``): e.g. days and km.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame, models: dict, n:
             gen = torch.Generator().manual_seed(seed)
             samples = model.sample_next(batch, n, sampler=dstpp_sampler, steps=dstpp_steps, generator=gen).double().numpy()
         else:
-            args = (t, xy, mags) if type(model).__name__ == "ETAS" else (t, xy)
+            args = (t, xy, mags) if getattr(model, "uses_magnitudes", False) else (t, xy)
             samples = model.sample_next(*args, idx, n, rng)
             lt, ls = model.next_event_logpdf(*args, idx)
             joint = -(lt + ls)
@@ -108,9 +107,3 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame, models: dict, n:
         row.update(sample_scores(samples, targets.truth))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def manifest_units(processed_dir) -> tuple[str, str]:
-    with open(Path(processed_dir) / "manifest.json") as f:
-        schema = json.load(f)["schema"]
-    return schema["time_unit"], schema["spatial_unit"]

@@ -33,9 +33,6 @@ class HorizonForecast:
     t_start: float
     t_end: float
 
-    def count_quantiles(self, q=(0.05, 0.25, 0.5, 0.75, 0.95)) -> dict:
-        return {f"q{int(100 * v):02d}": float(np.quantile(self.counts, v)) for v in q}
-
 
 def history_batch(t: np.ndarray, xy: np.ndarray) -> Batch:
     """A (B, L) batch of B histories of equal length L: ``t`` (B, L) model times, ``xy`` (B, L, 2)."""

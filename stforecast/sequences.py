@@ -77,7 +77,7 @@ def build_sequences(events: pd.DataFrame, split: np.ndarray, cfg: SequenceConfig
         if len(idx) == 0:
             continue
         if cfg.mode == "windows":
-            lo = bounds.get(f"{name}_start") if name != "train" else bounds.get("train_start")
+            lo = bounds.get(f"{name}_start")
             lo = t[idx[0]] if lo is None else lo
             hi = ends[name]
             hi = np.nextafter(t[idx[-1]], np.inf) if hi is None else hi

@@ -136,9 +136,11 @@ def train_and_track(cfg, *, resume: bool = False, experiment: str = DEFAULT_EXPE
     with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=run_name) as run:
         marker.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri()}))
         if run_id is None:
-            mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg.to_dict()).items()})
+            params = flatten(cfg.to_dict())
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            # the preset's model settings that no override names: log them too, so the run is complete
             mlflow.log_params({f"model.{k}": v for k, v in cfg.model_config().to_dict().items()
-                               if f"model.{k}" not in flatten(cfg.to_dict())})
+                               if f"model.{k}" not in params})
             mlflow.set_tags({"git_commit": git_commit(), "data.name": manifest.get("name", ""),
                              "data.input_hash": manifest.get("input_hash", ""),
                              "data.pipeline_version": manifest.get("pipeline_version", "")})

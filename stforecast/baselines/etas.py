@@ -32,6 +32,8 @@ def _unpack(theta):
 
 
 class ETAS:
+    uses_magnitudes = True  # its methods take the magnitudes ``m`` after the locations
+
     def __init__(self, mc: float, background: str | tuple = "kde", max_lag: int = 300):
         self.mc, self.background_spec, self.max_lag = mc, background, max_lag
 
