@@ -335,82 +335,141 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
-def _markdown(frame) -> str:
-    """A pipe table (no extra dependency): numbers to 4 significant decimals, missing as '–'."""
-    def cell(v):
-        if isinstance(v, float):
-            return "–" if v != v else f"{v:.4g}"
-        return str(v)
-
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def cmd_evaluate(args) -> int:
-    import json
-
     from rich.console import Console
-    from rich.table import Table
 
+    from pipelines.evaluation import evaluate_catalog, log_evaluation
     from stforecast.config import load_settings
-    from stforecast.evaluate import evaluate_next_event, fit_baselines, load_stream, next_event_targets
 
     console = Console()
-    settings = load_settings()
-    folder = catalog_folder(args.data, settings)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    if manifest["split"].get("mode") == "given":
-        raise ValueError(f"{args.data}: the baselines need one continuous catalog; evaluate a chronological split")
-    targets = next_event_targets(folder, args.split, args.targets or None, args.seed)
-    events = load_stream(folder)
-    models = {}
+    folder = catalog_folder(args.data, load_settings())
+    dstpp = None
     if args.model:
         from stforecast.tracking import load_model
 
-        models["dstpp"] = load_model(args.model)
-    wanted = [b for b in args.baselines.split(",") if b]
-    if wanted:
-        mc = manifest["config"]["filters"].get("magnitude_min") or (
-            float(events["magnitude"].min()) if "magnitude" in events else None)
-        console.print(f"fitting baselines {wanted} on events before the validation start ...")
-        fitted = fit_baselines(events, manifest["split"]["model_time"]["val_start"], mc=mc)
-        models.update({k: v for k, v in fitted.items() if k in wanted})
-    console.print(f"scoring {len(targets.truth):,} held-out events x {args.samples} samples for {list(models)} ...")
-    table = evaluate_next_event(targets, events, models, n=args.samples, seed=args.seed, dstpp_steps=args.steps)
-    out = Path(args.out or Path("reports") / f"{folder.name}-{args.split}")
-    out.mkdir(parents=True, exist_ok=True)
-    time_unit, space_unit = manifest["schema"]["time_unit"], manifest["schema"]["spatial_unit"]
-    table.to_csv(out / "next_event.csv", index=False)
-    header = (f"# Next-event forecasts: {manifest['name']}, {args.split} split\n\n{len(targets.truth)} held-out events, "
-              f"{args.samples} samples each, seed {args.seed}. Units: waiting time in {time_unit}, distances in "
-              f"{space_unit}; NLL in nats per event (joint = waiting time + location given time). Lower is better "
-              f"except coverage (nominal 0.5/0.8/0.95).\n\n")
-    (out / "next_event.md").write_text(header + _markdown(table) + "\n")
-    view = Table(title=f"{manifest['name']} {args.split}: next-event scores ({time_unit}, {space_unit})")
-    cols = ["model", "crps_dt", "energy_xy", "mae_dt_median", "dist_xy_mean", "cover_dt_80", "cover_xy_80", "nll_joint"]
-    labels = ["model", "CRPS dt", "energy xy", "|dt| err", "xy err", "cov dt 80", "cov xy 80", "NLL"]
+        dstpp = load_model(args.model)
+    ev = evaluate_catalog(folder, dstpp, [b for b in args.baselines.split(",") if b], args.split,
+                          args.targets or None, args.samples, args.steps, args.seed,
+                          out_dir=Path(args.out) if args.out else None, log=console.print)
+    print_scores(console, ev)
+    if not args.no_track:
+        log_evaluation(ev, f"{folder.name}-{args.split}", {"model": args.model or "", "split": args.split})
+    return 0
+
+
+def print_scores(console, ev) -> None:
+    from rich.table import Table
+
+    time_unit, space_unit = ev.manifest["schema"]["time_unit"], ev.manifest["schema"]["spatial_unit"]
+    view = Table(title=f"{ev.manifest['name']}: next-event scores on {ev.n_targets:,} held-out events "
+                       f"({time_unit}, {space_unit})")
+    cols = ["model", "nll_joint", "nll_dt", "nll_xy", "crps_dt", "energy_xy", "mae_dt_median", "dist_xy_mean",
+            "cover_dt_80", "cover_xy_80"]
+    labels = ["model", "NLL", "NLL dt", "NLL xy", "CRPS dt", "energy xy", "|dt| err", "xy err", "cov dt 80",
+              "cov xy 80"]
     for label in labels:
         view.add_column(label, justify="right")
-    for _, row in table.iterrows():
+    for _, row in ev.table.iterrows():
         view.add_row(*[row["model"]] + [("–" if row.get(c) != row.get(c) else f"{row[c]:.3f}") for c in cols[1:]])
     console.print(view)
-    console.print("CRPS/energy: sample scores; |dt| err: median waiting-time error; xy err: distance of the sample mean; "
-                  "cov: share of truths inside the 80 % interval/region (nominal 0.80); NLL: exact, nats per event")
-    console.print(f"tables: {out / 'next_event.csv'}, {out / 'next_event.md'}")
-    if not args.no_track:
-        import mlflow
+    console.print("NLL: nats per event, exact for baselines, an upper bound for DSTPP; CRPS/energy: sample scores; "
+                  "|dt| err: median waiting-time error; xy err: distance of the sample mean; cov: share of truths "
+                  "inside the 80 % interval/region (nominal 0.80)")
+    console.print(f"tables and reliability plot: {ev.out_dir}/")
 
-        from stforecast.tracking import setup
 
-        with mlflow.start_run(experiment_id=setup("stforecast-evaluate"), run_name=f"{folder.name}-{args.split}"):
-            mlflow.set_tags({"data.input_hash": manifest["input_hash"], "model": args.model or "",
-                             "split": args.split})
-            for _, row in table.iterrows():
-                mlflow.log_metrics({f"{row['model']}.{k}": float(v) for k, v in row.items()
-                                    if k != "model" and v == v})
-            mlflow.log_artifact(str(out / "next_event.csv"))
-            mlflow.log_artifact(str(out / "next_event.md"))
+def _forecast_parser(sub) -> None:
+    p = sub.add_parser(
+        "forecast", help="sample the next event and simulate continuations over a horizon",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("Forecast from a trained DSTPP, conditioned on an ingested catalog up to --at (default: its\n"
+                     "last event). Writes next-event samples and, with --horizon, simulated continuations with the\n"
+                     "distribution of the number of events, in UTC time and lon/lat. --format csep writes daily\n"
+                     "pyCSEP catalog forecasts (magnitudes from a fitted Gutenberg-Richter law)."),
+        epilog=("examples:\n"
+                "  stforecast forecast --data japan --model models:/dstpp/1 --horizon 7d --simulations 500\n"
+                "  stforecast forecast --data japan --model runs/demo-japan/best.pt --at 2011-03-01 --samples 2000\n"
+                "  stforecast forecast --data japan --model runs/demo-japan/best.pt --format csep --at 2019-07-01 \\\n"
+                "      --days 3 --simulations 1000 --csep-test     # needs: pip install '.[csep]'"))
+    p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
+    p.add_argument("--model", required=True, help="checkpoint path or MLflow URI (models:/dstpp/1, runs:/ID/model)")
+    p.add_argument("--at", help="forecast time: a UTC date/time (or a number for lab clocks); default: the last event")
+    p.add_argument("--samples", type=int, default=1000, help="next-event samples (default 1000)")
+    p.add_argument("--horizon", help="simulate continuations this far ahead: 24h, 7d, 90min (or model units)")
+    p.add_argument("--simulations", type=int, default=200, help="continuations / catalogs per forecast (default 200)")
+    p.add_argument("--max-events", type=int, default=1000, help="cap on events per simulation (default 1000)")
+    p.add_argument("--max-history", type=int, default=128, help="events each draw conditions on (default 128)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM denoising steps (default 20)")
+    p.add_argument("--format", dest="fmt", default="parquet", choices=["parquet", "csv", "csep"])
+    p.add_argument("--days", type=int, default=1, help="csep: consecutive daily forecasts from --at")
+    p.add_argument("--csep-test", action="store_true", help="csep: run pyCSEP's number and spatial tests per day")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default reports/forecast-<data>)")
+
+
+def cmd_forecast(args) -> int:
+    from rich.console import Console
+
+    from pipelines.forecasting import ForecastRequest, run_forecast
+    from stforecast.config import load_settings
+    from stforecast.tracking import load_model
+
+    console = Console()
+    folder = catalog_folder(args.data, load_settings())
+    req = ForecastRequest(at=args.at, samples=args.samples, horizon=args.horizon, simulations=args.simulations,
+                          max_events=args.max_events, max_history=args.max_history, steps=args.steps, fmt=args.fmt,
+                          days=args.days, csep_test=args.csep_test, seed=args.seed)
+    out = Path(args.out or Path("reports") / f"forecast-{folder.name}")
+    summary = run_forecast(folder, load_model(args.model), req, out, log=console.print)
+    if "next_event" in summary:
+        lo, hi = summary["next_event"]["dt_q10_q90"]
+        console.print(f"next event: median wait {summary['next_event']['dt_median']:.4g} {summary['units'][0]} "
+                      f"(80 % interval {lo:.4g}-{hi:.4g})")
+    if "horizon" in summary:
+        h = summary["horizon"]
+        console.print(f"events in the next {args.horizon}: mean {h['mean']:.2f}, median {h['median']:.0f}, 80 % "
+                      f"interval {h['q10']:.0f}-{h['q90']:.0f}, P(at least one) {h['p_at_least_one']:.2f}"
+                      + (f"; {h['capped']} simulations hit the cap" if h["capped"] else ""))
+    console.print(f"written to {out}/ (summary.json lists the files)")
+    return 0
+
+
+def _benchmark_parser(sub) -> None:
+    p = sub.add_parser(
+        "benchmark", help="train, fit and score DSTPP and the baselines on several catalogs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("For each catalog: ingest, train DSTPP (checkpoint chosen on validation), fit Poisson x KDE,\n"
+                     "Hawkes and (earthquakes) ETAS on the training period, and score all of them on the same\n"
+                     "held-out test events. Writes OUT/benchmark.{md,csv,json} and per-catalog tables and plots, and\n"
+                     "logs MLflow runs (experiment stforecast-benchmark). Settings: data/benchmark.toml."),
+        epilog=("examples:\n"
+                "  stforecast benchmark                              # japan, chicago, wmaze (tens of minutes on CPU)\n"
+                "  stforecast benchmark --catalogs japan,chicago,wmaze,dstpp_japan\n"
+                "  stforecast benchmark --quick                      # toy sizes: proves the pipeline runs"))
+    p.add_argument("--catalogs", help="comma-separated catalog names (default: the config's list)")
+    p.add_argument("--quick", action="store_true", help="toy sizes for CI (a few training steps, few events)")
+    p.add_argument("--config", help="benchmark settings (default data/benchmark.toml)")
+    p.add_argument("--out", default=None, help="report folder (default reports/benchmark or reports/benchmark-quick)")
+    p.add_argument("--runs", default=None, help="checkpoint folder (default runs/benchmark[-quick])")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_benchmark(args) -> int:
+    from rich.console import Console
+
+    from pipelines.benchmark import load_benchmark_config, run_benchmark
+
+    console = Console()
+    suffix = "-quick" if args.quick else ""
+    catalogs = args.catalogs.split(",") if args.catalogs else load_benchmark_config(args.config)["catalogs"]
+    table = run_benchmark(catalogs, quick=args.quick, config_path=args.config,
+                          out=Path(args.out or f"reports/benchmark{suffix}"),
+                          runs_dir=Path(args.runs or f"runs/benchmark{suffix}"), track=not args.no_track,
+                          device=args.device, progress=not args.no_progress, log=console.print)
+    cols = ["catalog", "model", "nll_joint", "crps_dt", "energy_xy", "cover_dt_80", "cover_xy_80"]
+    console.print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
 
@@ -421,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     _ingest_parser(sub)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _forecast_parser(sub)
+    _benchmark_parser(sub)
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--force", action="store_true", help="redo steps that are up to date")
     return parser
@@ -433,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"ingest": cmd_ingest, "train": cmd_train, "evaluate": cmd_evaluate,
-                "demo": cmd_demo}[args.command](args)
+                "forecast": cmd_forecast, "benchmark": cmd_benchmark, "demo": cmd_demo}[args.command](args)
     except (CatalogError, ValueError, KeyError, FileNotFoundError) as e:
         if args.verbose:
             raise

@@ -120,3 +120,58 @@ def simulate_horizon(model, t_hist: np.ndarray, xy_hist: np.ndarray, t_end: floa
         columns=["simulation", "index", "t", "dt", "x", "y"])
     events = events.sort_values(["simulation", "index"], kind="stable").reset_index(drop=True)
     return HorizonForecast(events=events, counts=counts, capped=capped, t_start=t0, t_end=float(t_end))
+
+
+# ------------------------------------------------------------------------------------ back to original units
+def to_original_units(frame: pd.DataFrame, schema: dict) -> pd.DataFrame:
+    """Add the catalog's own coordinates to a frame with model-unit columns ``t``, ``x``, ``y``: ``time`` (UTC
+    timestamps for calendar catalogs, the recording's clock otherwise) and ``lon``/``lat`` (or ``x_input``/
+    ``y_input`` for a projected or pixel input CRS). ``schema`` is the ingestion manifest's ``schema``."""
+    from stforecast.catalog import SECONDS_PER
+    from stforecast.clean import geographic, project
+
+    out = frame.copy()
+    scale = SECONDS_PER[schema["time_unit"]]
+    origin = schema["time_origin"]
+    if schema["time"] == "UTC timestamp":
+        out["time"] = pd.Timestamp(origin) + pd.to_timedelta(out["t"].to_numpy() * scale, unit="s")
+    else:  # a lab clock: the origin is a number in the source's seconds
+        out["time"] = (float(origin) if origin != "window start" else 0.0) + out["t"].to_numpy() * scale
+    if schema.get("crs_model"):
+        a, b = project(out["x"].to_numpy(), out["y"].to_numpy(), schema["crs_model"], schema["crs_input"])
+    else:
+        a, b = out["x"].to_numpy(), out["y"].to_numpy()
+    names = ("lon", "lat") if geographic(schema.get("crs_input")) else ("x_input", "y_input")
+    out[names[0]], out[names[1]] = a, b
+    return out
+
+
+def model_time_of(when, schema: dict) -> float:
+    """A moment (timestamp string/Timestamp for calendar catalogs, a number otherwise) in model time."""
+    from stforecast.catalog import SECONDS_PER
+
+    scale = SECONDS_PER[schema["time_unit"]]
+    if schema["time"] == "UTC timestamp":
+        ts = pd.Timestamp(when)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        return float((ts - pd.Timestamp(schema["time_origin"])) / pd.Timedelta(seconds=scale))
+    return (float(when) - float(schema["time_origin"])) / scale
+
+
+def horizon_length(text: str, schema: dict) -> float:
+    """A horizon such as ``24h``, ``7d``, ``90min`` or ``30s`` (or a bare number, in model units) → model units."""
+    from stforecast.catalog import SECONDS_PER
+
+    try:
+        return float(text)
+    except ValueError:
+        return pd.Timedelta(text).total_seconds() / SECONDS_PER[schema["time_unit"]]
+
+
+def count_summary(forecast: HorizonForecast) -> pd.DataFrame:
+    """One row: the distribution of the number of events in the horizon over the simulations."""
+    c = forecast.counts
+    q = np.quantile(c, [0.025, 0.1, 0.5, 0.9, 0.975])
+    return pd.DataFrame([{"simulations": len(c), "mean": c.mean(), "std": c.std(ddof=1) if len(c) > 1 else 0.0,
+                          "q02.5": q[0], "q10": q[1], "median": q[2], "q90": q[3], "q97.5": q[4],
+                          "p_at_least_one": float((c >= 1).mean()), "capped": int(forecast.capped.sum())}])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipelines.ingest import run_ingest
 from stforecast.evaluate import evaluate_next_event, fit_baselines, load_stream, next_event_targets, sample_scores
@@ -36,12 +37,21 @@ def test_harness_on_ridgecrest(settings, tmp_path):
     assert np.allclose(ev["x"].to_numpy(), targets.truth[:, 1]) and np.allclose(ev["y"].to_numpy(), targets.truth[:, 2])
     val_start = r.manifest["split"]["model_time"]["val_start"]
     models = {"dstpp": load_model(tmp_path / "run" / "best.pt"), **fit_baselines(events, val_start, mc=2.5)}
-    table = evaluate_next_event(targets, events, models, n=40, dstpp_steps=10)
+    calibration = next_event_targets(r.out_dir, "val")
+    table, curves = evaluate_next_event(targets, events, models, n=40, dstpp_steps=10, calibration=calibration,
+                                        bound_repeats=2)
     assert list(table["model"]) == ["dstpp", "poisson_kde", "hawkes", "etas"]
-    assert table[["crps_dt", "energy_xy"]].notna().all().all()
-    assert table.loc[table.model != "dstpp", "nll_joint"].notna().all()
-    assert pd.isna(table.loc[table.model == "dstpp", "nll_joint"]).all()  # the DSTPP bound is not computed yet
+    assert table[["crps_dt", "energy_xy", "nll_joint", "nll_dt", "nll_xy", "nll_joint_se"]].notna().all().all()
+    assert list(table["nll_kind"]) == ["bound", "exact", "exact", "exact"]
+    dstpp = table.iloc[0]
+    assert dstpp["nll_joint"] == pytest.approx(dstpp["nll_dt"] + dstpp["nll_xy"])
+    assert 0 < dstpp["nll_mc_se"] < dstpp["nll_joint_se"]
     assert ((table.filter(like="cover_") >= 0) & (table.filter(like="cover_") <= 1)).all().all()
+    # reliability curves: monotone in the nominal level, and they agree with the table's 80 % column
+    for name, curve in curves.items():
+        dt = [curve["dt"][lv] for lv in sorted(curve["dt"])]
+        assert all(a <= b for a, b in zip(dt, dt[1:]))
+        assert curve["dt"][0.8] == table.loc[table.model == name, "cover_dt_80"].item()
 
 
 def test_evaluate_cli_writes_tables_and_tracks(settings, tmp_path, monkeypatch, capsys):
@@ -55,6 +65,7 @@ def test_evaluate_cli_writes_tables_and_tracks(settings, tmp_path, monkeypatch, 
     assert rc == 0
     table = pd.read_csv(tmp_path / "rep" / "next_event.csv")
     assert list(table["model"]) == ["poisson_kde", "hawkes"] and table["nll_joint"].notna().all()
+    assert (tmp_path / "rep" / "reliability.png").stat().st_size > 10_000
     md = (tmp_path / "rep" / "next_event.md").read_text()
     assert "| model |" in md and "30 held-out events" in md and "days" in md
     assert "next-event scores" in capsys.readouterr().out

@@ -262,6 +262,12 @@ def _progress_bar(enabled: bool, total: int | None, url: str) -> Iterator:
         yield lambda n: bar.advance(task, n)
 
 
+def atomic_write_text(target, text: str) -> None:
+    """Write ``text`` to ``target`` so readers see the old file or the whole new one."""
+    with _atomic_output(Path(target), "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
 @contextlib.contextmanager
 def _atomic_output(target: Path, mode: str, **open_kwargs) -> Iterator[IO]:
     """A temp file next to ``target`` that replaces it in one step on success and vanishes on failure.

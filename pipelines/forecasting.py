@@ -1,0 +1,138 @@
+"""``stforecast forecast``: next-event samples and horizon simulations from a trained model, in the catalog's
+own units (UTC time, lon/lat), as tables; optionally pyCSEP catalog forecasts for whole days.
+
+The history is the ingested catalog (``events.parquet``) strictly before the forecast time ``at``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stforecast.forecast import (count_summary, horizon_length, model_time_of, next_event, simulate_horizon,
+                                 to_original_units)
+from stforecast.io.remote import atomic_write_text
+
+
+@dataclass
+class ForecastRequest:
+    at: str | None = None  # forecast time (default: just after the catalog's last event)
+    samples: int = 1000  # next-event samples
+    horizon: str | None = None  # e.g. "7d", "24h"; None: next event only
+    simulations: int = 200
+    max_events: int = 1000
+    max_history: int = 128
+    steps: int = 20  # DDIM steps
+    fmt: str = "parquet"  # parquet, csv, or csep (daily catalog forecasts)
+    days: int = 1  # csep: consecutive daily forecasts from `at`
+    csep_test: bool = False
+    seed: int = 0
+    notes: list = field(default_factory=list)
+
+
+def write_table(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
+    path = path.with_suffix(".csv" if fmt == "csv" else ".parquet")
+    tmp = path.with_name(f".{path.name}.part")
+    if fmt == "csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def run_forecast(folder: Path, model, req: ForecastRequest, out: Path, log=print) -> dict:
+    """Forecasts for the catalog in ``folder``; writes tables under ``out`` and returns a summary dict."""
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    schema = manifest["schema"]
+    if manifest["split"].get("mode") == "given":
+        raise ValueError(f"{folder}: forecasting needs one continuous catalog, not the source's own windows")
+    events = pd.read_parquet(Path(folder) / "events.parquet", columns=["t", "x", "y", "time"]
+                             + (["magnitude"] if "magnitude" in schema["marks"] else []))
+    t_at = model_time_of(req.at, schema) if req.at else float(events["t"].iloc[-1])
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"catalog": manifest["name"], "at_model_time": t_at, "units": [schema["time_unit"],
+                                                                              schema["spatial_unit"]],
+               "request": {k: v for k, v in req.__dict__.items() if k != "notes"}, "files": {}}
+    if req.fmt == "csep":
+        summary.update(csep_days(events, manifest, model, req, t_at, out, log))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
+        return summary
+    past = events[events["t"] < t_at] if req.at else events
+    if len(past) == 0:
+        raise ValueError(f"no events before {req.at} in {folder}")
+    t_hist, xy_hist = past["t"].to_numpy()[-req.max_history:], past[["x", "y"]].to_numpy()[-req.max_history:]
+    log(f"history: {len(past):,} events up to {to_original_units(past.tail(1), schema)['time'].iloc[0]}; "
+        f"conditioning on the last {len(t_hist)}")
+    nxt = to_original_units(next_event(model, t_hist, xy_hist, req.samples, max_history=req.max_history,
+                                       steps=req.steps, seed=req.seed), schema)
+    summary["files"]["next_event"] = str(write_table(nxt, out / "next_event", req.fmt))
+    summary["next_event"] = {"dt_median": float(nxt["dt"].median()),
+                             "dt_q10_q90": [float(v) for v in nxt["dt"].quantile([0.1, 0.9])]}
+    if req.horizon:
+        t_end = t_at + horizon_length(req.horizon, schema)
+        hf = simulate_horizon(model, t_hist, xy_hist, t_end, req.simulations, max_events=req.max_events,
+                              max_history=req.max_history, steps=req.steps, seed=req.seed, progress=True)
+        sims = to_original_units(hf.events, schema) if len(hf.events) else hf.events
+        summary["files"]["horizon_events"] = str(write_table(sims, out / "horizon_events", req.fmt))
+        per_sim = pd.DataFrame({"simulation": np.arange(req.simulations), "events": hf.counts, "capped": hf.capped})
+        summary["files"]["horizon_counts"] = str(write_table(per_sim, out / "horizon_counts", "csv"))
+        counts = count_summary(hf)
+        summary["files"]["horizon_summary"] = str(write_table(counts, out / "horizon_summary", "csv"))
+        summary["horizon"] = {"end_model_time": t_end, **counts.iloc[0].to_dict()}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def csep_days(events, manifest, model, req: ForecastRequest, t_at: float, out: Path, log) -> dict:
+    """``req.days`` daily catalog forecasts from ``at``: each day conditions on every event before its start,
+    simulates ``req.simulations`` catalogs for 24 h and writes them as pyCSEP CSV."""
+    from stforecast.baselines.etas import aki_b_value
+    from stforecast.catalog import SECONDS_PER
+    from stforecast.csep import catalog_forecast_frame, run_csep_tests, write_catalog_forecast
+
+    schema = manifest["schema"]
+    if schema["time"] != "UTC timestamp" or "magnitude" not in events:
+        raise ValueError("--format csep needs an earthquake catalog with calendar times and magnitudes")
+    mc = manifest["config"]["filters"].get("magnitude_min") or float(events["magnitude"].min())
+    train = events[(events["t"] < manifest["split"]["model_time"]["val_start"]) & (events["magnitude"] >= mc)]
+    b = aki_b_value(train["magnitude"].to_numpy(), mc)
+    log(f"magnitudes: Gutenberg-Richter with b = {b:.3f} above Mc = {mc} (Aki MLE on {len(train):,} events before "
+        "the validation start); DSTPP does not model magnitudes yet")
+    day = SECONDS_PER["days"] / SECONDS_PER[schema["time_unit"]]
+    result = {"gutenberg_richter": {"b": b, "mc": mc}, "days": []}
+    for d in range(req.days):
+        t0, t1 = t_at + d * day, t_at + (d + 1) * day
+        past = events[events["t"] < t0]
+        hf = simulate_horizon(model, past["t"].to_numpy()[-req.max_history:],
+                              past[["x", "y"]].to_numpy()[-req.max_history:], t1, req.simulations,
+                              max_events=req.max_events, max_history=req.max_history, steps=req.steps,
+                              seed=req.seed + d)
+        start = to_original_units(pd.DataFrame({"t": [t0], "x": [0.0], "y": [0.0]}), schema)["time"].iloc[0]
+        end = start + pd.Timedelta(days=1)
+        sims = to_original_units(hf.events, schema) if len(hf.events) else pd.DataFrame(
+            columns=["simulation", "time", "lon", "lat"])
+        sims = sims[sims["time"] >= start]  # the simulation starts at the last observed event, before the day
+        path = write_catalog_forecast(catalog_forecast_frame(sims, mc, b, seed=req.seed + d), out,
+                                      manifest["name"], start)
+        entry = {"start": str(start), "file": str(path), "n_catalogs": req.simulations,
+                 "mean_events": float(sims.groupby("simulation").size().reindex(range(req.simulations),
+                                                                                fill_value=0).mean()),
+                 "observed_events": int(((events["t"] >= t0) & (events["t"] < t1)).sum()),
+                 "capped": int(hf.capped.sum())}
+        if req.csep_test:
+            observed = events.assign(lon=to_original_units(events, schema)["lon"],
+                                     lat=to_original_units(events, schema)["lat"])
+            bbox = manifest["config"]["filters"].get("bbox") or (
+                float(observed["lon"].min()), float(observed["lat"].min()),
+                float(observed["lon"].max()) + 0.1, float(observed["lat"].max()) + 0.1)
+            entry["csep"] = run_csep_tests(path, req.simulations, observed, start, end, mc, tuple(bbox),
+                                           out_dir=out)
+        log(f"{start:%Y-%m-%d}: {entry['mean_events']:.2f} events per simulated catalog (observed "
+            f"{entry['observed_events']}) -> {path}")
+        result["days"].append(entry)
+    return result

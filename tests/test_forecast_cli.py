@@ -1,0 +1,97 @@
+"""`stforecast forecast`: next-event and horizon forecasts in the catalog's own units, and pyCSEP catalog CSV."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.ingest import run_ingest
+from stforecast.baselines.etas import aki_b_value
+from stforecast.csep import COLUMNS, gutenberg_richter
+from stforecast.forecast import horizon_length, model_time_of, to_original_units
+from stforecast.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def ridgecrest(settings, tmp_path_factory):
+    """The Ridgecrest sample ingested, and a tiny DSTPP trained on it for a few steps."""
+    tmp = tmp_path_factory.mktemp("fc")
+    r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp / "p", progress=False)
+    cfg = TrainConfig(data=str(r.out_dir), model={"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+                                                  "rnn_hidden": 16, "steps": 30}, epochs=1, max_steps=5,
+                      batch_size=8, progress=False, out_dir=str(tmp / "run"))
+    train(cfg)
+    return r, tmp / "run" / "best.pt"
+
+
+def test_model_units_convert_back_to_the_catalogs_own_time_and_lonlat(ridgecrest):
+    r, _ = ridgecrest
+    events = pd.read_parquet(r.out_dir / "events.parquet")
+    back = to_original_units(events[["t", "x", "y"]], r.manifest["schema"])
+    assert np.allclose(back["lon"], events["lon"], atol=1e-6) and np.allclose(back["lat"], events["lat"], atol=1e-6)
+    err = (back["time"] - events["time"]).abs().max()
+    assert err < pd.Timedelta(milliseconds=2)  # ties were spread by < 1 ms at ingestion
+    schema = r.manifest["schema"]
+    assert model_time_of(events["time"].iloc[10], schema) == pytest.approx(events["t"].iloc[10], abs=1e-7)
+    assert horizon_length("24h", schema) == 1.0 and horizon_length("90min", schema) == pytest.approx(1 / 16)
+    assert horizon_length("0.5", schema) == 0.5
+
+
+def test_forecast_cli_next_event_and_horizon(ridgecrest, tmp_path):
+    from pipelines.cli import main
+
+    r, ckpt = ridgecrest
+    rc = main(["forecast", "--data", str(r.out_dir), "--model", str(ckpt), "--at", "2019-07-12T00:00",
+               "--samples", "300", "--horizon", "12h", "--simulations", "40", "--max-events", "50", "--steps", "5",
+               "--format", "csv", "--out", str(tmp_path)])
+    assert rc == 0
+    at = pd.Timestamp("2019-07-12T00:00", tz="UTC")
+    events = pd.read_parquet(r.out_dir / "events.parquet")
+    last_before = events.loc[events["time"] < at, "time"].max()
+    nxt = pd.read_csv(tmp_path / "next_event.csv", parse_dates=["time"])
+    assert len(nxt) == 300 and {"time", "lon", "lat", "dt", "x", "y"} <= set(nxt.columns)
+    assert (nxt["time"] > last_before).all()  # conditioned on the history before --at, not after it
+    sims = pd.read_csv(tmp_path / "horizon_events.csv", parse_dates=["time"])
+    assert (sims["time"] < at + pd.Timedelta(hours=12)).all() and sims["simulation"].between(0, 39).all()
+    counts = pd.read_csv(tmp_path / "horizon_counts.csv")
+    assert len(counts) == 40 and counts["events"].sum() == len(sims)
+    assert (sims.groupby("simulation").size().reindex(range(40), fill_value=0).to_numpy() == counts["events"]).all()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["horizon"]["mean"] == pytest.approx(counts["events"].mean())
+
+
+def test_forecast_cli_writes_pycsep_catalog_forecasts(ridgecrest, tmp_path):
+    from pipelines.cli import main
+
+    r, ckpt = ridgecrest
+    rc = main(["forecast", "--data", str(r.out_dir), "--model", str(ckpt), "--at", "2019-07-12", "--format", "csep",
+               "--days", "2", "--simulations", "30", "--max-events", "40", "--steps", "5", "--out", str(tmp_path)])
+    assert rc == 0
+    files = sorted(tmp_path.glob("*.csv"))
+    assert [f.name for f in files] == ["ridgecrest_2019-07-12T00-00-00-000000.csv",
+                                       "ridgecrest_2019-07-13T00-00-00-000000.csv"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    mc = summary["gutenberg_richter"]["mc"]
+    for f, day in zip(files, summary["days"]):
+        frame = pd.read_csv(f)
+        assert list(frame.columns) == COLUMNS
+        assert frame["catalog_id"].is_monotonic_increasing and frame["catalog_id"].between(0, 29).all()
+        assert (frame["mag"] >= mc).all() and (frame["mag"] < 9.5).all()
+        start = pd.Timestamp(day["start"]).tz_localize(None)
+        times = pd.to_datetime(frame["time_string"], format="%Y-%m-%dT%H:%M:%S.%f")
+        assert ((times >= start) & (times < start + pd.Timedelta(days=1))).all()
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}", s) for s in frame["time_string"])
+        assert day["mean_events"] == pytest.approx(len(frame) / 30)
+
+
+def test_gutenberg_richter_draws_recover_b_and_respect_the_truncation():
+    rng = np.random.default_rng(0)
+    m = gutenberg_richter(200_000, 2.5, 1.1, rng, m_max=9.5)
+    assert m.min() >= 2.5 and m.max() < 9.5
+    assert aki_b_value(m, 2.5, bin_width=0.0) == pytest.approx(1.1, rel=0.01)
+    tight = gutenberg_richter(50_000, 2.5, 1.0, rng, m_max=3.0)
+    assert tight.max() < 3.0 and tight.mean() < 2.75  # truncation keeps the law's decreasing shape
