@@ -222,18 +222,23 @@ def cmd_demo(args) -> int:
     from rich.console import Console
 
     console = Console()
-    console.rule("stforecast demo 1/2: ingest the primary catalogs")
+    console.rule("stforecast demo 1/4: ingest the primary catalogs")
     for kind, name in (("earthquakes", "japan"), ("earthquakes", "dstpp_japan"), ("crime", "chicago"), ("spikes", "wmaze")):
         console.print(f"[bold]stforecast ingest {kind} {name}[/]")
         cmd_ingest(build_parser().parse_args(["ingest", kind, name, *(["--force"] if args.force else [])]))
-    console.rule("stforecast demo 2/3: train DSTPP on the Japan catalog (validation split selects the model)")
+    console.rule("stforecast demo 2/4: train DSTPP on the Japan catalog (validation split selects the model)")
     train_args = ["train", "--config", str(DEMO_TRAIN_CONFIG), "--data", "japan", "--out", "runs/demo-japan"]
     console.print("[bold]stforecast " + " ".join(train_args) + "[/]")
     cmd_train(build_parser().parse_args(train_args))
-    console.rule("stforecast demo 3/3: score DSTPP against Poisson, Hawkes and ETAS on the held-out test years")
+    console.rule("stforecast demo 3/4: score DSTPP against Poisson, Hawkes and ETAS on the held-out test years")
     eval_args = ["evaluate", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--targets", "500"]
     console.print("[bold]stforecast " + " ".join(eval_args) + "[/]")
-    return cmd_evaluate(build_parser().parse_args(eval_args))
+    cmd_evaluate(build_parser().parse_args(eval_args))
+    console.rule("stforecast demo 4/4: forecast the week after the catalog ends")
+    fc_args = ["forecast", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--horizon", "7d",
+               "--simulations", "200", "--out", "reports/forecast-japan"]
+    console.print("[bold]stforecast " + " ".join(fc_args) + "[/]")
+    return cmd_forecast(build_parser().parse_args(fc_args))
 
 
 def catalog_folder(name: str, settings) -> Path:

@@ -95,3 +95,34 @@ def test_gutenberg_richter_draws_recover_b_and_respect_the_truncation():
     assert aki_b_value(m, 2.5, bin_width=0.0) == pytest.approx(1.1, rel=0.01)
     tight = gutenberg_richter(50_000, 2.5, 1.0, rng, m_max=3.0)
     assert tight.max() < 3.0 and tight.mean() < 2.75  # truncation keeps the law's decreasing shape
+
+
+def test_max_curvature_finds_the_completeness_of_a_ramped_catalog():
+    from stforecast.baselines.etas import max_curvature_mc
+
+    rng = np.random.default_rng(1)
+    m = np.round(gutenberg_richter(100_000, 1.0, 1.0, rng), 1)
+    from scipy.stats import norm
+
+    # Ogata & Katsura's detection curve: half the events of M 3.0 are recorded, nearly all above 3.4
+    detected = rng.uniform(size=m.size) < norm.cdf(m, loc=3.0, scale=0.2)
+    mc = max_curvature_mc(m[detected])
+    assert 3.0 <= mc <= 3.5
+
+
+def test_pycsep_number_and_spatial_tests_run_offline(ridgecrest, tmp_path):
+    pytest.importorskip("csep")  # the optional `csep` extra
+    from pipelines.forecasting import ForecastRequest, run_forecast
+    from stforecast.train import load_model
+
+    r, ckpt = ridgecrest
+    req = ForecastRequest(at="2019-07-12", fmt="csep", simulations=200, max_events=40, steps=5, csep_test=True)
+    summary = run_forecast(r.out_dir, load_model(ckpt), req, tmp_path, log=lambda *a: None)
+    day = summary["days"][0]["csep"]
+    events = pd.read_parquet(r.out_dir / "events.parquet")
+    start = pd.Timestamp("2019-07-12", tz="UTC")
+    in_day = events[(events["time"] >= start) & (events["time"] < start + pd.Timedelta(days=1))]
+    assert day["observed_events"] == int((in_day["magnitude"] >= day["magnitude_min"]).sum())
+    assert day["number_test"]["observed"] == day["observed_events"]
+    assert all(0 <= q <= 1 for q in day["number_test"]["quantile"])
+    assert (tmp_path / day["number_test"]["plot"]).stat().st_size > 5_000

@@ -198,3 +198,12 @@ def aki_b_value(m: np.ndarray, mc: float, bin_width: float = 0.1) -> float:
     m = np.asarray(m, float)
     m = m[m >= mc]
     return math.log10(math.e) / (m.mean() - (mc - bin_width / 2))
+
+
+def max_curvature_mc(m: np.ndarray, bin_width: float = 0.1, correction: float = 0.2) -> float:
+    """Completeness magnitude by maximum curvature (Wiemer & Wyss 2000): the most populated magnitude bin, plus
+    the usual ``correction`` (Woessner & Wiemer 2005), since the raw estimate is biased low."""
+    m = np.asarray(m, float)
+    bins = np.round(m / bin_width).astype(int)
+    values, counts = np.unique(bins, return_counts=True)
+    return round(float(values[np.argmax(counts)] * bin_width + correction), 6)
