@@ -439,6 +439,55 @@ def cmd_forecast(args) -> int:
     return 0
 
 
+def _report_parser(sub) -> None:
+    p = sub.add_parser(
+        "report", help="forecast map (offline HTML), gridded forecast (NetCDF + PNG), logged to MLflow",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("Draw a forecast: regions holding 50/80/95 % of the next event's location and of the events\n"
+                     "in the horizon on a Folium map that works offline (Natural Earth basemap; pixel frame for\n"
+                     "spikes), the recent observed events and, when --at is inside the catalog, the events that\n"
+                     "happened; expected counts per cell and lead time as CF NetCDF and a PNG."),
+        epilog=("examples:\n"
+                "  stforecast report --data japan --model runs/demo-japan/best.pt --horizon 7d\n"
+                "  stforecast report --data japan --model models:/dstpp/1 --at 2016-04-14T13:00 --horizon 3d"))
+    p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
+    p.add_argument("--model", required=True, help="checkpoint path or MLflow URI")
+    p.add_argument("--at", help="forecast time (default: after the catalog's last event)")
+    p.add_argument("--horizon", default="7d", help="e.g. 24h, 7d (default 7d)")
+    p.add_argument("--lead-bins", type=int, default=7, help="lead-time bins in the NetCDF (default 7)")
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--simulations", type=int, default=200)
+    p.add_argument("--levels", default="0.5,0.8,0.95", help="probability levels of the regions")
+    p.add_argument("--show-samples", action="store_true", help="add a (hidden) layer with the samples")
+    p.add_argument("--online-tiles", action="store_true", help="offer OpenStreetMap tiles (needs internet)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default reports/map-<data>)")
+    p.add_argument("--no-track", action="store_true")
+
+
+def cmd_report(args) -> int:
+    from rich.console import Console
+
+    from pipelines.report import ReportRequest, run_report
+    from stforecast.config import load_settings
+    from stforecast.tracking import load_model
+
+    console = Console()
+    folder = catalog_folder(args.data, load_settings())
+    req = ReportRequest(at=args.at, horizon=args.horizon, lead_bins=args.lead_bins, samples=args.samples,
+                        simulations=args.simulations, levels=tuple(float(v) for v in args.levels.split(",")),
+                        show_samples=args.show_samples, online_tiles=args.online_tiles, seed=args.seed)
+    out = Path(args.out or Path("reports") / f"map-{folder.name}")
+    summary = run_report(folder, load_model(args.model), req, out, model_uri=args.model, track=not args.no_track,
+                         log=console.print)
+    console.print(f"expected events in the next {args.horizon}: {summary['expected_events']:.2f}")
+    console.print(f"map (open in a browser, works offline): {out / 'map.html'}")
+    console.print(f"gridded forecast: {out / 'forecast.nc'} (NetCDF), {out / 'forecast.png'}")
+    if "mlflow_run_id" in summary:
+        console.print(f"MLflow run: {summary['mlflow_run_id']} (experiment stforecast-reports)")
+    return 0
+
+
 def _benchmark_parser(sub) -> None:
     p = sub.add_parser(
         "benchmark", help="train, fit and score DSTPP and the baselines on several catalogs",
@@ -487,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _forecast_parser(sub)
     _benchmark_parser(sub)
+    _report_parser(sub)
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--force", action="store_true", help="redo steps that are up to date")
     return parser
@@ -499,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"ingest": cmd_ingest, "train": cmd_train, "evaluate": cmd_evaluate,
-                "forecast": cmd_forecast, "benchmark": cmd_benchmark, "demo": cmd_demo}[args.command](args)
+                "forecast": cmd_forecast, "benchmark": cmd_benchmark, "report": cmd_report, "demo": cmd_demo}[args.command](args)
     except (CatalogError, ValueError, KeyError, FileNotFoundError) as e:
         if args.verbose:
             raise
