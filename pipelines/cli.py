@@ -488,6 +488,41 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _batch_parser(sub) -> None:
+    p = sub.add_parser(
+        "batch", help="scheduled forecasts for the jobs in a config (idempotent, atomic, on Dask)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("Run every [[job]] of the batch config (default data/batch.toml): optionally refresh the catalog,\n"
+                     "forecast with the given model, and write map, NetCDF, PNG and a manifest into\n"
+                     "OUT/<forecast date>/<job>/. Jobs whose inputs are unchanged are skipped; a failed job leaves no\n"
+                     "partial output and makes the command exit 1. Meant for cron or a systemd timer (see README)."),
+        epilog="examples:\n  stforecast batch\n  stforecast batch --config ops/batch.toml --scheduler tcp://10.0.0.5:8786")
+    p.add_argument("--config", help="batch config (default data/batch.toml)")
+    p.add_argument("--out", help="output root (default: the config's `out`, reports/batch)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-track", action="store_true")
+
+
+def cmd_batch(args) -> int:
+    from pipelines.batch_forecast import load_jobs, run_batch, track_results
+
+    jobs, out = load_jobs(args.config)
+    out = Path(args.out) if args.out else out
+    if not jobs:
+        raise ValueError(f"no [[job]] in {args.config or 'data/batch.toml'}")
+    with dask_client(args.scheduler, args.workers) as client:
+        results = run_batch(jobs, out, client)
+    if not args.no_track:
+        track_results(results)
+    for r in results:
+        print(f"{r.name}: {r.status}{' -> ' + r.folder if r.folder else ''} {r.message.splitlines()[0] if r.message else ''}")
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        print(f"error: job {r.name!r} failed: {r.message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _benchmark_parser(sub) -> None:
     p = sub.add_parser(
         "benchmark", help="train, fit and score DSTPP and the baselines on several catalogs",
@@ -537,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     _forecast_parser(sub)
     _benchmark_parser(sub)
     _report_parser(sub)
+    _batch_parser(sub)
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--force", action="store_true", help="redo steps that are up to date")
     return parser
@@ -549,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"ingest": cmd_ingest, "train": cmd_train, "evaluate": cmd_evaluate,
-                "forecast": cmd_forecast, "benchmark": cmd_benchmark, "report": cmd_report, "demo": cmd_demo}[args.command](args)
+                "forecast": cmd_forecast, "benchmark": cmd_benchmark, "report": cmd_report, "batch": cmd_batch, "demo": cmd_demo}[args.command](args)
     except (CatalogError, ValueError, KeyError, FileNotFoundError) as e:
         if args.verbose:
             raise

@@ -1,0 +1,166 @@
+"""``stforecast batch``: scheduled forecasts for a list of catalogs, fanned out over a Dask cluster.
+
+For each job of the config (``data/batch.toml``): optionally refresh the catalog (ingestion is itself
+idempotent), load the model, and — unless an identical forecast already exists — run :func:`run_report` into
+``OUT/<forecast date>/<job>/`` with a ``manifest.json`` naming every input. A job's inputs hash to a key (the
+catalog's input hash, the model file's SHA-256 or MLflow URI, the settings and the forecast time); a folder whose
+manifest has the same key is left alone. Each job writes into a temporary folder renamed into place at the end,
+so a failure leaves no partial output and the previous forecast intact. Any failed job makes the command exit 1
+with its message. Jobs run on a LocalCluster (127.0.0.1, 2 workers) or ``--scheduler ADDRESS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tomllib
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "batch.toml"
+
+
+@dataclass
+class Job:
+    name: str
+    catalog: str
+    model: str
+    horizon: str = "7d"
+    simulations: int = 200
+    samples: int = 2000
+    at: str | None = None
+    refresh: bool = False
+    seed: int = 0
+
+
+@dataclass
+class JobResult:
+    name: str
+    status: str  # "done", "skipped" or "failed"
+    folder: str | None = None
+    message: str = ""
+
+
+def load_jobs(path=None) -> tuple[list[Job], Path]:
+    path = Path(path or DEFAULT_CONFIG)
+    cfg = tomllib.loads(path.read_text())
+    jobs = []
+    for i, raw in enumerate(cfg.get("job", [])):
+        try:
+            jobs.append(Job(**raw))
+        except TypeError as e:
+            raise ValueError(f"{path}: [[job]] number {i + 1}: {e}") from None
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: job names must be unique, got {names}")
+    return jobs, Path(cfg.get("out", "reports/batch"))
+
+
+def model_identity(model: str) -> str:
+    """A file's SHA-256 (so a retrained checkpoint at the same path counts as new), or the URI itself."""
+    p = Path(model)
+    if "://" not in model and p.is_file():
+        return "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    return model
+
+
+def run_job(job: Job, out_root: str, settings_env: dict | None = None) -> JobResult:
+    """One job, start to finish (runs on a Dask worker; returns a result instead of raising)."""
+    import os
+
+    os.environ.update(settings_env or {})
+    try:
+        return _run_job(job, Path(out_root))
+    except Exception as e:  # noqa: BLE001 - reported per job, the command exits non-zero
+        return JobResult(job.name, "failed", message=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+
+
+def _run_job(job: Job, out_root: Path) -> JobResult:
+    from pipelines.report import ReportRequest, run_report
+    from stforecast.config import load_settings
+    from stforecast.forecast import model_time_of, to_original_units
+
+    settings = load_settings()
+    if job.refresh:
+        from pipelines.ingest import run_ingest
+
+        run_ingest(settings.catalog(job.catalog), settings, progress=False)
+    from pipelines.cli import catalog_folder
+
+    folder = catalog_folder(job.catalog, settings)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    schema = manifest["schema"]
+    if job.at:
+        t_at = model_time_of(job.at, schema)
+    else:
+        import pandas as pd
+
+        t_at = float(pd.read_parquet(folder / "events.parquet", columns=["t"])["t"].iloc[-1])
+    import pandas as pd
+
+    when = to_original_units(pd.DataFrame({"t": [t_at], "x": [0.0], "y": [0.0]}), schema)["time"].iloc[0]
+    day = f"{when:%Y-%m-%d}" if isinstance(when, pd.Timestamp) else f"t{float(when):.0f}"
+    key = hashlib.sha256(json.dumps({"catalog": manifest["input_hash"], "model": model_identity(job.model),
+                                     "job": asdict(job), "t_at": t_at}, sort_keys=True).encode()).hexdigest()
+    final = out_root / day / job.name
+    if (final / "manifest.json").exists() and json.loads((final / "manifest.json").read_text()).get("key") == key:
+        return JobResult(job.name, "skipped", str(final), "inputs unchanged")
+    from stforecast.tracking import load_model
+
+    staging = out_root / day / f".{job.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        req = ReportRequest(at=job.at, horizon=job.horizon, simulations=job.simulations, samples=job.samples,
+                            seed=job.seed)
+        # MLflow is written by the parent, one job at a time (SQLite stores do not like concurrent writers)
+        summary = run_report(folder, load_model(job.model), req, staging, model_uri=job.model, track=False,
+                             log=lambda *a: None)
+        files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(staging.iterdir())}
+        (staging / "manifest.json").write_text(json.dumps(
+            {"key": key, "job": asdict(job), "catalog": manifest["name"], "catalog_input_hash": manifest["input_hash"],
+             "model": job.model, "model_identity": model_identity(job.model), "forecast_time": str(when),
+             "summary": summary, "files_sha256": files}, indent=1, default=str))
+        old = final.with_name(f".{job.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.replace(old)
+        staging.replace(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return JobResult(job.name, "done", str(final), f"{summary['expected_events']:.2f} expected events")
+
+
+def run_batch(jobs: list[Job], out_root: Path, client=None) -> list[JobResult]:
+    """All jobs, in parallel on ``client`` (a distributed Client) or one after another without one."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("STFORECAST_", "MLFLOW_"))}
+    root = str(Path(out_root).absolute())
+    # workers may run elsewhere: pass absolute paths for local files
+    jobs = [Job(**{**asdict(j), "model": str(Path(j.model).absolute())}) if Path(j.model).is_file() else j
+            for j in jobs]
+    if client is None:
+        return [run_job(j, root, env) for j in jobs]
+    futures = [client.submit(run_job, j, root, env, key=f"batch-{j.name}", pure=False) for j in jobs]
+    return client.gather(futures)
+
+
+def track_results(results: list[JobResult]) -> None:
+    """One MLflow run per finished job (experiment stforecast-batch), its folder as artifacts."""
+    import mlflow
+
+    from stforecast.tracking import setup
+
+    for r in results:
+        if r.status != "done":
+            continue
+        manifest = json.loads((Path(r.folder) / "manifest.json").read_text())
+        with mlflow.start_run(experiment_id=setup("stforecast-batch"), run_name=f"batch-{r.name}"):
+            mlflow.set_tags({"model_uri": manifest["model"], "catalog": manifest["catalog"],
+                             "forecast_time": manifest["forecast_time"], "batch.key": manifest["key"]})
+            mlflow.log_metric("expected_events", manifest["summary"]["expected_events"])
+            mlflow.log_artifacts(r.folder)
