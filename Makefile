@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install bench-ingest bench-train bench-sample clean
+.PHONY: demo test install browser bench-ingest bench-train bench-sample clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,16 @@ install: $(VENV)/.installed-all
 demo: $(VENV)/.installed-all
 	$(BIN)/stforecast demo
 
-test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+# The risk-map test drives a real headless browser: Debian's chromium and chromedriver (Playwright's own browser
+# download does not work on these machines). Installed once if missing (needs root or sudo and the apt mirrors).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
+test: $(VENV)/.installed-dev browser
+	SE_OFFLINE=true $(BIN)/python -m pytest -q
 
 bench-ingest: $(VENV)/.installed-all
 	$(BIN)/python -m benchmarks.ingest

@@ -31,6 +31,7 @@ class Job:
     simulations: int = 200
     samples: int = 2000
     at: str | None = None
+    max_events: int = 1000  # cap per simulation
     refresh: bool = False
     seed: int = 0
 
@@ -113,7 +114,7 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         req = ReportRequest(at=job.at, horizon=job.horizon, simulations=job.simulations, samples=job.samples,
-                            seed=job.seed)
+                            max_events=job.max_events, seed=job.seed)
         # MLflow is written by the parent, one job at a time (SQLite stores do not like concurrent writers)
         summary = run_report(folder, load_model(job.model), req, staging, model_uri=job.model, track=False,
                              log=lambda *a: None)

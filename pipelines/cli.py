@@ -217,28 +217,33 @@ def print_summary(console, result) -> None:
 
 def cmd_demo(args) -> int:
     """The main job on embedded defaults: ingest the primary catalogs, train a small DSTPP on the Japan catalog
-    (EarthquakeNPP's chronological split) on whatever device there is, tracked in MLflow, and score it against
-    the baselines on held-out test events."""
+    (EarthquakeNPP's chronological split) on whatever device there is, tracked in MLflow, forecast, score it
+    against the baselines on held-out test events, and draw a report (offline map, NetCDF, PNG)."""
     from rich.console import Console
 
     console = Console()
-    console.rule("stforecast demo 1/4: ingest the primary catalogs")
+    console.rule("stforecast demo 1/5: ingest the primary catalogs")
     for kind, name in (("earthquakes", "japan"), ("earthquakes", "dstpp_japan"), ("crime", "chicago"), ("spikes", "wmaze")):
         console.print(f"[bold]stforecast ingest {kind} {name}[/]")
         cmd_ingest(build_parser().parse_args(["ingest", kind, name, *(["--force"] if args.force else [])]))
-    console.rule("stforecast demo 2/4: train DSTPP on the Japan catalog (validation split selects the model)")
+    console.rule("stforecast demo 2/5: train DSTPP on the Japan catalog (validation split selects the model)")
     train_args = ["train", "--config", str(DEMO_TRAIN_CONFIG), "--data", "japan", "--out", "runs/demo-japan"]
     console.print("[bold]stforecast " + " ".join(train_args) + "[/]")
     cmd_train(build_parser().parse_args(train_args))
-    console.rule("stforecast demo 3/4: score DSTPP against Poisson, Hawkes and ETAS on the held-out test years")
-    eval_args = ["evaluate", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--targets", "500"]
-    console.print("[bold]stforecast " + " ".join(eval_args) + "[/]")
-    cmd_evaluate(build_parser().parse_args(eval_args))
-    console.rule("stforecast demo 4/4: forecast the week after the catalog ends")
+    console.rule("stforecast demo 3/5: forecast the week after the catalog ends")
     fc_args = ["forecast", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--horizon", "7d",
                "--simulations", "200", "--out", "reports/forecast-japan"]
     console.print("[bold]stforecast " + " ".join(fc_args) + "[/]")
-    return cmd_forecast(build_parser().parse_args(fc_args))
+    cmd_forecast(build_parser().parse_args(fc_args))
+    console.rule("stforecast demo 4/5: score DSTPP against Poisson, Hawkes and ETAS on the held-out test years")
+    eval_args = ["evaluate", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--targets", "500"]
+    console.print("[bold]stforecast " + " ".join(eval_args) + "[/]")
+    cmd_evaluate(build_parser().parse_args(eval_args))
+    console.rule("stforecast demo 5/5: report - the 2016 Kumamoto sequence, 3 days from its first shock")
+    rep_args = ["report", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--at", "2016-04-14T13:00",
+                "--horizon", "3d", "--lead-bins", "3", "--out", "reports/map-japan"]
+    console.print("[bold]stforecast " + " ".join(rep_args) + "[/]")
+    return cmd_report(build_parser().parse_args(rep_args))
 
 
 def catalog_folder(name: str, settings) -> Path:
@@ -523,6 +528,26 @@ def cmd_batch(args) -> int:
     return 1 if failed else 0
 
 
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="the interactive risk map of the latest batch forecasts (local server or static file)",
+                       epilog="examples:\n  stforecast serve\n  stforecast serve --static reports/riskmap.html",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="reports/batch", help="batch output root (default reports/batch)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--static", metavar="FILE", help="write the page to FILE instead of serving it")
+
+
+def cmd_serve(args) -> int:
+    from pipelines.serve import serve, write_static
+
+    if args.static:
+        print(f"risk map written to {write_static(args.root, args.static)} (self-contained, works offline)")
+        return 0
+    serve(args.root, args.host, args.port)
+    return 0
+
+
 def _benchmark_parser(sub) -> None:
     p = sub.add_parser(
         "benchmark", help="train, fit and score DSTPP and the baselines on several catalogs",
@@ -573,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     _benchmark_parser(sub)
     _report_parser(sub)
     _batch_parser(sub)
+    _serve_parser(sub)
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--force", action="store_true", help="redo steps that are up to date")
     return parser
@@ -585,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"ingest": cmd_ingest, "train": cmd_train, "evaluate": cmd_evaluate,
-                "forecast": cmd_forecast, "benchmark": cmd_benchmark, "report": cmd_report, "batch": cmd_batch, "demo": cmd_demo}[args.command](args)
+                "forecast": cmd_forecast, "benchmark": cmd_benchmark, "report": cmd_report, "batch": cmd_batch, "serve": cmd_serve, "demo": cmd_demo}[args.command](args)
     except (CatalogError, ValueError, KeyError, FileNotFoundError) as e:
         if args.verbose:
             raise

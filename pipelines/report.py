@@ -111,6 +111,10 @@ def run_report(folder: Path, model, req: ReportRequest, out: Path, model_uri: st
         for name, frame in layers:
             maps.add_contours(m, frame, name)
         marks = [c for c in ("time", "magnitude", "category", "unit") if c in events.columns]
+        recent = {"type": "FeatureCollection", "frame": "geographic" if geographic else "pixel", "features": [
+            {"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(r[lon]), float(r[lat])]},
+             "properties": {c: str(r[c]) for c in marks}} for _, r in view.iterrows()]}
+        (tmp / "recent.geojson").write_text(json.dumps(recent))
         maps.add_events(m, view, f"observed: last {len(view)} events before the forecast", lat=lat, lon=lon,
                         label_cols=marks)
         if len(truth):

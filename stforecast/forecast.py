@@ -162,10 +162,15 @@ def horizon_length(text: str, schema: dict) -> float:
     """A horizon such as ``24h``, ``7d``, ``90min`` or ``30s`` (or a bare number, in model units) → model units."""
     from stforecast.catalog import SECONDS_PER
 
+    import re
+
     try:
         return float(text)
     except ValueError:
-        return pd.Timedelta(text).total_seconds() / SECONDS_PER[schema["time_unit"]]
+        pass
+    days = re.fullmatch(r"\s*([\d.]+)\s*d(?:ays?)?\s*", text)  # pandas is retiring the lower-case 'd' unit
+    seconds = float(days.group(1)) * 86400 if days else pd.Timedelta(text).total_seconds()
+    return seconds / SECONDS_PER[schema["time_unit"]]
 
 
 def count_summary(forecast: HorizonForecast) -> pd.DataFrame:

@@ -33,6 +33,7 @@ at = "2019-07-12"
 horizon = "12h"
 simulations = 20
 samples = 200
+max_events = 60
 [[job]]
 name = "rc-1d"
 catalog = "{folder}"
@@ -41,6 +42,7 @@ at = "2019-07-12"
 horizon = "1d"
 simulations = 20
 samples = 200
+max_events = 60
 {extra}''')
     return path
 

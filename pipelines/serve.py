@@ -1,0 +1,82 @@
+"""``stforecast serve``: the interactive risk map of the latest batch forecasts, on a small local web server
+(127.0.0.1 by default) or written once as a static, self-contained HTML file (``--static FILE``).
+
+The page is rebuilt from the batch folder on every request of ``/``, so a new batch run shows up on reload.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from stforecast.riskmap import riskmap_html
+
+
+def latest_forecasts(batch_root) -> list[dict]:
+    """The newest forecast of every batch job under ``batch_root`` (``<date>/<job>/manifest.json``)."""
+    newest: dict[str, Path] = {}
+    for manifest in sorted(Path(batch_root).glob("*/*/manifest.json")):  # dates sort chronologically
+        newest[manifest.parent.name] = manifest.parent
+    out = []
+    for job, folder in sorted(newest.items()):
+        m = json.loads((folder / "manifest.json").read_text())
+        contours_file = folder / "contours_1.geojson"
+        if not contours_file.exists():
+            contours_file = folder / "contours_0.geojson"
+        features = json.loads(contours_file.read_text())["features"]
+        recent = json.loads((folder / "recent.geojson").read_text())
+        out.append({"region": m["catalog"], "horizon": m["job"]["horizon"], "forecast_time": m["forecast_time"],
+                    "expected_events": m["summary"]["expected_events"], "frame": recent.get("frame", "geographic"),
+                    "contours": {f"{f['properties']['level']:g}": f["geometry"] for f in features},
+                    "observed": recent, "job": job})
+    return out
+
+
+def write_static(batch_root, path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(riskmap_html(latest_forecasts(batch_root)), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def make_server(batch_root, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    root = Path(batch_root)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            if self.path.split("?")[0] not in ("/", "/index.html"):
+                self.send_error(404, "only / is served")
+                return
+            try:
+                body = riskmap_html(latest_forecasts(root)).encode("utf-8")
+            except (ValueError, FileNotFoundError, KeyError) as e:
+                self.send_error(503, f"no forecast to show: {e}")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Security-Policy", "default-src 'self' 'unsafe-inline' data:")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt, *args):  # quiet: one line per request is noise for a map
+            pass
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def serve(batch_root, host: str = "127.0.0.1", port: int = 8765, stop_after: float | None = None) -> None:
+    """Serve until interrupted (or for ``stop_after`` seconds)."""
+    server = make_server(batch_root, host, port)
+    if stop_after is not None:
+        threading.Timer(stop_after, server.shutdown).start()
+    print(f"risk map: http://{host}:{server.server_address[1]}/  (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,119 @@
+"""The interactive risk map in a real headless browser (Debian chromium + chromedriver, installed by `make test`):
+the page loads from the local server with every outside host unresolvable, a control switches the contour layer,
+no request leaves 127.0.0.1, and a screenshot is kept as an artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.batch_forecast import Job, run_batch
+from pipelines.serve import latest_forecasts, make_server, write_static
+from stforecast.maps import external_references
+from stforecast.riskmap import riskmap_html
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def batch_root(settings, tmp_path_factory):
+    from pipelines.ingest import run_ingest
+    from stforecast.train import TrainConfig, train
+
+    tmp = tmp_path_factory.mktemp("risk")
+    r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp / "p", progress=False)
+    cfg = TrainConfig(data=str(r.out_dir), model={"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+                                                  "rnn_hidden": 16, "steps": 30}, epochs=1, max_steps=5,
+                      batch_size=8, progress=False, out_dir=str(tmp / "run"))
+    train(cfg)
+    ckpt = str(tmp / "run" / "best.pt")
+    jobs = [Job("rc-12h", str(r.out_dir), ckpt, "12h", 30, 300, "2019-07-12", max_events=60),
+            Job("rc-2d", str(r.out_dir), ckpt, "2d", 30, 300, "2019-07-12", max_events=60)]
+    assert all(res.status == "done" for res in run_batch(jobs, tmp / "batch"))
+    return tmp / "batch"
+
+
+def test_latest_forecasts_and_static_page(batch_root, tmp_path):
+    forecasts = latest_forecasts(batch_root)
+    assert [(f["region"], f["horizon"]) for f in forecasts] == [("ridgecrest", "12h"), ("ridgecrest", "2d")]
+    assert set(forecasts[0]["contours"]) == {"0.5", "0.8", "0.95"}
+    page = write_static(batch_root, tmp_path / "risk.html").read_text()
+    assert external_references(page) == []
+    # text from data cannot become markup or end the data block
+    evil = dict(forecasts[0], region="</script><img src=x onerror=alert(1)>")
+    html = riskmap_html([evil])
+    assert "<img src=x" not in html and "</script><img" not in html
+
+
+def _chromium():
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.fail("chromium and chromedriver are needed (make test installs them: apt-get install chromium "
+                    "chromium-driver)")
+    return binary, driver
+
+
+def test_risk_map_in_a_headless_browser(batch_root):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    binary, driver_path = _chromium()
+    server = make_server(batch_root, "127.0.0.1", 0)  # port 0: any free port
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stopper = threading.Timer(120, server.shutdown)  # stops by itself even if the test hangs
+    stopper.start()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1200,900", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 20)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "path.risk-contour"))
+        assert browser.find_elements(By.CSS_SELECTOR, ".leaflet-tile-pane, .leaflet-pane")  # Leaflet ran
+        assert len(browser.find_elements(By.CSS_SELECTOR, "path.observed-event")) > 10
+        shown = browser.execute_script("return document.body.dataset.shown")
+        assert shown == "ridgecrest|12h|0.8"
+
+        def shapes():
+            return [p.get_attribute("d") for p in browser.find_elements(By.CSS_SELECTOR, "path.risk-contour")]
+
+        before = shapes()
+        Select(browser.find_element(By.ID, "level")).select_by_value("0.5")
+        wait.until(lambda b: b.execute_script("return document.body.dataset.shown") == "ridgecrest|12h|0.5")
+        after = shapes()
+        assert after and after != before  # the contour layer changed
+        Select(browser.find_element(By.ID, "horizon")).select_by_value("2d")
+        wait.until(lambda b: b.execute_script("return document.body.dataset.shown") == "ridgecrest|2d|0.5")
+        assert shapes() != after
+        assert "events expected" in browser.find_element(By.ID, "info").text
+        time.sleep(0.5)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "riskmap.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 20_000
+        requests = [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+        urls = {m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"}
+        outside = [u for u in urls if not u.startswith((f"http://127.0.0.1:{port}/", "data:"))]
+        assert urls and outside == []  # nothing left the machine
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        browser.quit()
+        stopper.cancel()
+        server.shutdown()
+        server.server_close()
