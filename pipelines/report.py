@@ -108,6 +108,10 @@ def run_report(folder: Path, model, req: ReportRequest, out: Path, model_uri: st
         bounds = maps.view_bounds(np.r_[view[lat], next_contours.total_bounds[[1, 3]]],
                                   np.r_[view[lon], next_contours.total_bounds[[0, 2]]])
         m = maps.new_map("geographic" if geographic else "pixel", bounds=bounds, online_tiles=req.online_tiles)
+        # the catalog's own outline (Chicago's city shape, a fault zone, the maze): where events can be recorded
+        sample = train.iloc[:: max(1, len(train) // 20000)]
+        maps.add_outline(m, maps.footprint(sample[lon].to_numpy(), sample[lat].to_numpy()),
+                         "area covered by the catalog (training events)")
         for name, frame in layers:
             maps.add_contours(m, frame, name)
         marks = [c for c in ("time", "magnitude", "category", "unit") if c in events.columns]

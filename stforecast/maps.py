@@ -103,6 +103,22 @@ def add_contours(m, contours, name: str = "forecast", unit_note: str = "") -> No
     m.get_root().html.add_child(folium.Element(legend))
 
 
+def add_outline(m, geometry, name: str) -> None:
+    """An unfilled outline (e.g. the area a catalog covers) drawn above the basemap, below the forecast."""
+    import folium
+
+    folium.GeoJson(geometry.__geo_interface__, name=name,
+                   style_function=lambda _: {"fill": False, "color": "#525252", "weight": 1.5, "dashArray": "4 3"}
+                   ).add_to(m)
+
+
+def footprint(lon: np.ndarray, lat: np.ndarray, ratio: float = 0.2):
+    """The outline of where a catalog's events lie: a concave hull of the points (a city's shape for crime)."""
+    import shapely
+
+    return shapely.concave_hull(shapely.MultiPoint(np.column_stack([lon, lat])), ratio=ratio)
+
+
 def add_events(m, events: pd.DataFrame, name: str, colour: str = "#08519c", radius: float = 3,
                lat: str = "lat", lon: str = "lon", label_cols=("time", "magnitude", "category", "unit"),
                show: bool = True, limit: int = 2000) -> None:

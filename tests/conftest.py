@@ -29,3 +29,19 @@ def data_root(settings) -> Path:
 @pytest.fixture
 def out_root(tmp_path) -> Path:
     return tmp_path / "processed"
+
+
+@pytest.fixture(scope="session")
+def ridgecrest_tiny(settings, tmp_path_factory):
+    """The Ridgecrest sample ingested once, and a tiny DSTPP trained on it for a few steps: (folder, checkpoint).
+    For tests of the plumbing around a model (forecast files, maps, batch, browser), not of its quality."""
+    from pipelines.ingest import run_ingest
+    from stforecast.train import TrainConfig, train
+
+    tmp = tmp_path_factory.mktemp("ridgecrest-tiny")
+    r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp / "p", progress=False)
+    cfg = TrainConfig(data=str(r.out_dir), model={"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+                                                  "rnn_hidden": 16, "steps": 30}, epochs=1, max_steps=5,
+                      batch_size=8, progress=False, out_dir=str(tmp / "run"))
+    train(cfg)
+    return r, tmp / "run" / "best.pt"

@@ -9,18 +9,10 @@ import pytest
 from pipelines.batch_forecast import Job, load_jobs, run_batch
 
 
-@pytest.fixture(scope="module")
-def ridgecrest_model(settings, tmp_path_factory):
-    from pipelines.ingest import run_ingest
-    from stforecast.train import TrainConfig, train
-
-    tmp = tmp_path_factory.mktemp("batch")
-    r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp / "p", progress=False)
-    cfg = TrainConfig(data=str(r.out_dir), model={"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
-                                                  "rnn_hidden": 16, "steps": 30}, epochs=1, max_steps=5,
-                      batch_size=8, progress=False, out_dir=str(tmp / "run"))
-    train(cfg)
-    return r.out_dir, tmp / "run" / "best.pt"
+@pytest.fixture
+def ridgecrest_model(ridgecrest_tiny):
+    r, ckpt = ridgecrest_tiny
+    return r.out_dir, ckpt
 
 
 def write_config(path, folder, ckpt, out, extra=""):

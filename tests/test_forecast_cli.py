@@ -9,23 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.ingest import run_ingest
 from stforecast.baselines.etas import aki_b_value
 from stforecast.csep import COLUMNS, gutenberg_richter
 from stforecast.forecast import horizon_length, model_time_of, to_original_units
-from stforecast.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def ridgecrest(settings, tmp_path_factory):
-    """The Ridgecrest sample ingested, and a tiny DSTPP trained on it for a few steps."""
-    tmp = tmp_path_factory.mktemp("fc")
-    r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp / "p", progress=False)
-    cfg = TrainConfig(data=str(r.out_dir), model={"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
-                                                  "rnn_hidden": 16, "steps": 30}, epochs=1, max_steps=5,
-                      batch_size=8, progress=False, out_dir=str(tmp / "run"))
-    train(cfg)
-    return r, tmp / "run" / "best.pt"
+@pytest.fixture
+def ridgecrest(ridgecrest_tiny):
+    return ridgecrest_tiny
 
 
 def test_model_units_convert_back_to_the_catalogs_own_time_and_lonlat(ridgecrest):

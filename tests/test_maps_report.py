@@ -52,18 +52,9 @@ def test_pixel_frame_map_has_no_basemap(tmp_path):
     assert "L.CRS.Simple" in page and "Natural Earth" not in page
 
 
-@pytest.fixture(scope="module")
-def ridgecrest_model(settings, tmp_path_factory):
-    from pipelines.ingest import run_ingest
-    from stforecast.train import TrainConfig, train
-
-    tmp = tmp_path_factory.mktemp("rep")
-    r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp / "p", progress=False)
-    cfg = TrainConfig(data=str(r.out_dir), model={"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
-                                                  "rnn_hidden": 16, "steps": 30}, epochs=1, max_steps=5,
-                      batch_size=8, progress=False, out_dir=str(tmp / "run"))
-    train(cfg)
-    return r, tmp / "run" / "best.pt"
+@pytest.fixture
+def ridgecrest_model(ridgecrest_tiny):
+    return ridgecrest_tiny
 
 
 def test_report_writes_map_netcdf_png_and_tracks_them(ridgecrest_model, tmp_path, monkeypatch):

@@ -21,19 +21,11 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "test-artifacts
 
 
 @pytest.fixture(scope="module")
-def batch_root(settings, tmp_path_factory):
-    from pipelines.ingest import run_ingest
-    from stforecast.train import TrainConfig, train
-
+def batch_root(ridgecrest_tiny, tmp_path_factory):
+    r, ckpt = ridgecrest_tiny
     tmp = tmp_path_factory.mktemp("risk")
-    r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp / "p", progress=False)
-    cfg = TrainConfig(data=str(r.out_dir), model={"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
-                                                  "rnn_hidden": 16, "steps": 30}, epochs=1, max_steps=5,
-                      batch_size=8, progress=False, out_dir=str(tmp / "run"))
-    train(cfg)
-    ckpt = str(tmp / "run" / "best.pt")
-    jobs = [Job("rc-12h", str(r.out_dir), ckpt, "12h", 30, 300, "2019-07-12", max_events=60),
-            Job("rc-2d", str(r.out_dir), ckpt, "2d", 30, 300, "2019-07-12", max_events=60)]
+    jobs = [Job("rc-12h", str(r.out_dir), str(ckpt), "12h", 30, 300, "2019-07-12", max_events=60),
+            Job("rc-2d", str(r.out_dir), str(ckpt), "2d", 30, 300, "2019-07-12", max_events=60)]
     assert all(res.status == "done" for res in run_batch(jobs, tmp / "batch"))
     return tmp / "batch"
 
