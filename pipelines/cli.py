@@ -352,6 +352,8 @@ def cmd_evaluate(args) -> int:
     from stforecast.config import load_settings
 
     console = Console()
+    if not console.is_terminal:  # logs and CI: room for the whole table instead of 80 columns of ellipses
+        console = Console(width=132)
     folder = catalog_folder(args.data, load_settings())
     dstpp = None
     if args.model:
@@ -380,7 +382,7 @@ def print_scores(console, ev) -> None:
     for label in labels:
         view.add_column(label, justify="right")
     for _, row in ev.table.iterrows():
-        view.add_row(*[row["model"]] + [("–" if row.get(c) != row.get(c) else f"{row[c]:.3f}") for c in cols[1:]])
+        view.add_row(*[row["model"]] + [("–" if row.get(c) != row.get(c) else f"{row[c]:.4g}") for c in cols[1:]])
     console.print(view)
     console.print("NLL: nats per event, exact for baselines, an upper bound for DSTPP; CRPS/energy: sample scores; "
                   "|dt| err: median waiting-time error; xy err: distance of the sample mean; cov: share of truths "
