@@ -64,7 +64,10 @@ def sample_scores(samples: np.ndarray, truth: np.ndarray, hdr_max: int = 300) ->
         "mae_dt_mean": float(np.abs(mean - truth[:, 0]).mean()),
         "mae_dt_median": float(np.abs(median - truth[:, 0]).mean()),
         "rmse_dt_mean": float(np.sqrt(((mean - truth[:, 0]) ** 2).mean())),
+        "rmse_dt_median": float(np.sqrt(((median - truth[:, 0]) ** 2).mean())),
         "dist_xy_mean": float(np.hypot(*(loc.mean(1) - truth[:, 1:3]).T).mean()),
+        # the location's median is coordinate-wise
+        "dist_xy_median": float(np.hypot(*(np.median(loc, 1) - truth[:, 1:3]).T).mean()),
         # the published protocol: one sample per target
         "rmse_dt_single": float(np.sqrt(((dt[:, 0] - truth[:, 0]) ** 2).mean())),
         "dist_xy_single": float(np.hypot(*(loc[:, 0] - truth[:, 1:3]).T).mean()),

@@ -17,7 +17,8 @@ def test_sample_scores_prefer_the_truth_centred_forecast():
     good = truth[:, None, :] + rng.normal(0, 0.1, (200, 50, 3))
     bad = truth[:, None, :] + 2.0 + rng.normal(0, 0.1, (200, 50, 3))
     g, b = sample_scores(good, truth), sample_scores(bad, truth)
-    for key in ("crps_dt", "energy_xy", "mae_dt_mean", "dist_xy_mean", "rmse_dt_single"):
+    for key in ("crps_dt", "energy_xy", "mae_dt_mean", "dist_xy_mean", "dist_xy_median", "rmse_dt_median",
+                "rmse_dt_single"):
         assert g[key] < b[key]
     assert b["cover_dt_80"] == 0.0 and g["cover_dt_95"] > 0.8
 
