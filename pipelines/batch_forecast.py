@@ -19,6 +19,8 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "batch.toml"
 
 
@@ -81,7 +83,7 @@ def run_job(job: Job, out_root: str, settings_env: dict | None = None) -> JobRes
 def _run_job(job: Job, out_root: Path) -> JobResult:
     from pipelines.report import ReportRequest, run_report
     from stforecast.config import load_settings
-    from stforecast.forecast import model_time_of, to_original_units
+    from stforecast.forecast import model_time_of, time_of
 
     settings = load_settings()
     if job.refresh:
@@ -96,12 +98,8 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
     if job.at:
         t_at = model_time_of(job.at, schema)
     else:
-        import pandas as pd
-
         t_at = float(pd.read_parquet(folder / "events.parquet", columns=["t"])["t"].iloc[-1])
-    import pandas as pd
-
-    when = to_original_units(pd.DataFrame({"t": [t_at], "x": [0.0], "y": [0.0]}), schema)["time"].iloc[0]
+    when = time_of(t_at, schema)
     day = f"{when:%Y-%m-%d}" if isinstance(when, pd.Timestamp) else f"t{float(when):.0f}"
     key = hashlib.sha256(json.dumps({"catalog": manifest["input_hash"], "model": model_identity(job.model),
                                      "job": asdict(job), "t_at": t_at}, sort_keys=True).encode()).hexdigest()

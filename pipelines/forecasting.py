@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from stforecast.forecast import (count_summary, horizon_length, model_time_of, next_event, simulate_horizon,
-                                 to_original_units)
+                                 time_of, to_original_units)
 from stforecast.io.remote import atomic_write_text
 
 
@@ -116,7 +116,7 @@ def csep_days(events, manifest, model, req: ForecastRequest, t_at: float, out: P
                               past[["x", "y"]].to_numpy()[-req.max_history:], t1, req.simulations,
                               max_events=req.max_events, max_history=req.max_history, steps=req.steps,
                               seed=req.seed + d)
-        start = to_original_units(pd.DataFrame({"t": [t0], "x": [0.0], "y": [0.0]}), schema)["time"].iloc[0]
+        start = time_of(t0, schema)
         end = start + pd.Timedelta(days=1)
         sims = to_original_units(hf.events, schema) if len(hf.events) else pd.DataFrame(
             columns=["simulation", "time", "lon", "lat"])

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stforecast.forecast import horizon_length, model_time_of, next_event, simulate_horizon, to_original_units
+from stforecast.forecast import (horizon_length, model_time_of, next_event, simulate_horizon, time_of,
+                                 to_original_units)
 
 
 @dataclass
@@ -89,8 +90,7 @@ def run_report(folder: Path, model, req: ReportRequest, out: Path, model_uri: st
         attrs = {"title": f"stforecast forecast for {manifest['name']}", "source": f"DSTPP {model_uri}",
                  "catalog": manifest["name"], "catalog_input_hash": manifest["input_hash"],
                  "forecast_time_model_units": t_at, "time_unit": schema["time_unit"],
-                 "reference_time": str(to_original_units(pd.DataFrame({"t": [t_at], "x": [0.0], "y": [0.0]}),
-                                                         schema)["time"].iloc[0])}
+                 "reference_time": str(time_of(t_at, schema))}
         ds = expected_count_grid(hf.events, req.simulations, t_at, np.linspace(0, t_end - t_at, req.lead_bins + 1),
                                  x, y, schema, attrs)
         ds["next_event_density"] = next_event_grid(samples, x, y, schema)["density"]
@@ -103,8 +103,6 @@ def run_report(folder: Path, model, req: ReportRequest, out: Path, model_uri: st
         # the map
         lat, lon = ("lat", "lon") if geographic else ("y", "x")
         view = past.tail(req.recent)
-        if geographic:
-            view = view.assign(lat=view["lat"], lon=view["lon"])
         bounds = maps.view_bounds(np.r_[view[lat], next_contours.total_bounds[[1, 3]]],
                                   np.r_[view[lon], next_contours.total_bounds[[0, 2]]])
         m = maps.new_map("geographic" if geographic else "pixel", bounds=bounds, online_tiles=req.online_tiles)

@@ -158,6 +158,11 @@ def model_time_of(when, schema: dict) -> float:
     return (float(when) - float(schema["time_origin"])) / scale
 
 
+def time_of(t: float, schema: dict):
+    """The catalog's own time (a UTC Timestamp, or the recording clock) of model time ``t``."""
+    return to_original_units(pd.DataFrame({"t": [float(t)], "x": [0.0], "y": [0.0]}), schema)["time"].iloc[0]
+
+
 def horizon_length(text: str, schema: dict) -> float:
     """A horizon such as ``24h``, ``7d``, ``90min`` or ``30s`` (or a bare number, in model units) → model units."""
     from stforecast.catalog import SECONDS_PER
