@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tomllib
 import traceback
 from dataclasses import asdict, dataclass
@@ -81,7 +80,8 @@ def run_job(job: Job, out_root: str, settings_env: dict | None = None) -> JobRes
 
 
 def _run_job(job: Job, out_root: Path) -> JobResult:
-    from pipelines.report import ReportRequest, run_report
+    from pipelines.ingest import atomic_dir, sweep_stale
+    from pipelines.report import ReportRequest, write_report
     from stforecast.config import load_settings
     from stforecast.forecast import model_time_of, time_of
 
@@ -108,28 +108,17 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
         return JobResult(job.name, "skipped", str(final), "inputs unchanged")
     from stforecast.tracking import load_model
 
-    staging = out_root / day / f".{job.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        req = ReportRequest(at=job.at, horizon=job.horizon, simulations=job.simulations, samples=job.samples,
-                            max_events=job.max_events, seed=job.seed)
+    req = ReportRequest(at=job.at, horizon=job.horizon, simulations=job.simulations, samples=job.samples,
+                        max_events=job.max_events, seed=job.seed)
+    sweep_stale(final)  # what a killed run left beside it
+    with atomic_dir(final) as staging:  # the report and its manifest appear together, or not at all
         # MLflow is written by the parent, one job at a time (SQLite stores do not like concurrent writers)
-        summary = run_report(folder, load_model(job.model), req, staging, model_uri=job.model, track=False,
-                             log=lambda *a: None)
+        summary = write_report(folder, load_model(job.model), req, staging, model_uri=job.model, log=lambda *a: None)
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(staging.iterdir())}
         (staging / "manifest.json").write_text(json.dumps(
             {"key": key, "job": asdict(job), "catalog": manifest["name"], "catalog_input_hash": manifest["input_hash"],
              "model": job.model, "model_identity": model_identity(job.model), "forecast_time": str(when),
              "summary": summary, "files_sha256": files}, indent=1, default=str))
-        old = final.with_name(f".{job.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.replace(old)
-        staging.replace(final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return JobResult(job.name, "done", str(final), f"{summary['expected_events']:.2f} expected events")
 
 

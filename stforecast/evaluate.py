@@ -54,8 +54,9 @@ def next_event_targets(processed_dir, split: str = "test", max_targets: int | No
     return Targets(histories, truth, frame["event_index"].to_numpy()[rows])
 
 
-def sample_scores(samples: np.ndarray, truth: np.ndarray, hdr_max: int = 300) -> dict:
-    """Scores of (H, n, ≥3) samples of (dt, x, y) against (H, 3) truth (lower is better except coverage)."""
+def sample_scores(samples: np.ndarray, truth: np.ndarray, hdr_max: int = 300, curves: dict | None = None) -> dict:
+    """Scores of (H, n, ≥3) samples of (dt, x, y) against (H, 3) truth (lower is better except coverage).
+    ``curves`` from :func:`reliability` on the same samples supplies the coverage instead of recomputing it."""
     dt, loc = samples[..., 0], samples[..., 1:3]
     mean, median = dt.mean(1), np.median(dt, 1)
     out = {
@@ -72,11 +73,10 @@ def sample_scores(samples: np.ndarray, truth: np.ndarray, hdr_max: int = 300) ->
         "rmse_dt_single": float(np.sqrt(((dt[:, 0] - truth[:, 0]) ** 2).mean())),
         "dist_xy_single": float(np.hypot(*(loc[:, 0] - truth[:, 1:3]).T).mean()),
     }
-    for level, value in interval_coverage(dt, truth[:, 0]).items():
-        out[f"cover_dt_{int(level * 100)}"] = value
-    k = min(len(truth), hdr_max)  # one KDE per forecast: a subsample keeps it cheap
-    for level, value in hdr_coverage(loc[:k], truth[:k, 1:3]).items():
-        out[f"cover_xy_{int(level * 100)}"] = value
+    curves = curves or reliability(samples, truth, (0.5, 0.8, 0.95), hdr_max)
+    for key in ("dt", "xy"):
+        for level in (0.5, 0.8, 0.95):
+            out[f"cover_{key}_{int(level * 100)}"] = curves[key][level]
     return out
 
 
@@ -104,20 +104,21 @@ def fit_baselines(events: pd.DataFrame, fit_end: float, mc: float | None = None,
 RELIABILITY_LEVELS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 
 
-def dstpp_nll(model, targets: Targets, calibration: Targets | None, repeats: int = 4, seed: int = 0) -> dict:
+def dstpp_nll(model, histories, truth: np.ndarray, calibration: Targets | None, repeats: int = 4,
+              seed: int = 0) -> dict:
     """The DSTPP rows' likelihood columns: the fitted-variance bound in model units (see the module docstring)
     and, for comparison with the published numbers, the paper's own protocol: the fixed-variance bound in the
     scaled space, temporal = the waiting-time coordinate, spatial = the **mean** over x and y."""
     gen = torch.Generator().manual_seed(seed)
-    truth = torch.as_tensor(targets.truth)
+    truth = torch.as_tensor(truth)
     mse = None
     if calibration is not None:
         mse = model.reverse_variance_fit(collate_all(calibration.histories), torch.as_tensor(calibration.truth),
                                          generator=gen)
-    bound = model.nll_bound(collate_all(targets.histories), truth, repeats=repeats, x0_mse=mse, generator=gen)
+    bound = model.nll_bound(histories, truth, repeats=repeats, x0_mse=mse, generator=gen)
     per_event = bound.per_event.cpu().numpy()
     joint = per_event.sum(1)
-    paper = model.nll_bound(collate_all(targets.histories), truth, repeats=1, generator=gen).scaled[0].cpu().numpy()
+    paper = model.nll_bound(histories, truth, repeats=1, generator=gen).scaled[0].cpu().numpy()
     return {"nll_dt": float(per_event[:, 0].mean()), "nll_xy": float(per_event[:, 1:].sum(1).mean()),
             "nll_joint": float(joint.mean()), "nll_joint_se": float(joint.std(ddof=1) / np.sqrt(len(joint))),
             "nll_mc_se": bound.mc_se, "nll_kind": "bound" if mse is not None else "bound (fixed variances)",
@@ -135,17 +136,19 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: d
     reliability curves ``{"dt": {level: coverage}, "xy": {...}}``. ``calibration`` (validation targets) fits
     DSTPP's reverse variances; ``events`` (the whole stream) is only needed by the baselines."""
     rows, curves = [], {}
+    histories = collate_all(targets.histories)
+    if events is not None:
+        t, xy = events["t"].to_numpy(), events[["x", "y"]].to_numpy()
+        mags = events["magnitude"].to_numpy() if "magnitude" in events else None
     for name, model in models.items():
         rng = np.random.default_rng(seed)
         row = {"model": name}
         if hasattr(model, "sample_from_condition"):  # DSTPP
             gen = torch.Generator().manual_seed(seed)
-            samples = model.sample_next(collate_all(targets.histories), n, sampler=dstpp_sampler, steps=dstpp_steps,
+            samples = model.sample_next(histories, n, sampler=dstpp_sampler, steps=dstpp_steps,
                                         generator=gen).double().cpu().numpy()
-            row.update(dstpp_nll(model, targets, calibration, bound_repeats, seed))
+            row.update(dstpp_nll(model, histories, targets.truth, calibration, bound_repeats, seed))
         else:
-            t, xy = events["t"].to_numpy(), events[["x", "y"]].to_numpy()
-            mags = events["magnitude"].to_numpy() if "magnitude" in events else None
             idx = targets.stream_index
             args = (t, xy, mags) if getattr(model, "uses_magnitudes", False) else (t, xy)
             samples = model.sample_next(*args, idx, n, rng)
@@ -153,9 +156,9 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: d
             joint = -(lt + ls)
             row.update(nll_dt=float(-lt.mean()), nll_xy=float(-ls.mean()), nll_joint=float(joint.mean()),
                        nll_joint_se=float(joint.std(ddof=1) / np.sqrt(len(joint))), nll_kind="exact")
-        row.update(sample_scores(samples, targets.truth))
-        rows.append(row)
         curves[name] = reliability(samples, targets.truth)
+        row.update(sample_scores(samples, targets.truth, curves=curves[name]))
+        rows.append(row)
     return pd.DataFrame(rows), curves
 
 

@@ -13,6 +13,7 @@ Geographic catalogs are drawn in lon/lat over the basemap; pixel frames (spike r
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import re
 from importlib import resources
@@ -36,6 +37,7 @@ _JQUERY_SHIM = """window.$ = window.$ || function (markup) {
 };"""
 
 
+@functools.lru_cache(maxsize=1)  # read once per process: the risk-map server builds a page per request
 def _leaflet_assets() -> tuple[str, str]:
     from xstatic.pkg import leaflet
 
@@ -51,6 +53,12 @@ def _leaflet_assets() -> tuple[str, str]:
     return js, re.sub(r"url\((images/[^)]+)\)", data_uri, css)
 
 
+@functools.lru_cache(maxsize=1)
+def basemap_geojson() -> str:
+    """Natural Earth 110 m countries (bundled), as GeoJSON text."""
+    return resources.files("stforecast.assets").joinpath("ne_110m_countries.geojson").read_text()
+
+
 def new_map(frame: str = "geographic", center=(0.0, 0.0), zoom: int = 5, bounds=None, online_tiles: bool = False):
     """A folium map: ``frame`` "geographic" (lon/lat, Natural Earth basemap in a pane below the overlays) or
     "pixel" (Leaflet's Simple CRS). ``bounds`` ((south, west), (north, east)) fits the view."""
@@ -62,7 +70,7 @@ def new_map(frame: str = "geographic", center=(0.0, 0.0), zoom: int = 5, bounds=
     else:
         m = folium.Map(location=list(center), zoom_start=zoom, tiles=None, control_scale=True)
         folium.map.CustomPane("basemap", z_index=250).add_to(m)
-        countries = resources.files("stforecast.assets").joinpath("ne_110m_countries.geojson").read_text()
+        countries = basemap_geojson()
         folium.GeoJson(countries, name="countries (Natural Earth, offline)", pane="basemap", control=True,
                        style_function=lambda _: {"fillColor": "#f2efe9", "color": "#9a9a9a", "weight": 0.8,
                                                  "fillOpacity": 1.0},

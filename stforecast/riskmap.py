@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import html
 import json
-from importlib import resources
 
-from stforecast.maps import LEVEL_COLOURS, _leaflet_assets
+from stforecast.maps import LEVEL_COLOURS, _leaflet_assets, basemap_geojson
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -132,8 +131,10 @@ def riskmap_html(forecasts: list[dict]) -> str:
                       "expected_events": float(f["expected_events"]), "frame": f.get("frame", "geographic"),
                       "contours": {str(k): v for k, v in f["contours"].items()},
                       "observed": _escape_properties(f["observed"])})
-    basemap = json.loads(resources.files("stforecast.assets").joinpath("ne_110m_countries.geojson").read_text())
-    data = json.dumps({"forecasts": clean, "basemap": basemap}, separators=(",", ":"))
+    # the bundled basemap is trusted and already GeoJSON: spliced in (first key, so first match) rather than
+    # parsed and dumped again on every request
+    data = json.dumps({"basemap": "__BASEMAP__", "forecasts": clean}, separators=(",", ":"))
+    data = data.replace('"__BASEMAP__"', basemap_geojson(), 1)
     data = data.replace("</", "<\\/")  # cannot end the <script> element early
     levels = sorted({k for f in clean for k in f["contours"]}, key=float, reverse=True)
     colours = {lv: LEVEL_COLOURS[min(i, len(LEVEL_COLOURS) - 1)] for i, lv in enumerate(levels)}

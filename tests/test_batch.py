@@ -77,7 +77,7 @@ def test_a_failing_job_exits_nonzero_and_leaves_the_previous_output(ridgecrest_m
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("pipelines.report.run_report", broken)
+    monkeypatch.setattr("pipelines.report.write_report", broken)
     (again,) = run_batch([Job("rc-12h", str(folder), str(ckpt), "12h", 30, 200, "2019-07-12")], tmp_path / "out")
     assert again.status == "failed" and "disk full" in again.message
     day = tmp_path / "out" / "2019-07-12"
