@@ -131,7 +131,7 @@ def cells(kind: str, spec: dict) -> list:
            "catalog). The map works offline."),
         code("from pipelines.report import ReportRequest, run_report\n\n"
              "req = ReportRequest(at=FORECAST_AT, horizon=HORIZON, samples=SAMPLES * 10, simulations=SIMULATIONS,\n"
-             "                    max_events=MAX_EVENTS, lead_bins=3)\n"
+             "                    max_events=MAX_EVENTS, lead_bins=3, steps=20 if QUICK else 50)\n"
              "summary = run_report(ingested.out_dir, model, req, WORK / 'report', model_uri=MODEL_URI or 'notebook',\n"
              "                     track=False, log=lambda *a: None)\n"
              "print(json.dumps({k: summary[k] for k in ('reference_time', 'horizon', 'expected_events', "

@@ -35,6 +35,7 @@ class Job:
     max_events: int = 1000  # cap per simulation
     refresh: bool = False
     seed: int = 0
+    allow_other_catalog: bool = False  # run a model trained on a catalog in other units/frame (else refused)
 
 
 @dataclass
@@ -42,7 +43,8 @@ class JobResult:
     name: str
     status: str  # "done", "skipped" or "failed"
     folder: str | None = None
-    message: str = ""
+    message: str = ""  # one line for a person
+    detail: str = ""  # the traceback of a failure (shown with `stforecast -v batch`)
 
 
 def load_jobs(path=None) -> tuple[list[Job], Path]:
@@ -76,7 +78,9 @@ def run_job(job: Job, out_root: str, settings_env: dict | None = None) -> JobRes
     try:
         return _run_job(job, Path(out_root))
     except Exception as e:  # noqa: BLE001 - reported per job, the command exits non-zero
-        return JobResult(job.name, "failed", message=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+        from pipelines.messages import error_line
+
+        return JobResult(job.name, "failed", message=error_line(e), detail=traceback.format_exc(limit=5))
 
 
 def _run_job(job: Job, out_root: Path) -> JobResult:
@@ -107,19 +111,24 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
     if (final / "manifest.json").exists() and json.loads((final / "manifest.json").read_text()).get("key") == key:
         return JobResult(job.name, "skipped", str(final), "inputs unchanged")
     from stforecast.tracking import load_model
+    from stforecast.train import check_catalog
 
+    model = load_model(job.model)
+    warnings: list[str] = []
+    check_catalog(model, manifest, job.allow_other_catalog, warn=warnings.append)
     req = ReportRequest(at=job.at, horizon=job.horizon, simulations=job.simulations, samples=job.samples,
                         max_events=job.max_events, seed=job.seed)
     sweep_stale(final)  # what a killed run left beside it
     with atomic_dir(final) as staging:  # the report and its manifest appear together, or not at all
         # MLflow is written by the parent, one job at a time (SQLite stores do not like concurrent writers)
-        summary = write_report(folder, load_model(job.model), req, staging, model_uri=job.model, log=lambda *a: None)
+        summary = write_report(folder, model, req, staging, model_uri=job.model, log=lambda *a: None)
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(staging.iterdir())}
         (staging / "manifest.json").write_text(json.dumps(
             {"key": key, "job": asdict(job), "catalog": manifest["name"], "catalog_input_hash": manifest["input_hash"],
              "model": job.model, "model_identity": model_identity(job.model), "forecast_time": str(when),
              "summary": summary, "files_sha256": files}, indent=1, default=str))
-    return JobResult(job.name, "done", str(final), f"{summary['expected_events']:.2f} expected events")
+    return JobResult(job.name, "done", str(final),
+                     "; ".join([f"{summary['expected_events']:.2f} expected events", *warnings]))
 
 
 def run_batch(jobs: list[Job], out_root: Path, client=None) -> list[JobResult]:

@@ -48,6 +48,25 @@ def catalog_settings(cfg: dict, name: str, quick: bool) -> dict:
     return train
 
 
+def resolve_catalog(entry: str, settings, processed_dir: Path | None = None):
+    """One ``--catalogs`` entry → ``(name, what)``. ``what`` is the catalog's config when the config file names it
+    (it is then ingested, or found up to date, as before), else the folder of an already-ingested catalog: an ad-hoc
+    one from ``stforecast ingest table --name NAME`` under the processed directory, or any folder holding a
+    manifest.json (its name is the folder's). Raises :class:`FileNotFoundError` saying where it looked."""
+    if entry in settings.catalogs:
+        return entry, settings.catalog(entry)
+    processed = Path(processed_dir or settings.processed_dir)
+    candidates = [Path(entry)] if ("/" in entry or entry in (".", "..")) else [processed / entry, Path(entry)]
+    for folder in candidates:
+        if (folder / "manifest.json").is_file():
+            folder = folder.resolve()
+            return folder.name, folder
+    raise FileNotFoundError(
+        f"--catalogs {entry}: not a catalog of {settings.config_file} (known: {', '.join(sorted(settings.catalogs))}) "
+        f"nor an ingested catalog (no {candidates[0] / 'manifest.json'}); ingest it first, e.g. "
+        f"`stforecast ingest table --name {Path(entry).name} --path FILE ...`")
+
+
 def verdict(table: pd.DataFrame) -> list[str]:
     """Per catalog and metric: does DSTPP beat every baseline, and by how much (positive margin = DSTPP better)."""
     lines = []
@@ -69,7 +88,7 @@ def verdict(table: pd.DataFrame) -> list[str]:
 def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None, out: Path = Path("reports/benchmark"),
                   runs_dir: Path = Path("runs/benchmark"), processed_dir: Path | None = None, track: bool = True,
                   device: str = "auto", progress: bool = True, log=print) -> pd.DataFrame:
-    from pipelines.ingest import run_ingest
+    from pipelines.ingest import IngestResult, run_ingest
     from stforecast.config import load_settings
     from stforecast.train import TrainConfig, load_model, train
 
@@ -80,10 +99,16 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
     record = {"catalogs": catalogs, "quick": quick, "config": cfg, "machine": platform.platform(),
               "python": platform.python_version(), "per_catalog": {}}
     tables, paper = [], None
-    for name in catalogs:
+    for entry in catalogs:
         t0 = time.perf_counter()
-        log(f"== {name}: ingest")
-        ingested = run_ingest(settings.catalog(name), settings, out_root=processed_dir, progress=progress)
+        name, cfg_or_folder = resolve_catalog(entry, settings, processed_dir)
+        if isinstance(cfg_or_folder, Path):
+            log(f"== {name}: already ingested in {cfg_or_folder} (not in {settings.config_file.name}, so used as is)")
+            ingested = IngestResult(cfg_or_folder, json.loads((cfg_or_folder / "manifest.json").read_text()),
+                                    skipped=True)
+        else:
+            log(f"== {name}: ingest")
+            ingested = run_ingest(cfg_or_folder, settings, out_root=processed_dir, progress=progress)
         train_values = catalog_settings(cfg, name, quick)
         # the folder is keyed by the settings, so a changed config trains afresh instead of resuming another run
         key = hashlib.sha256(json.dumps([train_values, ingested.manifest["input_hash"]], sort_keys=True,

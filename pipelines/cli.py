@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
+
 KINDS = ("earthquakes", "crime", "spikes", "table")
 DEMO_TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "data" / "train_demo.toml"
 DEFAULT_CATALOG = {"earthquakes": "japan", "crime": "chicago", "spikes": "wmaze", "table": None}
@@ -43,7 +45,14 @@ def _ingest_parser(sub) -> None:
             "      --history-start 2020-01-01 --train-start 2020-02-01 --val-start 2023-01-01 --test-start 2023-07-01 \\\n"
             "      --end 2024-01-01 --magnitude-min 2.5\n"
             "  stforecast ingest table --name mine --path events.csv --time-col when --x-col lon --y-col lat \\\n"
-            "      --crs EPSG:4326 --time-format '%d/%m/%Y %H:%M' --tz Europe/London --category-col type ..."))
+            "      --crs EPSG:4326 --time-format '%d/%m/%Y %H:%M' --tz Europe/London --category-col type \\\n"
+            "      --encoding latin-1 --title 'My events 2021' --licence CC-BY-4.0 --source https://example.org ...\n\n"
+            "paths: a relative --path/--positions/--window is looked for in the current directory first, then\n"
+            "under the data root (the command says which it used); paths inside the config file start from the\n"
+            "data root. NAME (--name, or the file name) may hold letters, digits, '_', '-' and '.'.\n"
+            "bad input: each problem is named by file, line (row) and field; --quarantine sets invalid rows\n"
+            "(bad values, malformed rows, undecodable bytes) aside in OUT/NAME/rejected.parquet. A failed or\n"
+            "interrupted run keeps the previous output."))
     p.add_argument("kind", choices=KINDS, help="what the events are; sets defaults (units, format)")
     p.add_argument("catalog", nargs="?", help="a catalog named in the config file (default: japan, chicago, wmaze)")
     p.add_argument("--list", action="store_true", help="list the catalogs in the config file and exit")
@@ -52,49 +61,74 @@ def _ingest_parser(sub) -> None:
     g.add_argument("--data-root", help="folder relative catalog paths start from (default ../shared/data)")
     g.add_argument("--out", help="output root (default data/processed); the catalog goes to OUT/NAME")
     g = p.add_argument_group("a catalog that is not in the config file (or overrides for one that is)")
-    g.add_argument("--name", help="output name for an ad-hoc catalog")
-    g.add_argument("--path", help="input file (CSV, CSV.gz, Parquet) or http(s) URL")
+    g.add_argument("--name", help="output name for an ad-hoc catalog (default: the file name); letters, digits, "
+                                  "'_', '-', '.'")
+    g.add_argument("--path", help="input file (CSV, CSV.gz, Parquet) or http(s) URL; relative: current directory "
+                                  "first, then the data root")
     g.add_argument("--format", help="input preset: comcat, japan, pycsep, dstpp-windows, chicago, sf, table, spikes")
     g.add_argument("--positions", help="spikes: Trodes .videoPositionTracking file")
+    g.add_argument("--encoding", dest="table.encoding", metavar="CODEC",
+                   help="text encoding of a CSV file (default utf-8), e.g. latin-1 or cp1252")
+    g.add_argument("--title", help="a title for the catalog, stored in manifest.json")
+    g.add_argument("--licence", help="the data's licence or terms of use, stored in manifest.json")
+    g.add_argument("--source", dest="source_url", metavar="URL",
+                   help="where the data comes from (URL or citation), stored in manifest.json")
     g = p.add_argument_group("column mapping (format 'table' or to override a preset)")
-    for flag, key in (("--time-col", "time_col"), ("--x-col", "x_col"), ("--y-col", "y_col"), ("--id-col", "id_col"),
-                      ("--magnitude-col", "magnitude_col"), ("--category-col", "category_col"),
-                      ("--unit-col", "unit_col"), ("--sequence-col", "sequence_col")):
-        g.add_argument(flag, dest=f"table.{key}", metavar="COL")
-    g.add_argument("--crs", dest="table.crs", help="CRS of x/y: EPSG:4326 (lon/lat, default) or e.g. EPSG:32616; "
-                                                   "'none' for a local frame such as pixels")
-    g.add_argument("--time-format", dest="table.time_format",
+    for flag, key, what in (("--time-col", "time_col", "event times"), ("--x-col", "x_col", "x (longitude)"),
+                            ("--y-col", "y_col", "y (latitude)"), ("--id-col", "id_col", "the source's event ids"),
+                            ("--magnitude-col", "magnitude_col", "magnitudes (a mark)"),
+                            ("--category-col", "category_col", "categories such as crime types (a mark)"),
+                            ("--unit-col", "unit_col", "neural unit ids (a mark)"),
+                            ("--sequence-col", "sequence_col", "sequence ids, for given sequences")):
+        g.add_argument(flag, dest=f"table.{key}", metavar="COL", help=f"the column holding {what}")
+    g.add_argument("--crs", dest="table.crs", metavar="CRS",
+                   help="CRS of x/y: EPSG:4326 (lon/lat, default) or e.g. EPSG:32616; 'none' for a local frame such "
+                        "as pixels")
+    g.add_argument("--time-format", dest="table.time_format", metavar="FORMAT",
                    help="strftime pattern or ISO8601 (default); for numeric times use --time-is")
     g.add_argument("--time-is", dest="table.time_unit", choices=["seconds", "minutes", "hours", "days"],
                    help="times are numbers in this unit (lab clocks) rather than dates")
-    g.add_argument("--tz", dest="table.tz", help="zone of times written without one, e.g. America/Chicago (default UTC)")
-    g.add_argument("--sep", dest="table.sep", help="field separator (default ',')")
+    g.add_argument("--tz", dest="table.tz", metavar="ZONE",
+                   help="zone of times written without one, e.g. America/Chicago (default UTC)")
+    g.add_argument("--sep", dest="table.sep", metavar="CHAR", help="field separator (default ',')")
     g = p.add_argument_group("cleaning and filters")
-    g.add_argument("--magnitude-min", dest="filters.magnitude_min", type=float)
-    g.add_argument("--magnitude-max", dest="filters.magnitude_max", type=float)
-    g.add_argument("--categories", dest="filters.categories", type=lambda s: s.split(","), help="keep only these, comma-separated")
-    g.add_argument("--exclude-categories", dest="filters.exclude_categories", type=lambda s: s.split(","))
+    g.add_argument("--magnitude-min", dest="filters.magnitude_min", type=float, metavar="M",
+                   help="drop events below this magnitude")
+    g.add_argument("--magnitude-max", dest="filters.magnitude_max", type=float, metavar="M",
+                   help="drop events above this magnitude")
+    g.add_argument("--categories", dest="filters.categories", type=lambda s: s.split(","), metavar="LIST",
+                   help="keep only these, comma-separated")
+    g.add_argument("--exclude-categories", dest="filters.exclude_categories", type=lambda s: s.split(","),
+                   metavar="LIST", help="drop these categories, comma-separated")
     g.add_argument("--bbox", dest="filters.bbox", type=lambda s: [float(v) for v in s.split(",")],
                    metavar="MINX,MINY,MAXX,MAXY", help="keep events inside this box (input CRS)")
     g.add_argument("--window", dest="filters.polygon", metavar="FILE", help="keep events inside this polygon (GeoJSON/GPKG)")
     g.add_argument("--no-dedupe", dest="dedupe", action="store_const", const=False, help="keep exact duplicates")
     g.add_argument("--tie-resolution", dest="tie_resolution_s", type=float, metavar="SECONDS",
                    help="clock tick: events sharing a time are spread inside one tick")
-    g.add_argument("--speed-min", dest="spikes.speed_min", type=float, help="spikes: drop spikes below this speed (px/s; 0 keeps all)")
-    g.add_argument("--max-unit-fraction", dest="spikes.max_unit_fraction", type=float,
+    g.add_argument("--speed-min", dest="spikes.speed_min", type=float, metavar="PX_PER_S",
+                   help="spikes: drop spikes below this speed (px/s; 0 keeps all)")
+    g.add_argument("--max-unit-fraction", dest="spikes.max_unit_fraction", type=float, metavar="SHARE",
                    help="spikes: drop clusters holding more than this share of spikes (multi-unit activity); 1 keeps all")
     g = p.add_argument_group("split (dates in the catalog's zone, or seconds for recordings)")
-    for k in ("history-start", "train-start", "val-start", "test-start", "end"):
-        g.add_argument(f"--{k}", dest=f"split.{k.replace('-', '_')}")
+    for k, what in (("history-start", "first event kept (history only: conditions, never a target); the time origin"),
+                    ("train-start", "first training target"), ("val-start", "first validation target"),
+                    ("test-start", "first test target"), ("end", "end of the test period (exclusive)")):
+        g.add_argument(f"--{k}", dest=f"split.{k.replace('-', '_')}", metavar="DATE", help=what)
     g = p.add_argument_group("sequences and units")
-    g.add_argument("--sequence-mode", dest="sequences.mode", choices=["windows", "chunks", "given"])
-    g.add_argument("--seq-window", dest="sequences.window", type=float, help="window length in model time units")
-    g.add_argument("--seq-stride", dest="sequences.stride", type=float, help="window stride (default: window)")
-    g.add_argument("--seq-length", dest="sequences.length", type=int, help="chunk length in target events")
-    g.add_argument("--history-events", dest="sequences.history_events", type=int, help="context events before each sequence")
+    g.add_argument("--sequence-mode", dest="sequences.mode", choices=["windows", "chunks", "given"],
+                   help="time windows, runs of --seq-length events, or the source's own sequences")
+    g.add_argument("--seq-window", dest="sequences.window", type=float, metavar="T",
+                   help="window length in model time units")
+    g.add_argument("--seq-stride", dest="sequences.stride", type=float, metavar="T",
+                   help="window stride (default: window)")
+    g.add_argument("--seq-length", dest="sequences.length", type=int, metavar="N", help="chunk length in target events")
+    g.add_argument("--history-events", dest="sequences.history_events", type=int, metavar="N",
+                   help="context events before each sequence")
     g.add_argument("--time-unit", dest="time_unit", choices=["seconds", "minutes", "hours", "days"], help="model time unit")
-    g.add_argument("--projection", dest="projection.crs", help="aeqd (default), none, or a CRS such as EPSG:26916")
-    g.add_argument("--length-unit", dest="projection.unit", choices=["m", "km"])
+    g.add_argument("--projection", dest="projection.crs", metavar="CRS",
+                   help="aeqd (default), none, or a CRS such as EPSG:26916")
+    g.add_argument("--length-unit", dest="projection.unit", choices=["m", "km"], help="model length unit")
     g = p.add_argument_group("running")
     g.add_argument("--quarantine", action="store_true",
                    help="set invalid rows aside in rejected.parquet (with reasons) instead of failing")
@@ -134,17 +168,49 @@ _NOT_CONFIG = {"command", "kind", "catalog", "list", "config", "data_root", "out
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None, workers: int = 2):
-    """A distributed client: the given scheduler, or a LocalCluster bound to 127.0.0.1 without a dashboard."""
+    """A distributed client: the given scheduler, or a LocalCluster bound to 127.0.0.1 without a dashboard.
+
+    The local workers are started with Ctrl-C (SIGINT) ignored: a terminal sends it to the whole process group,
+    and only this process should act on it (the run is cancelled, its temp folder removed, the cluster closed
+    here) instead of every worker process printing its own KeyboardInterrupt traceback. Started processes inherit
+    an ignored signal; the handler of this process is restored at once. Closing (a second or so) ignores Ctrl-C
+    too: an interrupt there would only leave the cluster half-closed, and when the work has finished, its output
+    is already in place."""
+    import signal
+    import threading
+
     from distributed import Client, LocalCluster
+
+    @contextlib.contextmanager
+    def no_sigint():
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live there only
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler:
         with Client(scheduler) as client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with no_sigint():
+        # no dashboard; the scheduler's HTTP server (health checks) on a free local port: with the default 8787
+        # busy, distributed would warn on stderr
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    client = None
+    try:
+        client = Client(cluster)
         yield client
+    finally:
+        with no_sigint():
+            if client is not None:
+                client.close()
+            cluster.close()
 
 
 def cmd_ingest(args) -> int:
@@ -159,15 +225,35 @@ def cmd_ingest(args) -> int:
         for name, c in settings.catalogs.items():
             console.print(f"[bold]{name}[/] ({c.get('kind')}): {c.get('title', '')}")
         return 0
+    from stforecast.config import check_name, safe_name
+
+    if args.name is not None:
+        check_name(args.name, "--name")
     overrides = _overrides(args)
+    # paths typed here start from the current directory, then the data root (paths in the config file: data root)
+    for flag, keys in (("--path", ("path",)), ("--positions", ("positions",)), ("--window", ("filters", "polygon"))):
+        node = overrides
+        for k in keys[:-1]:
+            node = node.get(k, {})
+        if node.get(keys[-1]):
+            typed = node[keys[-1]]
+            node[keys[-1]], where = settings.locate(typed, flag)
+            if where != "as given":
+                console.print(f"{flag} {typed}: using {node[keys[-1]]} (found in the {where})", soft_wrap=True,
+                              markup=False, highlight=False)
     name = args.catalog or (None if (args.path or args.name) else DEFAULT_CATALOG[args.kind])
     if name:
         cfg = settings.catalog(name, overrides)
         if cfg.kind != args.kind and args.kind != "table":
-            raise SystemExit(f"catalog {name!r} holds {cfg.kind}, not {args.kind}")
+            raise ValueError(f"catalog {name!r} holds {cfg.kind}, not {args.kind}: run `stforecast ingest "
+                             f"{cfg.kind} {name}`")
+        if args.name:  # a named catalog written under another output name
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, name=args.name)
     else:
         if not args.path:
-            raise SystemExit("give a catalog name from the config (see --list) or --path with a column mapping/format")
+            raise ValueError("give a catalog name from the config (see --list) or --path with a column mapping/format")
         fmt = args.format or {"earthquakes": "comcat", "crime": "table", "spikes": "spikes", "table": "table"}[args.kind]
         units = {"earthquakes": ("days", "km"), "crime": ("hours", "m"), "spikes": ("seconds", None), "table": ("days", "km")}
         time_unit, length = units[args.kind]
@@ -175,7 +261,8 @@ def cmd_ingest(args) -> int:
                 "projection": {"crs": "none"} if length is None else {"crs": "aeqd", "unit": length}}
         from stforecast.config import deep_merge
 
-        cfg = build_config(args.name or Path(args.path).stem.split(".")[0], deep_merge(base, overrides))
+        name = args.name or safe_name(Path(args.path.split("?")[0]).name.split(".")[0])
+        cfg = build_config(name, deep_merge(base, overrides))
     with dask_client(args.scheduler, args.workers) as client:
         result = run_ingest(cfg, settings, client=client, out_root=args.out, quarantine=args.quarantine,
                             force=args.force, blocksize=args.blocksize * 2**20, progress=not args.no_progress)
@@ -222,28 +309,35 @@ def cmd_demo(args) -> int:
     from rich.console import Console
 
     console = Console()
-    console.rule("stforecast demo 1/5: ingest the primary catalogs")
+    console.rule("stforecast demo 1/6: ingest the primary catalogs")
     for kind, name in (("earthquakes", "japan"), ("earthquakes", "dstpp_japan"), ("crime", "chicago"), ("spikes", "wmaze")):
         console.print(f"[bold]stforecast ingest {kind} {name}[/]")
         cmd_ingest(build_parser().parse_args(["ingest", kind, name, *(["--force"] if args.force else [])]))
-    console.rule("stforecast demo 2/5: train DSTPP on the Japan catalog (validation split selects the model)")
+    console.rule("stforecast demo 2/6: train DSTPP on the Japan catalog (validation split selects the model)")
     train_args = ["train", "--config", str(DEMO_TRAIN_CONFIG), "--data", "japan", "--out", "runs/demo-japan"]
     console.print("[bold]stforecast " + " ".join(train_args) + "[/]")
     cmd_train(build_parser().parse_args(train_args))
-    console.rule("stforecast demo 3/5: forecast the week after the catalog ends")
+    console.rule("stforecast demo 3/6: forecast the week after the catalog ends")
     fc_args = ["forecast", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--horizon", "7d",
                "--simulations", "200", "--out", "reports/forecast-japan"]
     console.print("[bold]stforecast " + " ".join(fc_args) + "[/]")
     cmd_forecast(build_parser().parse_args(fc_args))
-    console.rule("stforecast demo 4/5: score DSTPP against Poisson, Hawkes and ETAS on the held-out test years")
+    console.rule("stforecast demo 4/6: score DSTPP against Poisson, Hawkes and ETAS on the held-out test years")
     eval_args = ["evaluate", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--targets", "500"]
     console.print("[bold]stforecast " + " ".join(eval_args) + "[/]")
     cmd_evaluate(build_parser().parse_args(eval_args))
-    console.rule("stforecast demo 5/5: report - the 2016 Kumamoto sequence, 3 days from its first shock")
+    console.rule("stforecast demo 5/6: report - the 2016 Kumamoto sequence, 3 days from its first shock")
     rep_args = ["report", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--at", "2016-04-14T13:00",
                 "--horizon", "3d", "--lead-bins", "3", "--out", "reports/map-japan"]
     console.print("[bold]stforecast " + " ".join(rep_args) + "[/]")
-    return cmd_report(build_parser().parse_args(rep_args))
+    cmd_report(build_parser().parse_args(rep_args))
+    console.rule("stforecast demo 6/6: a scheduled batch forecast (data/batch.toml), so the risk map has one to show")
+    console.print("[bold]stforecast batch[/]")
+    status = cmd_batch(build_parser().parse_args(["batch"]))
+    console.rule("done")
+    console.print("open the risk map:        stforecast serve   (then http://127.0.0.1:8765/)")
+    console.print("open the Kumamoto report: reports/map-japan/map.html (works offline)")
+    return status
 
 
 def catalog_folder(name: str, settings) -> Path:
@@ -271,18 +365,19 @@ def _train_parser(sub) -> None:
     p.add_argument("--config", help="TOML or YAML file with training settings (see stforecast/train.py TrainConfig)")
     p.add_argument("--data", help="an ingested catalog name (under data/processed) or folder")
     p.add_argument("--preset", choices=["default", "paper"], help="model configuration to start from")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the training sequences")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="sequences per batch")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--out", help="checkpoint folder (default runs/<data>-<preset>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting, e.g. model.d_model=32 or lr=3e-4 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt with the settings it was started with")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.add_argument("--experiment", default="stforecast", help="MLflow experiment")
     p.add_argument("--register-as", default="dstpp", help="registered model name ('' to skip registering)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch instead (logs, cron)")
 
 
 def cmd_train(args) -> int:
@@ -291,6 +386,10 @@ def cmd_train(args) -> int:
 
     overrides = list(args.set)
     settings = load_settings()
+    base = None
+    if args.resume and args.out and not args.config and (Path(args.out) / "last.pt").is_file():
+        # `train --out DIR --resume`: continue with the settings the run was started with (CLI flags still win)
+        base = _settings_of_checkpoint(Path(args.out) / "last.pt")
     if args.data:
         overrides.append(f'data="{catalog_folder(args.data, settings)}"')
     for flag, key in (("preset", "preset"), ("epochs", "epochs"), ("max_steps", "max_steps"),
@@ -300,7 +399,7 @@ def cmd_train(args) -> int:
             overrides.append(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}")
     if args.no_progress:
         overrides.append("progress=false")
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_train_config(args.config, overrides, base=base)
     if args.out:
         cfg.out_dir = args.out
     elif cfg.out_dir == TrainConfig().out_dir:  # neither the file nor --set chose one
@@ -323,6 +422,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _settings_of_checkpoint(checkpoint: Path) -> dict:
+    """The training settings a run was started with, as stored in its checkpoint."""
+    import json
+
+    from stforecast.train import load_checkpoint
+
+    return json.loads(load_checkpoint(checkpoint)["train_config"])
+
+
+def load_checked_model(uri: str, folder: Path, allow_other: bool, log=print):
+    """Load a model (checkpoint path or MLflow URI) and check it was trained on a catalog with the units and frame
+    of the one in ``folder`` (:func:`stforecast.train.check_catalog`)."""
+    import json
+
+    from stforecast.tracking import load_model
+    from stforecast.train import check_catalog
+
+    model = load_model(uri)
+    check_catalog(model, json.loads((Path(folder) / "manifest.json").read_text()), allow_other, warn=log)
+    return model
+
+
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="score next-event forecasts of DSTPP and the baselines on held-out time",
@@ -335,13 +456,18 @@ def _evaluate_parser(sub) -> None:
         epilog="example:\n  stforecast evaluate --data japan --model runs/demo-japan/best.pt --targets 1000")
     p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
     p.add_argument("--model", help="DSTPP to score: checkpoint path or MLflow URI (models:/dstpp/1); none: baselines only")
-    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--split", default="test", choices=["val", "test"], help="held-out split to score (default test)")
     p.add_argument("--targets", type=int, default=1000, help="held-out events to score (random subset; 0 = all)")
-    p.add_argument("--samples", type=int, default=100, help="samples per forecast")
+    p.add_argument("--samples", type=int, default=SCORE_SAMPLES,
+                   help=f"samples per forecast (default {SCORE_SAMPLES}, as in the benchmark)")
     p.add_argument("--baselines", default="poisson_kde,hawkes,etas", help="comma-separated, or '' for none")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps for DSTPP")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"DDIM steps for DSTPP (default {SAMPLER_STEPS})")
+    p.add_argument("--hdr-events", type=int, default=HDR_EVENTS,
+                   help=f"location coverage needs a KDE per event: compute it on this many events (default {HDR_EVENTS})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default reports/<data>-<split>)")
+    p.add_argument("--allow-other-catalog", action="store_true",
+                   help="run a model on a catalog in other units or another frame than it was trained on (warns)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
@@ -356,13 +482,11 @@ def cmd_evaluate(args) -> int:
         console = Console(width=132)
     folder = catalog_folder(args.data, load_settings())
     dstpp = None
-    if args.model:
-        from stforecast.tracking import load_model
-
-        dstpp = load_model(args.model)
+    if args.model and args.model.lower() != "none":
+        dstpp = load_checked_model(args.model, folder, args.allow_other_catalog, console.print)
     ev = evaluate_catalog(folder, dstpp, [b for b in args.baselines.split(",") if b], args.split,
                           args.targets or None, args.samples, args.steps, args.seed,
-                          out_dir=Path(args.out) if args.out else None, log=console.print)
+                          out_dir=Path(args.out) if args.out else None, hdr_events=args.hdr_events, log=console.print)
     print_scores(console, ev)
     if not args.no_track:
         log_evaluation(ev, f"{folder.name}-{args.split}", {"model": args.model or "", "split": args.split})
@@ -386,7 +510,8 @@ def print_scores(console, ev) -> None:
     console.print(view)
     console.print("NLL: nats per event, exact for baselines, an upper bound for DSTPP; CRPS/energy: sample scores; "
                   "|dt| err: median waiting-time error; xy err: distance of the sample mean; cov: share of truths "
-                  "inside the 80 % interval/region (nominal 0.80)")
+                  "inside the 80 % interval/region (nominal 0.80; location coverage on the first "
+                  f"{int(ev.table['hdr_events'].iloc[0]):,} events, --hdr-events to change)")
     console.print(f"tables and reliability plot: {ev.out_dir}/")
 
 
@@ -411,12 +536,15 @@ def _forecast_parser(sub) -> None:
     p.add_argument("--simulations", type=int, default=200, help="continuations / catalogs per forecast (default 200)")
     p.add_argument("--max-events", type=int, default=1000, help="cap on events per simulation (default 1000)")
     p.add_argument("--max-history", type=int, default=128, help="events each draw conditions on (default 128)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM denoising steps (default 20)")
-    p.add_argument("--format", dest="fmt", default="parquet", choices=["parquet", "csv", "csep"])
+    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"DDIM denoising steps (default {SAMPLER_STEPS})")
+    p.add_argument("--format", dest="fmt", default="parquet", choices=["parquet", "csv", "csep"],
+                   help="output files: parquet (default), csv, or csep (daily pyCSEP catalog forecasts)")
     p.add_argument("--days", type=int, default=1, help="csep: consecutive daily forecasts from --at")
     p.add_argument("--csep-test", action="store_true", help="csep: run pyCSEP's number and spatial tests per day")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default reports/forecast-<data>)")
+    p.add_argument("--allow-other-catalog", action="store_true",
+                   help="run a model on a catalog in other units or another frame than it was trained on (warns)")
 
 
 def cmd_forecast(args) -> int:
@@ -424,15 +552,15 @@ def cmd_forecast(args) -> int:
 
     from pipelines.forecasting import ForecastRequest, run_forecast
     from stforecast.config import load_settings
-    from stforecast.tracking import load_model
 
     console = Console()
     folder = catalog_folder(args.data, load_settings())
+    model = load_checked_model(args.model, folder, args.allow_other_catalog, console.print)
     req = ForecastRequest(at=args.at, samples=args.samples, horizon=args.horizon, simulations=args.simulations,
                           max_events=args.max_events, max_history=args.max_history, steps=args.steps, fmt=args.fmt,
                           days=args.days, csep_test=args.csep_test, seed=args.seed)
     out = Path(args.out or Path("reports") / f"forecast-{folder.name}")
-    summary = run_forecast(folder, load_model(args.model), req, out, log=console.print)
+    summary = run_forecast(folder, model, req, out, log=console.print)
     if "next_event" in summary:
         lo, hi = summary["next_event"]["dt_q10_q90"]
         console.print(f"next event: median wait {summary['next_event']['dt_median']:.4g} {summary['units'][0]} "
@@ -462,14 +590,18 @@ def _report_parser(sub) -> None:
     p.add_argument("--at", help="forecast time (default: after the catalog's last event)")
     p.add_argument("--horizon", default="7d", help="e.g. 24h, 7d (default 7d)")
     p.add_argument("--lead-bins", type=int, default=7, help="lead-time bins in the NetCDF (default 7)")
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--simulations", type=int, default=200)
+    p.add_argument("--samples", type=int, default=2000, help="next-event samples for its regions (default 2000)")
+    p.add_argument("--simulations", type=int, default=200,
+                   help="continuations simulated over the horizon (default 200)")
+    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"DDIM denoising steps (default {SAMPLER_STEPS})")
     p.add_argument("--levels", default="0.5,0.8,0.95", help="probability levels of the regions")
     p.add_argument("--show-samples", action="store_true", help="add a (hidden) layer with the samples")
     p.add_argument("--online-tiles", action="store_true", help="offer OpenStreetMap tiles (needs internet)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default reports/map-<data>)")
-    p.add_argument("--no-track", action="store_true")
+    p.add_argument("--allow-other-catalog", action="store_true",
+                   help="run a model on a catalog in other units or another frame than it was trained on (warns)")
+    p.add_argument("--no-track", action="store_true", help="do not log the report to MLflow")
 
 
 def cmd_report(args) -> int:
@@ -477,15 +609,15 @@ def cmd_report(args) -> int:
 
     from pipelines.report import ReportRequest, run_report
     from stforecast.config import load_settings
-    from stforecast.tracking import load_model
 
     console = Console()
     folder = catalog_folder(args.data, load_settings())
+    model = load_checked_model(args.model, folder, args.allow_other_catalog, console.print)
     req = ReportRequest(at=args.at, horizon=args.horizon, lead_bins=args.lead_bins, samples=args.samples,
                         simulations=args.simulations, levels=tuple(float(v) for v in args.levels.split(",")),
-                        show_samples=args.show_samples, online_tiles=args.online_tiles, seed=args.seed)
+                        show_samples=args.show_samples, online_tiles=args.online_tiles, steps=args.steps, seed=args.seed)
     out = Path(args.out or Path("reports") / f"map-{folder.name}")
-    summary = run_report(folder, load_model(args.model), req, out, model_uri=args.model, track=not args.no_track,
+    summary = run_report(folder, model, req, out, model_uri=args.model, track=not args.no_track,
                          log=console.print)
     console.print(f"expected events in the next {args.horizon}: {summary['expected_events']:.2f}")
     console.print(f"map (open in a browser, works offline): {out / 'map.html'}")
@@ -507,8 +639,8 @@ def _batch_parser(sub) -> None:
     p.add_argument("--config", help="batch config (default data/batch.toml)")
     p.add_argument("--out", help="output root (default: the config's `out`, reports/batch)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-track", action="store_true")
+    p.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
+    p.add_argument("--no-track", action="store_true", help="do not log the jobs to MLflow")
 
 
 def cmd_batch(args) -> int:
@@ -527,16 +659,23 @@ def cmd_batch(args) -> int:
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         print(f"error: job {r.name!r} failed: {r.message}", file=sys.stderr)
+        if args.verbose and r.detail:
+            print(r.detail, file=sys.stderr)
     return 1 if failed else 0
 
 
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="the interactive risk map of the latest batch forecasts (local server or static file)",
+                       description=("Serve the interactive risk map: the newest forecast of every `stforecast batch` job,\n"
+                                    "with a picker for region, horizon and contour level, on http://127.0.0.1:8765/ (this\n"
+                                    "machine only unless --host says otherwise). The page is rebuilt on each load, works\n"
+                                    "offline, and --static writes it once as one file to share. `make demo` leaves one\n"
+                                    "batch forecast ready to show."),
                        epilog="examples:\n  stforecast serve\n  stforecast serve --static reports/riskmap.html",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="reports/batch", help="batch output root (default reports/batch)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--static", metavar="FILE", help="write the page to FILE instead of serving it")
 
 
@@ -567,9 +706,9 @@ def _benchmark_parser(sub) -> None:
     p.add_argument("--config", help="benchmark settings (default data/benchmark.toml)")
     p.add_argument("--out", default=None, help="report folder (default reports/benchmark or reports/benchmark-quick)")
     p.add_argument("--runs", default=None, help="checkpoint folder (default runs/benchmark[-quick])")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cmd_benchmark(args) -> int:
@@ -601,24 +740,53 @@ def build_parser() -> argparse.ArgumentParser:
     _report_parser(sub)
     _batch_parser(sub)
     _serve_parser(sub)
-    d = sub.add_parser("demo", help="run the main job on embedded defaults")
+    d = sub.add_parser("demo", help="run the main job on embedded defaults",
+                       description=("The main job on embedded defaults: ingest the four bundled catalogs, train a small DSTPP\n"
+                                    "on the Japan earthquakes (tracked in MLflow), forecast the week after the catalog,\n"
+                                    "score it against Poisson x KDE, Hawkes and ETAS on held-out years, draw the Kumamoto\n"
+                                    "2016 report, and run one batch forecast so `stforecast serve` has a risk map to show.\n"
+                                    "Steps whose inputs are unchanged are skipped."))
     d.add_argument("--force", action="store_true", help="redo steps that are up to date")
     return parser
 
 
+COMMANDS = {"ingest": "cmd_ingest", "train": "cmd_train", "evaluate": "cmd_evaluate", "forecast": "cmd_forecast",
+            "benchmark": "cmd_benchmark", "report": "cmd_report", "batch": "cmd_batch", "serve": "cmd_serve",
+            "demo": "cmd_demo"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user sees one line per error (what, where, what to do), never a traceback; ``-v``
+    shows the traceback. Ctrl-C says what was kept."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = build_parser().parse_args(argv)
-    from stforecast.catalog import CatalogError
+    from pipelines.messages import error_line
+    from stforecast.errors import TrainingInterrupted
 
     try:
-        return {"ingest": cmd_ingest, "train": cmd_train, "evaluate": cmd_evaluate,
-                "forecast": cmd_forecast, "benchmark": cmd_benchmark, "report": cmd_report, "batch": cmd_batch, "serve": cmd_serve, "demo": cmd_demo}[args.command](args)
-    except (CatalogError, ValueError, KeyError, FileNotFoundError) as e:
+        return globals()[COMMANDS[args.command]](args)
+    except TrainingInterrupted as e:
         if args.verbose:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        where = (f"{e.out_dir}/last.pt holds step {e.checkpoint_step}" if e.checkpoint_step is not None
+                 else "no checkpoint was written yet")
+        print(f"interrupted at step {e.step}; {where}; resume with `stforecast train --out {e.out_dir} --resume`",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print("interrupted; previous output kept", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # raise SystemExit("message"): the same one line as other errors
+        if isinstance(e.code, str):
+            print(f"error: {e.code}", file=sys.stderr)
+            return 2
+        raise
+    except Exception as e:  # noqa: BLE001 - the one place that turns any failure into one line for a person
+        if args.verbose:
+            raise
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
 
 

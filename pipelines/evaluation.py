@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
 from stforecast.io.remote import atomic_write_text
 
 #: the paper's Japan numbers (DSTPP row of Tables 2 and 3), for the ``given``-split DSTPP windows
@@ -41,9 +42,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def evaluate_catalog(folder: Path, dstpp=None, baselines=("poisson_kde", "hawkes", "etas"), split: str = "test",
-                     max_targets: int | None = 1000, samples: int = 100, steps: int = 50, seed: int = 0,
-                     bound_repeats: int = 4, out_dir: Path | None = None, baseline_fit_events: int | None = None,
-                     log=print) -> Evaluation:
+                     max_targets: int | None = 1000, samples: int = SCORE_SAMPLES, steps: int = SAMPLER_STEPS,
+                     seed: int = 0, bound_repeats: int = 4, out_dir: Path | None = None,
+                     baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print) -> Evaluation:
     """Score ``dstpp`` (a loaded model or None) and the named baselines on ``split`` of the catalog in ``folder``.
     Baselines are fitted on events before the validation start; DSTPP's bound variances on validation events.
     Catalogs with the source's own (non-chronological) split are scored for DSTPP only."""
@@ -66,9 +67,12 @@ def evaluate_catalog(folder: Path, dstpp=None, baselines=("poisson_kde", "hawkes
         log(f"fitting baselines {list(baselines)} on events before the validation start ...")
         models.update(fit_baselines(events, manifest["split"]["model_time"]["val_start"], mc=mc,
                                     max_events=baseline_fit_events, names=baselines))
-    log(f"scoring {len(targets.truth):,} held-out events x {samples} samples for {list(models)} ...")
+    n_hdr = min(hdr_events, len(targets.truth))
+    log(f"scoring {len(targets.truth):,} held-out events x {samples} samples for {list(models)} (DDIM-{steps}; "
+        f"location coverage from a KDE per event on the first {n_hdr:,} of them) ...")
     table, curves = evaluate_next_event(targets, events, models, n=samples, seed=seed, dstpp_steps=steps,
-                                        calibration=calibration, bound_repeats=bound_repeats)
+                                        calibration=calibration, bound_repeats=bound_repeats, hdr_events=hdr_events)
+    table["hdr_events"] = n_hdr
     table.insert(0, "catalog", manifest["name"])
     out = Path(out_dir or Path("reports") / f"{folder.name}-{split}")
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +82,8 @@ def evaluate_catalog(folder: Path, dstpp=None, baselines=("poisson_kde", "hawkes
               f"{samples} samples each, seed {seed}. Units: waiting time in {time_unit}, distances in {space_unit}; "
               "NLL in nats per event in those units (joint = waiting time + location; `nll_kind` says whether it "
               "is exact or DSTPP's variational upper bound). Lower is better except coverage (nominal "
-              "0.5/0.8/0.95). Reliability diagram: `reliability.png`.\n\n")
+              f"0.5/0.8/0.95). Reliability diagram: `reliability.png`. DSTPP is sampled with DDIM-{steps}; the "
+              f"location coverage (`cover_xy_*`) is computed on the first {n_hdr:,} events (a KDE per event).\n\n")
     text = header + markdown_table(table) + "\n"
     if not continuous and dstpp is not None:
         text += "\n" + paper_comparison(table) + "\n"

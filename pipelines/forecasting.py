@@ -16,6 +16,7 @@ import pandas as pd
 from stforecast.forecast import (count_summary, horizon_length, model_time_of, next_event, simulate_horizon,
                                  time_of, to_original_units)
 from stforecast.io.remote import atomic_write_text
+from stforecast.defaults import SAMPLER_STEPS
 
 
 @dataclass
@@ -26,7 +27,7 @@ class ForecastRequest:
     simulations: int = 200
     max_events: int = 1000
     max_history: int = 128
-    steps: int = 20  # DDIM steps
+    steps: int = SAMPLER_STEPS  # DDIM steps
     fmt: str = "parquet"  # parquet, csv, or csep (daily catalog forecasts)
     days: int = 1  # csep: consecutive daily forecasts from `at`
     csep_test: bool = False

@@ -33,7 +33,7 @@ from stforecast.clean import (
     add_keys, apply_filters, geographic, load_window, order_events, project, projection_for,
     to_model_time,
 )
-from stforecast.config import IngestConfig, Settings
+from stforecast.config import IngestConfig, Settings, check_name
 from stforecast.io import tables
 from stforecast.sequences import (
     SPLITS, assign_splits, build_sequences, given_sequences, normalisation_stats, split_counts,
@@ -200,7 +200,8 @@ def finish(parts, cfg: IngestConfig, given: bool, split_of_file: dict, bounds_t:
                                barriers=list(bounds_t.values()), **columns)
     rejects = pd.concat([rejects, rej], ignore_index=True)
     if not quarantine:
-        raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (rerun with --quarantine to set them aside)")
+        raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
+                                        "invalid rows aside)")
     if events.empty:
         raise CatalogError(
             f"catalog {cfg.name}: no events left after cleaning and filters ({n_read} read). "
@@ -256,26 +257,32 @@ def bound_value(value, calendar: bool, tz: str = "UTC"):
 # ------------------------------------------------------------------------------------------------ output
 @contextlib.contextmanager
 def atomic_dir(target: Path):
-    """Yield a temp folder beside ``target``; on success it replaces ``target``, on error it is removed and
-    ``target`` is untouched."""
+    """Yield a temp folder beside ``target``; on success it replaces ``target``. Whatever fails (the body, Ctrl-C,
+    either of the two final renames), the temp folder is removed and the previous ``target`` stays (or is put
+    back) in place."""
+    target = Path(target)
+    if target.name in ("", ".", ".."):
+        raise ValueError(f"{target}: the output must be a named folder, not {target.name or '/'!r}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    moved = False  # the previous output has been moved aside to `old`
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    if target.exists():
-        os.replace(target, old)
-    try:
+        if target.exists() or target.is_symlink():
+            os.replace(target, old)
+            moved = True
         os.replace(tmp, target)
     except BaseException:
-        if old.exists() and not target.exists():
-            os.replace(old, target)  # put the previous output back
+        try:
+            if moved and not target.exists():
+                os.replace(old, target)  # put the previous output back (if this fails, sweep_stale will)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def sweep_stale(target: Path, max_age_s: float = 3600) -> None:
@@ -296,10 +303,13 @@ def write_sequences(seqs: pd.DataFrame, folder: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # no parents=True: if the run was cancelled and its temp folder removed while this task still ran on a
+    # worker, fail here instead of re-creating the temp folder
+    folder.mkdir(exist_ok=True)
     for name in SPLITS:
         part = seqs[seqs["split"] == name].drop(columns="split")
         d = folder / f"split={name}"
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(exist_ok=True)
         pq.write_table(pa.Table.from_pandas(part, preserve_index=False), d / "part-0.parquet")
 
 
@@ -328,6 +338,7 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
     import dask
 
     started = time.perf_counter()
+    check_name(cfg.name)  # the name is a folder under the output root: never `..`, never a path
     out_dir = Path(out_root or settings.processed_dir).absolute() / cfg.name
     inputs = resolve_inputs(cfg, settings, progress=progress)
     digest, files = input_hash(cfg, inputs, quarantine)
@@ -370,7 +381,7 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
             parts = []
             for role, path in data_inputs.items():
                 first = 1
-                for c in tables.plan_chunks(path, blocksize):
+                for c in tables.plan_chunks(path, blocksize, spec.sep, spec.encoding):
                     parts.append(delayed(parse_table_chunk)(c, first, spec, cfg.name, cfg.filters, window,
                                                             time_range, origin, cfg.time_unit, names[role]))
                     first = delayed(operator.add)(first, delayed(tables.count_rows)(c))  # rows before the next chunk
@@ -381,6 +392,9 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
         summary = delayed(finish)(projected, cfg, given, split_of_file, bounds_t, columns, tmp, quarantine)
 
         if client is not None:
+            from pipelines.worker_logging import install
+
+            install(client)  # a bad row is reported once, as the error raised here, not also by the worker's log
             # chunk futures are only watched for the progress bar; gathering them would ship every parsed row
             # to this process
             futures = client.compute([*parts, projection, summary])

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stforecast.defaults import SAMPLER_STEPS
 from stforecast.forecast import (horizon_length, model_time_of, next_event, simulate_horizon, time_of,
                                  to_original_units)
 
@@ -34,7 +35,7 @@ class ReportRequest:
     recent: int = 300  # observed events shown
     show_samples: bool = False
     online_tiles: bool = False
-    steps: int = 20
+    steps: int = SAMPLER_STEPS  # DDIM steps
     seed: int = 0
     grid_shape: tuple = (120, 160)
 
@@ -117,9 +118,9 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
     ds["next_event_density"] = next_event_grid(samples, x, y, schema)["density"]
     write_netcdf(ds, tmp / "forecast.nc")
     total = ds["expected_count"].sum("lead_time")
-    total.attrs.update(long_name=f"expected events per cell in the next {req.horizon}")
+    total.attrs.update(long_name=f"expected events per cell in the next {req.horizon}")  # plot_grid adds the size
     plot_grid(total, tmp / "forecast.png", f"{manifest['name']}: expected events, next {req.horizon}",
-              past.tail(req.recent))
+              past.tail(req.recent), basemap=geographic)
 
     # the map
     lat, lon = ("lat", "lon") if geographic else ("y", "x")
@@ -131,18 +132,19 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
     sample = train.iloc[:: max(1, len(train) // 20000)]
     maps.add_outline(m, maps.footprint(sample[lon].to_numpy(), sample[lat].to_numpy()),
                      "area covered by the catalog (training events)")
-    for name, frame in layers:
-        maps.add_contours(m, frame, name)
+    for (name, frame), palette in zip(layers, (maps.NEXT_EVENT_COLOURS, maps.HORIZON_COLOURS)):
+        maps.add_contours(m, frame, name, palette=palette)
     marks = [c for c in ("time", "magnitude", "category", "unit") if c in events.columns]
+    tick = maps.clock_tick(manifest)  # times are shown to the catalog's clock (see maps.format_time)
     recent = {"type": "FeatureCollection", "frame": "geographic" if geographic else "pixel", "features": [
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(r[lon]), float(r[lat])]},
-         "properties": {c: str(r[c]) for c in marks}} for _, r in view.iterrows()]}
+         "properties": {c: maps.label_value(c, r[c], tick) for c in marks}} for _, r in view.iterrows()]}
     (tmp / "recent.geojson").write_text(json.dumps(recent))
     maps.add_events(m, view, f"observed: last {len(view)} events before the forecast", lat=lat, lon=lon,
-                    label_cols=marks)
+                    label_cols=marks, tick_s=tick)
     if len(truth):
         maps.add_events(m, truth, f"held out: {len(truth)} events that happened", colour="#00a651", radius=4,
-                        lat=lat, lon=lon, label_cols=marks)
+                        lat=lat, lon=lon, label_cols=marks, tick_s=tick)
     if req.show_samples:
         s = to_original_units(samples, schema) if geographic else samples
         maps.add_events(m, s, "next-event samples", colour="#6a51a3", radius=1.5, lat=lat, lon=lon,

@@ -6,6 +6,7 @@ The page is rebuilt from the batch folder on every request of ``/``, so a new ba
 
 from __future__ import annotations
 
+import html
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,11 +28,25 @@ def latest_forecasts(batch_root) -> list[dict]:
             contours_file = folder / "contours_0.geojson"
         features = json.loads(contours_file.read_text())["features"]
         recent = json.loads((folder / "recent.geojson").read_text())
-        out.append({"region": m["catalog"], "horizon": m["job"]["horizon"], "forecast_time": m["forecast_time"],
+        out.append({"region": m["catalog"], "horizon": m["job"]["horizon"], "forecast_time": _shown_time(m["forecast_time"]),
                     "expected_events": m["summary"]["expected_events"], "frame": recent.get("frame", "geographic"),
                     "contours": {f"{f['properties']['level']:g}": f["geometry"] for f in features},
                     "observed": recent, "job": job})
     return out
+
+
+def _shown_time(text: str) -> str:
+    """A batch manifest's forecast time as a reader wants it: ``2019-07-12 00:00 UTC`` (lab clocks unchanged)."""
+    import pandas as pd
+
+    try:
+        when = pd.Timestamp(text)
+    except ValueError:
+        return text
+    if when.tzinfo is None:
+        return text
+    when = when.tz_convert("UTC")
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC" if when.second else "%Y-%m-%d %H:%M UTC")
 
 
 def write_static(batch_root, path) -> Path:
@@ -53,7 +68,16 @@ def make_server(batch_root, host: str = "127.0.0.1", port: int = 8765) -> Thread
             try:
                 body = riskmap_html(latest_forecasts(root)).encode("utf-8")
             except (ValueError, FileNotFoundError, KeyError) as e:
-                self.send_error(503, f"no forecast to show: {e}")
+                # not Python's stock "temporarily overloaded" page: say what is missing and what to run
+                body = ("<!doctype html><meta charset='utf-8'><title>stforecast: no forecast yet</title>"
+                        f"<h1>No forecast to show yet</h1><p>{html.escape(str(e))}</p><p>Nothing was found under "
+                        f"<code>{html.escape(str(root))}</code>. Run <code>stforecast batch</code> (or "
+                        "<code>make demo</code>, which runs one batch job), then reload this page.</p>").encode()
+                self.send_response(503)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")

@@ -66,6 +66,9 @@ class CatalogError(ValueError):
     def __init__(self, message: str, problems: Sequence[Problem] = (), total: int | None = None):
         self.problems = list(problems)
         self.total = total if total is not None else len(self.problems)
+        if self.total == 1 and len(self.problems) == 1:  # one problem: one line (the CLI prints one line per error)
+            super().__init__(f"{message} {self.problems[0]}")
+            return
         lines = [message]
         lines += [f"  - {p}" for p in self.problems[:20]]
         if self.total > 20:
@@ -112,7 +115,9 @@ def raise_for_invalid(rejects: pd.DataFrame, hint: str = "") -> None:
     bad = rejects[rejects["kind"] == "invalid"]
     if len(bad):
         bad = bad.sort_values(["file", "row"], kind="stable")
-        msg = f"{len(bad)} invalid row(s) in the input{hint}:"
+        rows = len(bad[["file", "row"]].drop_duplicates())
+        msg = (f"{rows} invalid row{'s' if rows > 1 else ''}"
+               + (f" ({len(bad)} problems)" if len(bad) > rows else "") + f" in the input{hint}:")
         raise CatalogError(msg, problems_from_rejects(bad), total=len(bad))
 
 

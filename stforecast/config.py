@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ class IngestConfig:
     licence: str = ""
     notice: str = ""
     source_url: str = ""
-    path: str | None = None  # file or URL (relative paths: under the data root)
+    path: str | None = None  # file or URL (relative paths: under the data root; on the command line: cwd first)
     split_files: dict[str, str] = field(default_factory=dict)  # split name → file, for split.mode = "given"
     positions: str | None = None  # spikes: Trodes position file
     table: dict[str, Any] = field(default_factory=dict)  # TableSpec fields overriding the preset
@@ -112,7 +113,27 @@ _NESTED = {"filters": FilterConfig, "split": SplitConfig, "sequences": SequenceC
            "projection": ProjectionConfig, "spikes": SpikeConfig}
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
+
+
+def check_name(name: object, where: str = "catalog name") -> str:
+    """A catalog name becomes the folder OUT/NAME: allow letters, digits, ``_``, ``-`` and ``.``, not starting with
+    ``.`` (so no ``..``, no path separators, no hidden folders)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or len(name) > 200:
+        raise ValueError(f"{where}: {name!r} is not a valid catalog name: it becomes the output folder OUT/NAME, "
+                         "so use only letters, digits, '_', '-' and '.', not starting with '.' (e.g. my_catalog)")
+    return name
+
+
+def safe_name(text: str) -> str:
+    """A valid catalog name made from ``text`` (e.g. a file name): other characters become ``_``."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).lstrip(".")[:200]
+    return name or "catalog"
+
+
 def _build(cls, values: dict, where: str):
+    if cls is IngestConfig:
+        check_name(values.get("name"), f"{where}: catalog name")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -154,6 +175,21 @@ class Settings:
         if "://" in path or os.path.isabs(path):
             return path
         return str(self.data_root / path)
+
+    def locate(self, path: str, flag: str = "--path") -> tuple[str, str]:
+        """A path typed on the command line: ``(path, where)``. A relative path is looked for in the current
+        directory first, then under the data root (``where`` says which: "current directory", "data root"; URLs
+        and absolute paths: "as given"). Raises :class:`FileNotFoundError` naming both places when neither has it."""
+        if "://" in path or os.path.isabs(os.path.expanduser(path)):
+            return os.path.expanduser(path), "as given"
+        here = Path.cwd() / path
+        if here.exists():
+            return str(here), "current directory"
+        under_root = self.data_root / path
+        if under_root.exists():
+            return str(under_root), "data root"
+        raise FileNotFoundError(f"{flag} {path}: no such file in the current directory ({here}) nor under the "
+                                f"data root ({under_root}); give an absolute path, or set --data-root")
 
 
 DEFAULT_CONFIG = REPO_ROOT / "data" / "catalogs.toml"

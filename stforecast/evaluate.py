@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from stforecast.batch import SequenceSet
+from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
 from stforecast.metrics import crps_from_samples, energy_score, hdr_coverage, interval_coverage
 
 
@@ -129,9 +130,10 @@ def collate_all(histories: SequenceSet):
     return histories.collate(np.arange(len(histories)))
 
 
-def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: dict, n: int = 100, seed: int = 0,
-                        dstpp_sampler: str = "ddim", dstpp_steps: int = 50, calibration: Targets | None = None,
-                        bound_repeats: int = 4) -> tuple[pd.DataFrame, dict]:
+def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: dict, n: int = SCORE_SAMPLES,
+                        seed: int = 0, dstpp_sampler: str = "ddim", dstpp_steps: int = SAMPLER_STEPS,
+                        calibration: Targets | None = None, bound_repeats: int = 4,
+                        hdr_events: int = HDR_EVENTS) -> tuple[pd.DataFrame, dict]:
     """One row per model (sample scores and the NLL columns of the module docstring), and per model its
     reliability curves ``{"dt": {level: coverage}, "xy": {...}}``. ``calibration`` (validation targets) fits
     DSTPP's reverse variances; ``events`` (the whole stream) is only needed by the baselines."""
@@ -156,13 +158,13 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: d
             joint = -(lt + ls)
             row.update(nll_dt=float(-lt.mean()), nll_xy=float(-ls.mean()), nll_joint=float(joint.mean()),
                        nll_joint_se=float(joint.std(ddof=1) / np.sqrt(len(joint))), nll_kind="exact")
-        curves[name] = reliability(samples, targets.truth)
+        curves[name] = reliability(samples, targets.truth, hdr_max=hdr_events)
         row.update(sample_scores(samples, targets.truth, curves=curves[name]))
         rows.append(row)
     return pd.DataFrame(rows), curves
 
 
-def reliability(samples: np.ndarray, truth: np.ndarray, levels=RELIABILITY_LEVELS, hdr_max: int = 300) -> dict:
+def reliability(samples: np.ndarray, truth: np.ndarray, levels=RELIABILITY_LEVELS, hdr_max: int = HDR_EVENTS) -> dict:
     """Empirical coverage at each nominal level: central waiting-time intervals and location HDRs."""
     k = min(len(truth), hdr_max)
     return {"dt": interval_coverage(samples[..., 0], truth[:, 0], levels),

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from stforecast.batch import Batch
+from stforecast.defaults import SAMPLER_STEPS
 
 
 @dataclass
@@ -48,7 +49,7 @@ def history_batch(t: np.ndarray, xy: np.ndarray) -> Batch:
 
 @torch.no_grad()
 def next_event(model, t_hist: np.ndarray, xy_hist: np.ndarray, n: int = 100, *, max_history: int = 128,
-               sampler: str = "ddim", steps: int = 50, seed: int = 0) -> pd.DataFrame:
+               sampler: str = "ddim", steps: int = SAMPLER_STEPS, seed: int = 0) -> pd.DataFrame:
     """``n`` samples of the event after a history (times ``t_hist`` (L,), locations ``xy_hist`` (L, 2), sorted):
     columns ``sample, t, dt, x, y``."""
     t_hist, xy_hist = np.asarray(t_hist, float)[-max_history:], np.asarray(xy_hist, float)[-max_history:]
@@ -60,7 +61,7 @@ def next_event(model, t_hist: np.ndarray, xy_hist: np.ndarray, n: int = 100, *, 
 
 @torch.no_grad()
 def simulate_horizon(model, t_hist: np.ndarray, xy_hist: np.ndarray, t_end: float, m: int = 100, *,
-                     max_events: int = 1000, max_history: int = 128, sampler: str = "ddim", steps: int = 20,
+                     max_events: int = 1000, max_history: int = 128, sampler: str = "ddim", steps: int = SAMPLER_STEPS,
                      seed: int = 0, progress: bool = False) -> HorizonForecast:
     """``m`` simulated continuations of a history from its last event ``t_hist[-1]`` to ``t_end``.
 

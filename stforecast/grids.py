@@ -109,22 +109,102 @@ def write_netcdf(ds, path) -> Path:
     return path
 
 
-def plot_grid(da, path, title: str = "", observed: pd.DataFrame | None = None) -> Path:
-    """A static PNG of a 2-D (y, x) grid (one lead time), with observed events as dots."""
+def _length_text(v: float, unit: str) -> str:
+    if unit == "m" and v >= 1000:
+        v, unit = v / 1000, "km"
+    return f"{v:.3g} {unit}".strip() if v < 1000 else f"{v:.0f} {unit}".strip()
+
+
+def cell_size_text(da) -> str:
+    """The size of one grid cell of ``da`` in its own units, e.g. ``12.3 km × 12.3 km``."""
+    unit = da["x"].attrs.get("units", "")
+    dx, dy = (float(abs(da[c].values[1] - da[c].values[0])) for c in ("x", "y"))
+    return f"{_length_text(dx, unit)} × {_length_text(dy, unit)}"
+
+
+def _plain(text: str) -> str:
+    """Text matplotlib draws as it is: a ``$`` from data would otherwise start mathtext (and may fail to parse)."""
+    return str(text).replace("$", r"\$")
+
+
+def _draw_basemap(ax, lon_range, lat_range) -> None:
+    """Natural Earth countries (bundled) under and their borders/coastlines over the forecast, clipped to view."""
+    import json
+
+    import shapely
+    from shapely.geometry import shape
+
+    from stforecast.maps import LAND_STYLE, SEA_COLOUR, basemap_geojson
+
+    view = shapely.box(lon_range[0], lat_range[0], lon_range[1], lat_range[1]).buffer(1.0)
+    ax.set_facecolor(SEA_COLOUR)
+    for feature in json.loads(basemap_geojson())["features"]:
+        geom = shape(feature["geometry"]).intersection(view)
+        if geom.is_empty:
+            continue
+        for poly in getattr(geom, "geoms", [geom]):
+            if poly.geom_type != "Polygon":
+                continue
+            x, y = poly.exterior.xy
+            ax.fill(x, y, color=LAND_STYLE["fillColor"], zorder=0, linewidth=0)
+            ax.plot(x, y, color="#3a3a3a", linewidth=0.8, zorder=3)
+
+
+def plot_grid(da, path, title: str = "", observed: pd.DataFrame | None = None, basemap: bool | None = None) -> Path:
+    """A static PNG of a 2-D (y, x) grid (one lead time), with observed events as dots.
+
+    Geographic grids (with 2-D ``lon``/``lat`` coordinates; ``basemap`` None = whenever they are there) are drawn
+    in lon/lat over the bundled Natural Earth countries, their borders and coastlines on top, cells holding a
+    negligible share (< 0.1 % of the peak) left clear; observed events use their ``lon``/``lat`` columns, or
+    their model ``x``/``y`` placed through the grid's coordinates. Pixel frames keep their own ``x``/``y``.
+    The colour bar says the cell size ("... per 12.3 km × 12.3 km cell")."""
+    import re
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    geographic = ("lon" in da.coords and "lat" in da.coords) if basemap is None else bool(basemap)
+    label = str(da.attrs.get("long_name", da.name))
+    size = cell_size_text(da)
+    label = (re.sub(r"\bper (grid )?cell\b", f"per {size} cell", label) if re.search(r"\bper (grid )?cell\b", label)
+             else f"{label} (cells of {size})")
     fig, ax = plt.subplots(figsize=(7, 5.5))
-    mesh = ax.pcolormesh(da["x"], da["y"], da.values, shading="auto", cmap="magma_r")
-    fig.colorbar(mesh, ax=ax, label=da.attrs.get("long_name", da.name))
+    values = np.asarray(da.values, float)
+    if geographic:
+        lon, lat = np.asarray(da["lon"].values, float), np.asarray(da["lat"].values, float)
+        peak = np.nanmax(values) if np.isfinite(values).any() else 0.0
+        shown = np.ma.masked_where(~(values > 1e-3 * peak), values) if peak > 0 else values
+        mesh = ax.pcolormesh(lon, lat, shown, shading="nearest", cmap="magma_r", zorder=1)
+        squash = np.cos(np.deg2rad(np.clip((lat.min() + lat.max()) / 2, -80, 80)))  # degrees of lon per lat, in km
+        # a long thin grid gets a wider view (at least 3:4) so there is a coastline or border to place it by
+        half_w, half_h = (lon.max() - lon.min()) / 2 * squash, (lat.max() - lat.min()) / 2
+        half_w, half_h = max(half_w, 0.75 * half_h), max(half_h, 0.75 * half_w)
+        mid_lon, mid_lat = (lon.min() + lon.max()) / 2, (lat.min() + lat.max()) / 2
+        lon_range = (mid_lon - half_w / squash, mid_lon + half_w / squash)
+        lat_range = (mid_lat - half_h, mid_lat + half_h)
+        _draw_basemap(ax, lon_range, lat_range)
+        ax.set(xlim=lon_range, ylim=lat_range, xlabel="longitude (°)", ylabel="latitude (°)")
+        ax.set_aspect(1 / squash)
+    else:
+        mesh = ax.pcolormesh(da["x"], da["y"], values, shading="auto", cmap="magma_r")
+        unit = da["x"].attrs.get("units", "")
+        ax.set(xlabel=f"x ({unit})", ylabel=f"y ({unit})", aspect="equal")
+    fig.colorbar(mesh, ax=ax, label=_plain(label), shrink=0.85)
     if observed is not None and len(observed):
-        ax.scatter(observed["x"], observed["y"], s=6, c="tab:cyan", edgecolors="k", linewidths=0.3,
-                   label="observed events")
+        if not geographic:
+            ox, oy = observed["x"], observed["y"]
+        elif {"lon", "lat"} <= set(observed.columns):
+            ox, oy = observed["lon"], observed["lat"]
+        else:  # model coordinates: through the grid's own lon/lat (NaN, so not drawn, outside the grid)
+            import xarray as xr
+
+            at = {"x": xr.DataArray(observed["x"].to_numpy()), "y": xr.DataArray(observed["y"].to_numpy())}
+            ox, oy = da["lon"].interp(at).values, da["lat"].interp(at).values
+        ax.scatter(ox, oy, s=6, c="tab:cyan", edgecolors="k", linewidths=0.3, label="observed events", zorder=4)
         ax.legend(loc="upper right", fontsize=8)
-    unit = da["x"].attrs.get("units", "")
-    ax.set(xlabel=f"x ({unit})", ylabel=f"y ({unit})", title=title, aspect="equal")
+    ax.set_title(_plain(title))
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.part.png")

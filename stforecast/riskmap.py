@@ -2,16 +2,21 @@
 reader picks a region, a horizon and a contour level and sees that forecast's region with the observed events.
 
 The page is built from a list of forecasts (see :func:`riskmap_html`); ``pipelines/serve.py`` collects the latest
-batch outputs and serves it on 127.0.0.1, or writes it as a static file. All text from data is HTML-escaped before
-it enters the page, and the embedded JSON cannot close its ``<script>`` element.
+batch outputs and serves it on 127.0.0.1, or writes it as a static file.
+
+Text from data is never markup here: it travels as JSON in a ``<script type="application/json">`` element (with
+``<``, ``>``, ``&``, U+2028 and U+2029 written as ``\\u`` escapes, so it cannot close the element or be read as
+anything but string data), and the page's script only ever puts it into the document with ``textContent``,
+``option.value`` or ``dataset`` - never ``innerHTML`` or a template that is parsed as HTML. So it is not
+HTML-escaped either (that would show ``&amp;`` to the reader). Contour regions are outlines with a light fill in
+the horizon palette (:data:`stforecast.maps.HORIZON_COLOURS`) over the Natural Earth basemap.
 """
 
 from __future__ import annotations
 
-import html
 import json
 
-from stforecast.maps import LEVEL_COLOURS, _leaflet_assets, basemap_geojson
+from stforecast.maps import FILL_OPACITY, LAND_STYLE, LEVEL_COLOURS, SEA_COLOUR, _leaflet_assets, basemap_geojson
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -24,6 +29,10 @@ PAGE = """<!doctype html>
        flex-wrap:wrap}
  #bar label {font-weight:600} #map {flex:1; min-height:0}
  #info {color:#444} .legend {background:white; padding:6px 8px; border:1px solid #999; border-radius:4px}
+ .legend .swatch {display:inline-block; width:14px; height:12px; margin-right:6px; vertical-align:middle}
+ .legend .dot {display:inline-block; width:8px; height:8px; border-radius:50%; margin:0 9px 0 3px;
+               background:#08519c; vertical-align:middle}
+ #map.geographic {background:__SEA__}
 </style>
 <script>__LEAFLET_JS__</script></head>
 <body>
@@ -38,9 +47,9 @@ PAGE = """<!doctype html>
 <script>
 "use strict";
 const DATA = JSON.parse(document.getElementById("forecast-data").textContent);
-const COLOURS = __COLOURS__;
+const COLOURS = __COLOURS__, FILL_OPACITY = __FILL_OPACITY__, LAND = __LAND__;
 const sel = id => document.getElementById(id);
-let map = null, frame = null, overlay = null;
+let map = null, frame = null, overlay = null, legend = null;
 
 function fill(select, values, labels, preferred) {
   const keep = select.value;
@@ -57,12 +66,26 @@ function newMap(kind) {
   if (map) map.remove();
   frame = kind;
   map = L.map("map", kind === "pixel" ? {crs: L.CRS.Simple, minZoom: -5} : {});
+  sel("map").classList.toggle("geographic", kind !== "pixel");
   if (kind !== "pixel") {
     map.createPane("basemap").style.zIndex = 250;
-    L.geoJSON(DATA.basemap, {pane: "basemap", interactive: false,
-      style: {fillColor: "#f2efe9", color: "#9a9a9a", weight: 0.8, fillOpacity: 1}}).addTo(map);
+    L.geoJSON(DATA.basemap, {pane: "basemap", interactive: false, style: LAND}).addTo(map);
     L.control.scale().addTo(map);
   }
+  legend = L.control({position: "bottomright"});
+  legend.onAdd = () => L.DomUtil.create("div", "legend");
+  legend.addTo(map);
+}
+function showLegend(colour, level) {   // DOM nodes and textContent only
+  const box = legend.getContainer();
+  box.replaceChildren();
+  const row1 = document.createElement("div"), sw = document.createElement("span");
+  sw.className = "swatch"; sw.style.border = "2px solid " + colour; sw.style.background = colour + "40";
+  row1.append(sw, `region holding ${Math.round(level * 100)} % of the forecast events`);
+  const row2 = document.createElement("div"), dot = document.createElement("span");
+  dot.className = "dot";
+  row2.append(dot, "observed events (most recent)");
+  box.append(row1, row2);
 }
 function draw() {
   const f = current();
@@ -72,9 +95,10 @@ function draw() {
   overlay = L.layerGroup().addTo(map);
   const level = sel("level").value;
   const region = f.contours[level];
-  const colour = COLOURS[level] || "#de2d26";
-  const shape = L.geoJSON(region, {style: {fillColor: colour, color: "#67000d", weight: 1, fillOpacity: 0.5,
-                                           className: "risk-contour"}}).addTo(overlay);
+  const colour = COLOURS[level] || "#d94801";
+  const shape = L.geoJSON(region, {style: {fillColor: colour, color: colour, weight: 2, opacity: 0.9,
+                                           fillOpacity: FILL_OPACITY, className: "risk-contour"}}).addTo(overlay);
+  showLegend(colour, level);
   const points = L.geoJSON(f.observed, {pointToLayer: (feat, ll) => L.circleMarker(ll,
       {radius: 3, color: "#08519c", weight: 1, fillOpacity: 0.8, className: "observed-event"}),
     onEachFeature: (feat, layer) => {
@@ -111,11 +135,23 @@ regionChanged();
 """
 
 
-def _escape_properties(collection: dict) -> dict:
+_SCRIPT_JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028",
+                        0x2029: "\\u2029"}
+
+
+def script_json(text: str) -> str:
+    """JSON text made safe inside any ``<script>`` element: ``<``, ``>``, ``&``, U+2028, U+2029 as ``\\u``
+    escapes. Outside strings JSON has none of these characters, so this only changes how strings are spelt."""
+    return text.translate(_SCRIPT_JSON_ESCAPES)
+
+
+def _text_properties(collection: dict) -> dict:
+    """The observed events with properties as plain strings (shown with textContent: not escaped here)."""
+    features = []
     for feature in collection.get("features", []):
-        feature["properties"] = {html.escape(str(k)): html.escape(str(v))
-                                 for k, v in (feature.get("properties") or {}).items()}
-    return collection
+        features.append({**feature, "properties": {str(k): str(v)
+                                                   for k, v in (feature.get("properties") or {}).items()}})
+    return {**collection, "features": features}
 
 
 def riskmap_html(forecasts: list[dict]) -> str:
@@ -126,18 +162,20 @@ def riskmap_html(forecasts: list[dict]) -> str:
         raise ValueError("no forecasts to show: run `stforecast batch` first")
     clean = []
     for f in forecasts:
-        clean.append({"region": html.escape(str(f["region"])), "horizon": html.escape(str(f["horizon"])),
-                      "forecast_time": html.escape(str(f["forecast_time"])),
-                      "expected_events": float(f["expected_events"]), "frame": f.get("frame", "geographic"),
+        clean.append({"region": str(f["region"]), "horizon": str(f["horizon"]),
+                      "forecast_time": str(f["forecast_time"]),
+                      "expected_events": float(f["expected_events"]),
+                      "frame": "pixel" if f.get("frame") == "pixel" else "geographic",
                       "contours": {str(k): v for k, v in f["contours"].items()},
-                      "observed": _escape_properties(f["observed"])})
+                      "observed": _text_properties(f["observed"])})
     # the bundled basemap is trusted and already GeoJSON: spliced in (first key, so first match) rather than
     # parsed and dumped again on every request
     data = json.dumps({"basemap": "__BASEMAP__", "forecasts": clean}, separators=(",", ":"))
-    data = data.replace('"__BASEMAP__"', basemap_geojson(), 1)
-    data = data.replace("</", "<\\/")  # cannot end the <script> element early
+    data = script_json(data.replace('"__BASEMAP__"', basemap_geojson(), 1))  # cannot end the <script> early
     levels = sorted({k for f in clean for k in f["contours"]}, key=float, reverse=True)
     colours = {lv: LEVEL_COLOURS[min(i, len(LEVEL_COLOURS) - 1)] for i, lv in enumerate(levels)}
     js, css = _leaflet_assets()
-    page = PAGE.replace("__LEAFLET_CSS__", css).replace("__LEAFLET_JS__", js)
-    return page.replace("__COLOURS__", json.dumps(colours)).replace("__DATA__", data)  # data last: never rescanned
+    page = PAGE.replace("__LEAFLET_CSS__", css).replace("__LEAFLET_JS__", js).replace("__SEA__", SEA_COLOUR)
+    page = page.replace("__FILL_OPACITY__", json.dumps(FILL_OPACITY)).replace("__LAND__", json.dumps(LAND_STYLE))
+    # data last, so nothing in it is ever rescanned for a placeholder
+    return page.replace("__COLOURS__", script_json(json.dumps(colours))).replace("__DATA__", data)

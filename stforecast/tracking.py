@@ -31,8 +31,12 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the store and return the experiment id (created with an explicit artifact folder, so
     artifacts do not land relative to the current directory)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import logging
+
     import mlflow
 
+    for noisy in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..." on first use
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -98,17 +102,32 @@ def log_trained_model(checkpoint: Path, model_config: dict, registered_name: str
     return info.model_uri
 
 
+def is_model_uri(text: str) -> bool:
+    """``models:/NAME/VERSION``, ``runs:/ID/model`` and other ``scheme:/…`` URIs; anything else is a file path."""
+    import re
+
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(text)) is not None
+
+
 def load_model(uri: str):
     """A DSTPP from an MLflow model URI (``models:/NAME/VERSION``, ``runs:/ID/model``) or a checkpoint path.
-    Reads the weights with ``torch.load(weights_only=True)``; no pickled object is loaded."""
+    Reads the weights with ``torch.load(weights_only=True)``; no pickled object is loaded (unlike
+    ``mlflow.pyfunc.load_model``, which imports and runs the code stored with the model). A missing file, an
+    unknown model or an unreadable checkpoint raises FileNotFoundError/ValueError naming it."""
     from stforecast.train import load_model as load_checkpoint_model
 
-    if "://" not in uri and Path(uri).exists():
+    if not is_model_uri(uri):
         return load_checkpoint_model(uri)
     setup()
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"cannot load model {uri} from the MLflow store {tracking_uri()}: {first}; the MLflow UI "
+                         "lists the registered models and versions, or give a checkpoint path") from None
     found = sorted(local.rglob("best.pt")) or sorted(local.rglob("*.pt"))
     if not found:
         raise FileNotFoundError(f"{uri}: no checkpoint (*.pt) among the model's artifacts")

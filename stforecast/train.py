@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from stforecast.batch import SequenceSet, load_manifest, load_split
+from stforecast.errors import TrainingInterrupted
 from stforecast.model.dstpp import DSTPP, PAPER, ModelConfig, Scaler
 
 
@@ -64,23 +65,36 @@ class TrainConfig:
         return asdict(self)
 
 
-def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """A :class:`TrainConfig` from a TOML or YAML file plus ``key=value`` overrides (``model.d_model=32``)."""
-    values: dict = {}
+def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                      base: dict | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML or YAML file plus ``key=value`` overrides (``model.d_model=32``).
+
+    The file holds TrainConfig fields at its top level (``data/train_demo.toml``) or under ``[train]``
+    (``data/benchmark.toml``, whose other tables belong to the benchmark and are ignored here). Every value is
+    checked against the field's type, so ``--set lr=abc`` is an error naming the setting, not a crash later.
+    ``base`` (instead of a file): settings as a dict, e.g. those stored in a checkpoint to resume it."""
+    values: dict = json.loads(json.dumps(base)) if base else {}
+    where = " + ".join(w for w in (str(path) if path else "", "--set" if overrides else "") if w) or "settings"
     if path:
         text = Path(path).read_text()
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
+        try:
+            if str(path).endswith((".yaml", ".yml")):
+                import yaml
 
-            values = yaml.safe_load(text) or {}
-        else:
-            import tomllib
+                values = yaml.safe_load(text) or {}
+            else:
+                import tomllib
 
-            values = tomllib.loads(text)
+                values = tomllib.loads(text)
+        except Exception as e:  # noqa: BLE001 - TOML and YAML parsers raise their own types
+            raise ValueError(f"{path}: not valid {'YAML' if str(path).endswith(('.yaml', '.yml')) else 'TOML'}: "
+                             f"{str(e).splitlines()[0]}") from None
+        if isinstance(values.get("train"), dict):  # a benchmark-style file: the training settings sit in [train]
+            values = values["train"]
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise ValueError(f"--set {item!r} must look like key=value, e.g. lr=3e-4 or model.d_model=32")
         node = values
         *parents, leaf = key.strip().split(".")
         for p in parents:
@@ -89,15 +103,48 @@ def load_train_config(path: str | os.PathLike | None = None, overrides: list[str
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{path or 'overrides'}: unknown training setting(s) {unknown}; allowed: {sorted(known)}")
+        raise ValueError(f"{where}: unknown training setting(s) {unknown}; allowed: {sorted(known)}")
+    values = _checked(TrainConfig, values, where)
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     cfg = TrainConfig(**values)
     model_known = {f.name for f in dataclasses.fields(ModelConfig)}
     bad = sorted(set(cfg.model) - model_known)
     if bad:
-        raise ValueError(f"unknown model setting(s) {bad}; allowed: {sorted(model_known)}")
+        raise ValueError(f"{where}: unknown model setting(s) {bad}; allowed: {sorted(model_known)}")
+    cfg.model = _checked(ModelConfig, cfg.model, where, prefix="model.")
     return cfg
+
+
+def _checked(cls, values: dict, where: str, prefix: str = "") -> dict:
+    """``values`` with each one checked against ``cls``'s field type (ints accepted for floats)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+             dict: "a table", tuple: "a list"}
+    out = dict(values)
+    for key, value in values.items():
+        hint = hints[key]
+        allowed = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) and \
+            type(None) in typing.get_args(hint) else [typing.get_origin(hint) or hint]
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        ok = False
+        for kind in allowed:
+            kind = typing.get_origin(kind) or kind
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                out[key], ok = float(value), True
+            elif kind is tuple and isinstance(value, (list, tuple)):
+                ok = True
+            elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+                ok = True
+            if ok:
+                break
+        if not ok:
+            wanted = " or ".join(names.get(typing.get_origin(k) or k, str(k)) for k in allowed)
+            raise ValueError(f"{where}: setting {prefix}{key} must be {wanted}, not {value!r}")
+    return out
 
 
 def _parse_value(raw: str):
@@ -131,7 +178,56 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint's dict, read with ``weights_only=True``. A missing, empty, truncated or foreign file raises a
+    ValueError/FileNotFoundError that names it, instead of torch's or pickle's internals."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: train one with `stforecast train`, or give an MLflow "
+                                "model URI such as models:/dstpp/1")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path} is not a readable stforecast checkpoint (empty, truncated or another format: "
+                         f"{first}); retrain it or pick another file") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_config"} <= set(ckpt):
+        raise ValueError(f"{path} is a torch file but not an stforecast checkpoint (no model/model_config); "
+                         "use best.pt or last.pt written by `stforecast train`")
+    return ckpt
+
+
+def catalog_identity(manifest: dict) -> dict:
+    """What a model's coordinates mean: the catalog it was trained on, its units and its frame. Stored in every
+    checkpoint and compared with the catalog a forecast is made on (:func:`check_catalog`)."""
+    schema = manifest.get("schema", {})
+    return {"name": manifest.get("name", ""), "input_hash": manifest.get("input_hash", ""),
+            "time_unit": schema.get("time_unit"), "spatial_unit": schema.get("spatial_unit"),
+            "crs_model": schema.get("crs_model"), "projection_center_lonlat": schema.get("projection_center_lonlat")}
+
+
+def check_catalog(model, manifest: dict, allow_other: bool = False, warn=print) -> None:
+    """Refuse to forecast a catalog in other units or another frame than the model was trained on (a Japan model
+    on an hourly, metre-unit crime catalog gives meaningless numbers without a word). ``allow_other`` turns the
+    refusal into a warning. Same units and frame under another name (a re-ingested copy) only warns; the same
+    catalog refreshed with new events (another input hash) is fine."""
+    trained = getattr(model, "trained_on", None)
+    if not trained:
+        warn("warning: this checkpoint does not record the catalog it was trained on (written before that was "
+             "stored); make sure it matches the catalog")
+        return
+    here = catalog_identity(manifest)
+    differs = [f"{k} {trained.get(k)!r} vs {here[k]!r}" for k in ("time_unit", "spatial_unit", "crs_model",
+                                                                   "projection_center_lonlat")
+               if trained.get(k) != here[k]]
+    if differs:
+        msg = (f"the model was trained on catalog {trained.get('name')!r} and catalog {here['name']!r} is in other "
+               f"units or another frame ({'; '.join(differs)}), so its forecasts would be meaningless")
+        if not allow_other:
+            raise ValueError(msg + "; use a model trained on this catalog, or --allow-other-catalog to run anyway")
+        warn(f"warning: {msg} (running anyway: --allow-other-catalog)")
+    elif trained.get("name") != here["name"]:
+        warn(f"warning: the model was trained on catalog {trained.get('name')!r}; forecasting {here['name']!r}, "
+             "which has the same units and frame")
 
 
 def build_model(cfg: ModelConfig, manifest: dict) -> DSTPP:
@@ -282,15 +378,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
     if cfg.compile and device.type == "cuda":
         net = torch.compile(net)
 
+    saved = {"step": state["step"] if resume and last.exists() else None}  # the step last.pt holds
+
     def save(path: Path, full: bool = True) -> None:
         """Write a checkpoint from rank 0 (all ranks call it: the RNG states are gathered)."""
         rngs = dist.gather(torch.get_rng_state()) if full else None
         cuda_rngs = dist.gather(torch.cuda.get_rng_state(device)) if full and device.type == "cuda" else None
         if rank != 0:
             return
+        if full:
+            saved["step"] = state["step"]
         ckpt = {"model": model.state_dict(), "model_config": json.dumps(model_cfg.to_dict()),
                 "train_config": json.dumps(cfg.to_dict(), default=str),
-                "manifest_hash": manifest.get("input_hash", "")}
+                "manifest_hash": manifest.get("input_hash", ""), "catalog": json.dumps(catalog_identity(manifest))}
         if full:
             ckpt.update(optimizer=opt.state_dict(), state=dict(state, history=json.dumps(state["history"])),
                         rng_cpu=rngs)
@@ -314,47 +414,62 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
         state["history"].append(metrics)
         if on_eval is not None and rank == 0:
             on_eval(metrics)
+        if rank == 0 and bar is None and cfg.progress is False:  # logs and cron: one line per epoch
+            rate = speed["events"] / speed["busy"] if speed["busy"] else math.nan
+            val = (f", validation loss {metrics['val_loss']:.4f} (best {state['best_val']:.4f} at step "
+                   f"{state['best_step']})" if "val_loss" in metrics else "")
+            print(f"epoch {state['epoch']}/{cfg.epochs} step {state['step']}/{total_steps}: train loss "
+                  f"{metrics['train_loss']:.4f}{val}, {rate:,.0f} events/s", flush=True)
+            speed.update(events=0, busy=0.0)
 
+    events, busy = 0, 0.0
     bar = None
+    speed = {"events": 0, "busy": 0.0}  # since the last epoch line
     if cfg.progress and rank == 0 and not state["finished"]:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-    events, busy = 0, 0.0
     model.train()
-    while not state["finished"] and state["step"] < total_steps and not state["stopped_early"]:
-        epoch = state["epoch"]
-        batches = train_set.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, max_tokens=cfg.max_tokens)
-        batches = batches[: len(batches) // dist.world * dist.world][rank::dist.world]  # equal counts per rank
-        for i in range(state["batch_in_epoch"], len(batches)):
-            if state["step"] >= total_steps:
-                break
-            t0 = time.perf_counter()
-            batch = train_set.collate(batches[i]).to(device, non_blocking=True)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(state["step"], total_steps, warmup, cfg)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = net(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            busy += time.perf_counter() - t0
-            events += batch.num_targets
-            state["step"] += 1
-            state["batch_in_epoch"] = i + 1
-            state["loss_sum"] += float(loss.detach())
-            state["loss_n"] += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.4f}", best_val=f"{state['best_val']:.4f}")
-            if state["step"] % cfg.checkpoint_every == 0:
+    try:
+        while not state["finished"] and state["step"] < total_steps and not state["stopped_early"]:
+            epoch = state["epoch"]
+            batches = train_set.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, max_tokens=cfg.max_tokens)
+            batches = batches[: len(batches) // dist.world * dist.world][rank::dist.world]  # equal counts per rank
+            for i in range(state["batch_in_epoch"], len(batches)):
+                if state["step"] >= total_steps:
+                    break
+                t0 = time.perf_counter()
+                batch = train_set.collate(batches[i]).to(device, non_blocking=True)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(state["step"], total_steps, warmup, cfg)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = net(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                busy += time.perf_counter() - t0
+                events += batch.num_targets
+                speed["busy"] += time.perf_counter() - t0
+                speed["events"] += batch.num_targets
+                state["step"] += 1
+                state["batch_in_epoch"] = i + 1
+                state["loss_sum"] += float(loss.detach())
+                state["loss_n"] += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.4f}", best_val=f"{state['best_val']:.4f}")
+                if state["step"] % cfg.checkpoint_every == 0:
+                    save(last)
+            else:
+                state["epoch"] += 1
+                end_of_epoch(evaluate=state["epoch"] % cfg.eval_every == 0)
+                state.update(batch_in_epoch=0, loss_sum=0.0, loss_n=0)
                 save(last)
-        else:
-            state["epoch"] += 1
-            end_of_epoch(evaluate=state["epoch"] % cfg.eval_every == 0)
-            state.update(batch_in_epoch=0, loss_sum=0.0, loss_n=0)
-            save(last)
+    except KeyboardInterrupt:  # Ctrl-C: last.pt (written every checkpoint_every steps) stays the resume point
+        if bar is not None:
+            bar.close()
+        raise TrainingInterrupted(state["step"], saved["step"], out) from None
     if not state["finished"]:
         if state["best_step"] < 0:  # stopped before the first evaluation: select what we have
             end_of_epoch(evaluate=True)
@@ -372,9 +487,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
 def load_model(checkpoint: str | os.PathLike, map_location="cpu") -> DSTPP:
     """A trained model from ``best.pt``/``last.pt`` (weights only: nothing in the file is executed)."""
     ckpt = load_checkpoint(Path(checkpoint), map_location)
-    cfg = ModelConfig(**json.loads(ckpt["model_config"]))
-    state = ckpt["model"]
-    scaler = Scaler(state["scaler.lo"], state["scaler.hi"], bool(state["scaler.log_time"]))
-    model = DSTPP(cfg, scaler)
-    model.load_state_dict(state)
+    try:
+        cfg = ModelConfig(**json.loads(ckpt["model_config"]))
+        state = ckpt["model"]
+        scaler = Scaler(state["scaler.lo"], state["scaler.hi"], bool(state["scaler.log_time"]))
+        model = DSTPP(cfg, scaler)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{checkpoint}: the checkpoint does not fit this version's model ({first}); "
+                         "retrain it with `stforecast train`") from None
+    model.trained_on = json.loads(ckpt["catalog"]) if "catalog" in ckpt else None
     return model.eval()

@@ -42,6 +42,19 @@ def test_latest_forecasts_and_static_page(batch_root, tmp_path):
     assert "<img src=x" not in html and "</script><img" not in html
 
 
+def test_risk_map_data_is_plain_json_that_cannot_leave_its_script(batch_root):
+    """Not HTML-escaped (the page shows it with textContent: escaping would show "&amp;"), but spelt so that it
+    cannot end its <script> element."""
+    name = "A & B </script><b>\u2028`${x}`"
+    f = latest_forecasts(batch_root)[0]
+    observed = dict(f["observed"], features=[dict(f["observed"]["features"][0], properties={"category": name})])
+    page = riskmap_html([dict(f, region=name, observed=observed)])
+    data = page.split('<script id="forecast-data" type="application/json">')[1].split("</script>")[0]
+    assert not set(data) & set("<>&\u2028")
+    back = json.loads(data)["forecasts"][0]
+    assert back["region"] == name and back["observed"]["features"][0]["properties"]["category"] == name
+
+
 def _chromium():
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")

@@ -7,7 +7,9 @@ windows) is a preset spec, and a user's own table needs only a spec built from c
 Files are read in *chunks* (byte ranges aligned to line ends, or Parquet row groups) so that a scheduler can
 parse them in parallel. A chunk knows the data row number of its first row, so every problem is reported
 with its file, line, row and field. Chunking assumes no newline inside quoted fields (true for all formats
-here); pass ``blocksize=None`` to read a file as one chunk.
+here; a quote left open on its line is reported as a malformed row). Rows with undecodable bytes (see
+``TableSpec.encoding``), or with more or fewer fields than the header, are rejected by row like bad values.
+Pass ``blocksize=None`` to read a file as one chunk.
 """
 
 from __future__ import annotations
@@ -53,10 +55,12 @@ class TableSpec:
     unit_col: str | None = None
     sequence_col: str | None = None
     sep: str = ","
+    encoding: str = "utf-8"  # text encoding of CSV files: utf-8, latin-1, cp1252, ... (ASCII-compatible ones)
 
     def __post_init__(self) -> None:
         if self.time_unit is not None and self.time_unit not in SECONDS_PER:
             raise ValueError(f"time_unit must be one of {sorted(SECONDS_PER)}, not {self.time_unit!r}")
+        check_encoding(self.encoding)
 
     @property
     def mark_cols(self) -> dict[str, str]:
@@ -74,6 +78,22 @@ class TableSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_encoding(encoding: str) -> None:
+    """Refuse unknown encodings and those that are not ASCII-compatible (UTF-16/32): rows are found by their
+    newline bytes and fields by their separator bytes."""
+    import codecs
+
+    where = "text encoding (--encoding, or `encoding` in a catalog's [table] settings)"
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        raise ValueError(f"{where}: unknown encoding {encoding!r}; use e.g. utf-8, latin-1 or cp1252") from None
+    sample = '\n\r,;\t|" 0aZ'
+    if info.name != "utf-8-sig" and sample.encode(info.name, errors="replace") != sample.encode("ascii"):
+        raise ValueError(f"{where}: {encoding!r} is not ASCII-compatible; convert the file to UTF-8 first "
+                         f"(e.g. iconv -f {encoding} -t utf-8)")
 
 
 # Presets for the formats in ../shared/data and the public services.
@@ -112,30 +132,50 @@ def _is_gzip(path: str) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def read_header(path: str, sep: str = ",") -> tuple[list[str], int]:
+def read_header(path: str, sep: str = ",", encoding: str = "utf-8") -> tuple[list[str], int]:
     """Column names and the byte offset just after the header line of a (possibly gzipped) CSV."""
     opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rb") as f:
-        line = f.readline()
+        try:
+            line = f.readline(1 << 20)
+        except (EOFError, OSError) as e:
+            raise CatalogError(f"{path}: the gzip stream is truncated or corrupt ({e})") from e
     if not line.strip():
         raise CatalogError(f"{path}: the file is empty (no header line)")
-    names = next(csv.reader([line.decode("utf-8-sig").rstrip("\r\n")], delimiter=sep))
+    if b"\x00" in line:
+        nul = line.index(b"\x00")
+        raise CatalogError(f"{path}, line 1 (header): NUL byte at byte offset {nul}: this is a "
+                           "binary file, not CSV text; give a CSV, CSV.gz or Parquet file")
+    if not line.endswith(b"\n") and len(line) == 1 << 20:
+        raise CatalogError(f"{path}, line 1 (header): no line end in the first MiB: this is not a CSV table")
+    try:
+        text = line.decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
+    except UnicodeDecodeError as e:
+        raise CatalogError(f"{path}, line 1 (header): not valid {encoding} text (byte 0x{line[e.start]:02x} at "
+                           f"byte offset {e.start}); if the file is text in another encoding pass --encoding "
+                           "(e.g. latin-1), otherwise give a CSV, CSV.gz or Parquet file") from None
+    names = next(csv.reader([text.rstrip("\r\n")], delimiter=sep))
     return [n.strip() for n in names], len(line)
 
 
-def plan_chunks(path: str | os.PathLike, blocksize: int | None = 64 * 2**20) -> list[Chunk]:
-    """Split a file into chunks that can be parsed independently."""
+def plan_chunks(path: str | os.PathLike, blocksize: int | None = 64 * 2**20, sep: str = ",",
+                encoding: str = "utf-8") -> list[Chunk]:
+    """Split a file into chunks that can be parsed independently. The header is checked here, before any chunk
+    is read, so that a binary or wrongly encoded file fails at once, naming the file."""
     path = str(path)
     if not os.path.exists(path):
         raise CatalogError(f"{path}: no such file")
     if path.endswith(".parquet") or path.endswith(".pq"):
         import pyarrow.parquet as pq
 
-        n = pq.ParquetFile(path).metadata.num_row_groups
+        try:
+            n = pq.ParquetFile(path).metadata.num_row_groups
+        except Exception as e:  # pyarrow's ArrowInvalid/OSError: not a Parquet file, or a damaged one
+            raise CatalogError(f"{path}: cannot read it as Parquet ({e})") from None
         return [Chunk(path, i, None, "parquet") for i in range(max(n, 1))]
+    _, data_start = read_header(path, sep, encoding)
     if _is_gzip(path):
         return [Chunk(path, 0, None, "gzip")]  # not splittable
-    _, data_start = read_header(path)
     size = os.path.getsize(path)
     if not blocksize or size - data_start <= blocksize:
         return [Chunk(path, data_start, size, "text")]
@@ -201,9 +241,10 @@ def read_chunk(chunk: Chunk, first_row: int, spec: TableSpec, source: str,
         raw = raw.astype({c: str for c in _string_cols(spec) if c in raw})
         line_offset = None
     else:
-        header, _ = read_header(chunk.path, spec.sep)
+        header, header_len = read_header(chunk.path, spec.sep, spec.encoding)
         check_columns(name, header, spec.roles())
-        raw, bad = _parse_text(_read_bytes(chunk), header, spec, name, first_row)
+        data_offset = header_len if chunk.kind == "gzip" else chunk.start  # of the chunk in the (unpacked) file
+        raw, bad = _parse_text(_read_bytes(chunk), header, spec, name, first_row, data_offset)
         rejects.append(bad)
         line_offset = 1
     raw["_file"] = name
@@ -220,45 +261,187 @@ def _string_cols(spec: TableSpec) -> list[str]:
     return [c for c in cols if c]
 
 
-def _parse_text(data: bytes, header: list[str], spec: TableSpec, name: str, first_row: int):
-    """Fast path: the C parser. If a line has too many fields, find such lines with the csv module
-    (slow, but only for the broken chunk), reject them by row, and parse the rest.
+def _parse_text(data: bytes, header: list[str], spec: TableSpec, name: str, first_row: int, data_offset: int = 0):
+    """Parse a chunk with the C parser; unless it is regular (see :func:`_parse_regular`), check every line's
+    bytes first and parse only the good lines.
+
+    A line is rejected by row, naming file, line and field, when its bytes are not valid text in the spec's
+    encoding, when it has more or fewer fields than the header (a short row is malformed, not a row with
+    missing values; a long one may have its values shifted), or when it has an unclosed quote (chunking
+    assumes no newline inside quoted fields, so a quote left open would swallow the rows after it). The checks
+    are vectorised over the chunk's bytes; only lines holding a quote character go through the csv module.
 
     All columns are parsed (not only the used ones) because pandas ignores surplus fields when ``usecols`` is
-    given, and a row with a field too many is malformed: its values may be shifted."""
+    given. ``data_offset`` is the byte offset of ``data`` in the (unpacked) file, for messages."""
     usecols = list(dict.fromkeys(spec.roles().values()))
     # index_col=False: never turn a surplus first field into an index (which shifts every column silently)
     kw = dict(sep=spec.sep, header=None, names=header, index_col=False, skip_blank_lines=False,
-              dtype={c: str for c in _string_cols(spec)}, keep_default_na=True)
+              dtype={c: str for c in _string_cols(spec)}, keep_default_na=True, encoding=spec.encoding)
+    frame = _parse_regular(data, kw, header, spec)
+    if frame is not None:
+        frame["_row"] = np.arange(first_row, first_row + len(frame), dtype="int64")
+        return _drop_blank(frame)[usecols + ["_row"]], empty_rejects()
+    starts, ends = _line_bounds(data)
+    bad = _bad_lines(data, starts, ends, header, spec, data_offset)
+    n_lines = len(starts)
+    if bad:
+        keep = np.setdiff1d(np.arange(n_lines), np.fromiter(bad, dtype="int64", count=len(bad)))
+        body = b"".join(data[starts[i]:ends[i]] + b"\n" for i in keep)
+    else:
+        keep, body = np.arange(n_lines), data
+    if len(keep):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                warnings.simplefilter("error", pd.errors.ParserWarning)  # "more fields than names" must not pass
+                frame = pd.read_csv(io.BytesIO(body), **kw)
+        except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError) as e:
+            # the line checks above should have caught every case the C parser refuses; if not, name the range
+            raise CatalogError(f"{name}, lines {first_row + 1}-{first_row + n_lines}: cannot parse these lines "
+                               f"as CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if len(frame) != len(keep):  # e.g. a lone carriage return that the C parser takes for a line end
+            raise CatalogError(f"{name}, lines {first_row + 1}-{first_row + n_lines}: {len(keep)} lines but "
+                               f"{len(frame)} rows parsed (a stray carriage return or quote?); check these lines")
+    else:
+        frame = pd.DataFrame(columns=header)
+    frame["_row"] = keep.astype("int64") + first_row
+    rows = np.asarray(sorted(bad), dtype="int64") + first_row
+    problems = [bad[i] for i in sorted(bad)]
+    rejects = pd.DataFrame({"file": name, "row": rows, "line": rows + 1,
+                            "field": [p[0] for p in problems], "value": [p[1] for p in problems],
+                            "reason": [p[2] for p in problems], "kind": "invalid"})
+    return _drop_blank(frame)[usecols + ["_row"]], rejects if len(rejects) else empty_rejects()
+
+
+def _parse_regular(data: bytes, kw: dict, header: list[str], spec: TableSpec) -> pd.DataFrame | None:
+    """The common case at the C parser's speed: a chunk without quotes, without undecodable bytes and with every
+    field on every line. ``None`` when that cannot be shown cheaply; the lines are then checked one by one.
+
+    Sound because the C parser refuses a line with a field too many: when none has one, the separators add up
+    to (fields - 1) x lines only if no line has a field too few (an empty line counts as short here)."""
+    sep = spec.sep.encode(spec.encoding) if len(spec.sep) == 1 else b""
+    n_lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    if len(sep) != 1 or not n_lines or b'"' in data or data.count(sep) != (len(header) - 1) * n_lines:
+        return None
     try:
+        data.decode(spec.encoding)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", pd.errors.ParserWarning)  # "more fields than names" must not pass
             frame = pd.read_csv(io.BytesIO(data), **kw)
-        frame["_row"] = np.arange(first_row, first_row + len(frame), dtype="int64")
-        return _drop_blank(frame)[usecols + ["_row"]], empty_rejects()
-    except (pd.errors.ParserError, pd.errors.ParserWarning):
-        pass
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    good, bad_rows, bad_counts = [], [], []
-    for i, fields in enumerate(csv.reader(lines, delimiter=spec.sep)):
-        if len(fields) > len(header):
-            bad_rows.append(first_row + i)
-            bad_counts.append(len(fields))
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.ParserWarning):
+        return None
+    return frame if len(frame) == n_lines else None  # a stray carriage return splits a line in two
+
+
+def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive, without the line end and a carriage return before it) of every line; the
+    lines are those :func:`count_rows` counts."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(arr == 10)
+    ends = nl if data.endswith(b"\n") or not data else np.append(nl, len(data))
+    starts = np.concatenate([[0], nl + 1])[: len(ends)].astype("int64")
+    ends = ends.astype("int64")
+    cr = np.zeros(len(ends), dtype=bool)
+    nonempty = ends > starts
+    cr[nonempty] = arr[ends[nonempty] - 1] == 13
+    return starts, ends - cr
+
+
+def _bad_lines(data: bytes, starts: np.ndarray, ends: np.ndarray, header: list[str], spec: TableSpec,
+               data_offset: int) -> dict[int, tuple[str, str, str]]:
+    """Line index → (field, value, reason) for lines that cannot be parsed as a row of this table."""
+    bad: dict[int, tuple[str, str, str]] = {}
+    n_header = len(header)
+    enc = spec.encoding
+    try:
+        data.decode(enc)
+    except UnicodeDecodeError:
+        for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+            try:
+                data[a:b].decode(enc)
+            except UnicodeDecodeError as e:
+                field = _field_at(data[a:a + e.start], spec.sep.encode("latin-1", "replace"), header)
+                bad[i] = (field, f"byte 0x{data[a + e.start]:02x} at byte offset {data_offset + a + e.start}",
+                          f"not valid {enc} text (if the file uses another encoding, pass --encoding, e.g. latin-1)")
+    sep = spec.sep
+    if len(sep) != 1 or len(sep.encode(enc)) != 1 or not len(starts):
+        return bad  # a regular-expression separator: the C parser cannot be checked line by line
+    sep_byte = sep.encode(enc)
+    arr = np.frombuffer(data, dtype=np.uint8)
+    blank = ends == starts
+    sep_pos = np.flatnonzero(arr == sep_byte[0])
+    fields = np.searchsorted(sep_pos, ends) - np.searchsorted(sep_pos, starts) + 1  # separators per line, plus one
+    check = np.zeros(len(starts), dtype=bool)  # lines the csv module must read (quotes it cannot judge here)
+    if b'"' in data:
+        fields, check = _unquoted_fields(arr, sep_pos, starts, ends, fields, sep_byte[0])
+    for i in np.flatnonzero(check & ~blank).tolist():
+        if i in bad:
+            continue
+        text = data[starts[i]:ends[i]].decode(enc)
+        try:
+            fields[i] = len(next(csv.reader([text], delimiter=sep, strict=True)))
+        except csv.Error as e:
+            if "unexpected end of data" in str(e):  # an unclosed quote
+                at = _first_open_quote(text, sep)
+                bad[i] = (_field_at(text[:at].encode(enc), sep_byte, header),
+                          text[at:at + 40],
+                          "malformed row: unclosed quote (quoted fields may not span lines)")
+                continue
+            fields[i] = len(next(csv.reader([text], delimiter=sep)))  # e.g. "ab"c: as lenient as the C parser
+    for i in np.flatnonzero(~blank & (fields != n_header)).tolist():
+        if i in bad:
+            continue
+        n = int(fields[i])
+        if n > n_header:
+            bad[i] = ("*", f"{n} fields", f"malformed row: more fields than the {n_header} in the header")
         else:
-            good.append(i)
-    if good:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frame = pd.read_csv(io.StringIO("\n".join(lines[i] for i in good) + "\n"), **kw)
-    else:
-        frame = pd.DataFrame(columns=header)
-    frame["_row"] = np.asarray(good, dtype="int64") + first_row
-    bad = pd.DataFrame({"file": name, "row": np.asarray(bad_rows, dtype="int64"),
-                        "line": np.asarray(bad_rows, dtype="int64") + 1, "field": "*",
-                        "value": [f"{n} fields" for n in bad_counts],
-                        "reason": f"malformed row: more fields than the {len(header)} in the header", "kind": "invalid"})
-    return _drop_blank(frame)[usecols + ["_row"]], bad
+            bad[i] = (header[n], f"{n} fields",
+                      f"malformed row: fewer fields than the {n_header} in the header (it ends before this one)")
+    return bad
+
+
+def _unquoted_fields(arr, sep_pos, starts, ends, fields, sep: int):
+    """Correct per-line field counts for separators inside quoted fields, vectorised.
+
+    Quotes of a line pair up (open, close); an escaped quote ``""`` inside a field splits it into two such pairs,
+    which is harmless. A pair is regular when its opening quote starts a field (line start, separator, or a quote
+    before it) and its closing quote ends one (line end, separator, or a quote after it). Lines with an odd number
+    of quotes (an unclosed quote, or a stray one) or an irregular pair are returned in ``check``, for the csv
+    module to judge one by one."""
+    q = np.flatnonzero(arr == 34)
+    line = np.searchsorted(ends, q)  # a quote is never at a line end, so this is the line holding it
+    n = len(starts)
+    check = np.bincount(line, minlength=n) % 2 == 1
+    even = ~check[line]
+    q, line = q[even], line[even]
+    opens, closes, pair_line = q[0::2], q[1::2], line[0::2]
+    before = np.where(opens > starts[pair_line], arr[np.maximum(opens - 1, 0)], sep)
+    after = np.where(closes + 1 < ends[pair_line], arr[np.minimum(closes + 1, len(arr) - 1)], sep)
+    regular = ((before == sep) | (before == 34)) & ((after == sep) | (after == 34))
+    check[pair_line[~regular]] = True
+    if len(opens):
+        inside = np.searchsorted(sep_pos, closes) - np.searchsorted(sep_pos, opens)  # separators in [open, close)
+        fields = fields - np.bincount(pair_line, weights=inside, minlength=n).astype(np.int64)
+    return fields, check
+
+
+def _field_at(prefix: bytes, sep: bytes, header: list[str]) -> str:
+    """The column holding the byte after ``prefix`` (the line's bytes before it), by separator count (quoted
+    separators are counted too: a best guess for a line that cannot be parsed)."""
+    k = prefix.count(sep) if len(sep) == 1 else -1
+    return header[k] if 0 <= k < len(header) else "*"
+
+
+def _first_open_quote(text: str, sep: str) -> int:
+    """Index of the quote that opens the field left unclosed at the end of ``text``."""
+    at, inside = 0, False
+    for j, ch in enumerate(text):
+        if ch == '"' and (inside or j == 0 or text[j - 1] == sep):
+            if not inside:
+                at = j
+            inside = not inside
+    return at
 
 
 def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:

@@ -292,8 +292,9 @@ class DSTPP(nn.Module):
     @torch.no_grad()
     def sample_from_condition(self, cond: torch.Tensor, n: int, sampler: str = "ddim", steps: int = 50,
                               eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``cond`` (B, 3 d) → (B, n, 3) samples in model units; one batched tensor, no loop over histories."""
-        s = make_sampler(self.schedule, sampler, steps, eta)
+        """``cond`` (B, 3 d) → (B, n, 3) samples in model units; one batched tensor, no loop over histories.
+        DDIM on more steps than the model's K runs all K (the shared default of 50 on a model trained with K < 50)."""
+        s = make_sampler(self.schedule, sampler, min(steps, self.cfg.steps) if sampler == "ddim" else steps, eta)
         ctx = self.denoiser.prepare(cond.unsqueeze(1))  # (B, 1, w): broadcast over the n samples
         x = torch.randn((cond.shape[0], n, 3), device=cond.device, generator=generator, dtype=cond.dtype)
 
