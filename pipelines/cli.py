@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
+from stforecast.model.registry import BASELINES
 
 KINDS = ("earthquakes", "crime", "spikes", "table")
 DEMO_TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "data" / "train_demo.toml"
@@ -431,17 +432,18 @@ def _settings_of_checkpoint(checkpoint: Path) -> dict:
     return json.loads(load_checkpoint(checkpoint)["train_config"])
 
 
-def load_checked_model(uri: str, folder: Path, allow_other: bool, log=print):
-    """Load a model (checkpoint path or MLflow URI) and check it was trained on a catalog with the units and frame
-    of the one in ``folder`` (:func:`stforecast.train.check_catalog`)."""
+def load_checked_model(spec: str, folder: Path, allow_other: bool, log=print):
+    """The model a command was given: a baseline's name (fitted on this catalog, or its cached fit), a checkpoint
+    path or an MLflow URI (checked against the catalog's units and frame)."""
     import json
 
-    from stforecast.tracking import load_model
-    from stforecast.train import check_catalog
+    import pandas as pd
 
-    model = load_model(uri)
-    check_catalog(model, json.loads((Path(folder) / "manifest.json").read_text()), allow_other, warn=log)
-    return model
+    from stforecast.model.registry import load_forecaster
+
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    events = pd.read_parquet(Path(folder) / "events.parquet")
+    return load_forecaster(spec, events, manifest, allow_other_catalog=allow_other, log=log)
 
 
 def _evaluate_parser(sub) -> None:
@@ -455,12 +457,14 @@ def _evaluate_parser(sub) -> None:
                      "Writes next_event.csv and next_event.md to --out and logs them to MLflow."),
         epilog="example:\n  stforecast evaluate --data japan --model runs/demo-japan/best.pt --targets 1000")
     p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
-    p.add_argument("--model", help="DSTPP to score: checkpoint path or MLflow URI (models:/dstpp/1); none: baselines only")
+    p.add_argument("--model", help=f"the model to score: a checkpoint path, an MLflow URI (models:/dstpp/1) or a "
+                                   f"baseline ({', '.join(BASELINES)}); none: the baselines only")
     p.add_argument("--split", default="test", choices=["val", "test"], help="held-out split to score (default test)")
     p.add_argument("--targets", type=int, default=1000, help="held-out events to score (random subset; 0 = all)")
     p.add_argument("--samples", type=int, default=SCORE_SAMPLES,
                    help=f"samples per forecast (default {SCORE_SAMPLES}, as in the benchmark)")
-    p.add_argument("--baselines", default="poisson_kde,hawkes,etas", help="comma-separated, or '' for none")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"baselines to compare with, comma-separated (default {','.join(BASELINES)}; '' for none)")
     p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"DDIM steps for DSTPP (default {SAMPLER_STEPS})")
     p.add_argument("--hdr-events", type=int, default=HDR_EVENTS,
                    help=f"location coverage needs a KDE per event: compute it on this many events (default {HDR_EVENTS})")
@@ -481,10 +485,10 @@ def cmd_evaluate(args) -> int:
     if not console.is_terminal:  # logs and CI: room for the whole table instead of 80 columns of ellipses
         console = Console(width=132)
     folder = catalog_folder(args.data, load_settings())
-    dstpp = None
+    model = None
     if args.model and args.model.lower() != "none":
-        dstpp = load_checked_model(args.model, folder, args.allow_other_catalog, console.print)
-    ev = evaluate_catalog(folder, dstpp, [b for b in args.baselines.split(",") if b], args.split,
+        model = load_checked_model(args.model, folder, args.allow_other_catalog, console.print)
+    ev = evaluate_catalog(folder, model, [b for b in args.baselines.split(",") if b], args.split,
                           args.targets or None, args.samples, args.steps, args.seed,
                           out_dir=Path(args.out) if args.out else None, hdr_events=args.hdr_events, log=console.print)
     print_scores(console, ev)
@@ -529,7 +533,8 @@ def _forecast_parser(sub) -> None:
                 "  stforecast forecast --data japan --model runs/demo-japan/best.pt --format csep --at 2019-07-01 \\\n"
                 "      --days 3 --simulations 1000 --csep-test     # needs: pip install '.[csep]'"))
     p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
-    p.add_argument("--model", required=True, help="checkpoint path or MLflow URI (models:/dstpp/1, runs:/ID/model)")
+    p.add_argument("--model", required=True, help=f"checkpoint path, MLflow URI (models:/dstpp/1, runs:/ID/model) or "
+                                                  f"a baseline ({', '.join(BASELINES)})")
     p.add_argument("--at", help="forecast time: a UTC date/time (or a number for lab clocks); default: the last event")
     p.add_argument("--samples", type=int, default=1000, help="next-event samples (default 1000)")
     p.add_argument("--horizon", help="simulate continuations this far ahead: 24h, 7d, 90min (or model units)")
@@ -586,7 +591,7 @@ def _report_parser(sub) -> None:
                 "  stforecast report --data japan --model runs/demo-japan/best.pt --horizon 7d\n"
                 "  stforecast report --data japan --model models:/dstpp/1 --at 2016-04-14T13:00 --horizon 3d"))
     p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
-    p.add_argument("--model", required=True, help="checkpoint path or MLflow URI")
+    p.add_argument("--model", required=True, help=f"checkpoint path, MLflow URI or a baseline ({', '.join(BASELINES)})")
     p.add_argument("--at", help="forecast time (default: after the catalog's last event)")
     p.add_argument("--horizon", default="7d", help="e.g. 24h, 7d (default 7d)")
     p.add_argument("--lead-bins", type=int, default=7, help="lead-time bins in the NetCDF (default 7)")

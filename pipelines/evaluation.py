@@ -14,6 +14,7 @@ import pandas as pd
 
 from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
 from stforecast.io.remote import atomic_write_text
+from stforecast.model.registry import BASELINES
 
 #: the paper's Japan numbers (DSTPP row of Tables 2 and 3), for the ``given``-split DSTPP windows
 PAPER_JAPAN = {"paper_nll_xy_scaled": 0.308, "paper_nll_dt_scaled": -1.96, "dist_xy_single": 2.84,
@@ -41,37 +42,40 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def evaluate_catalog(folder: Path, dstpp=None, baselines=("poisson_kde", "hawkes", "etas"), split: str = "test",
+def evaluate_catalog(folder: Path, model=None, baselines=tuple(BASELINES), split: str = "test",
                      max_targets: int | None = 1000, samples: int = SCORE_SAMPLES, steps: int = SAMPLER_STEPS,
                      seed: int = 0, bound_repeats: int = 4, out_dir: Path | None = None,
                      baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print) -> Evaluation:
-    """Score ``dstpp`` (a loaded model or None) and the named baselines on ``split`` of the catalog in ``folder``.
-    Baselines are fitted on events before the validation start; DSTPP's bound variances on validation events.
-    Catalogs with the source's own (non-chronological) split are scored for DSTPP only."""
-    from stforecast.evaluate import (evaluate_next_event, fit_baselines, load_stream, next_event_targets,
-                                     plot_reliability)
+    """Score ``model`` (any loaded :class:`~stforecast.model.base.Forecaster`, or None) and the named baselines on
+    ``split`` of the catalog in ``folder``. Baselines are fitted on events before the validation start; every model
+    is offered the validation events to calibrate on (DSTPP's bound variances). Catalogs with the source's own
+    (non-chronological) split have no continuous past, so only ``model`` is scored there."""
+    from stforecast.evaluate import evaluate_next_event, load_stream, next_event_targets, plot_reliability
+    from stforecast.model.registry import completeness, fit_baselines
 
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     continuous = manifest["split"].get("mode") != "given"
     targets = next_event_targets(folder, split, max_targets, seed)
-    calibration = next_event_targets(folder, "val", min(max_targets or 1000, 1000), seed + 1) if dstpp else None
-    models = {"dstpp": dstpp} if dstpp is not None else {}
+    calibration = next_event_targets(folder, "val", min(max_targets or 1000, 1000), seed + 1)
+    models = {model.name: model} if model is not None else {}
     events = load_stream(folder) if continuous else None
+    baselines = [b for b in baselines if b not in models]
     if baselines and not continuous:
         log(f"{manifest['name']}: the source's own split is not one continuous catalog, so the baselines "
             "(which condition on the whole past) are skipped")
     elif baselines:
-        mc = manifest["config"]["filters"].get("magnitude_min") or (
-            float(events["magnitude"].min()) if "magnitude" in events else None)
         log(f"fitting baselines {list(baselines)} on events before the validation start ...")
-        models.update(fit_baselines(events, manifest["split"]["model_time"]["val_start"], mc=mc,
-                                    max_events=baseline_fit_events, names=baselines))
+        models.update(fit_baselines(events, manifest["split"]["model_time"]["val_start"],
+                                    mc=completeness(manifest, events), max_events=baseline_fit_events,
+                                    names=baselines))
+    for m in models.values():
+        m.configure(steps=steps, bound_repeats=bound_repeats)
     n_hdr = min(hdr_events, len(targets.truth))
     log(f"scoring {len(targets.truth):,} held-out events x {samples} samples for {list(models)} (DDIM-{steps}; "
         f"location coverage from a KDE per event on the first {n_hdr:,} of them) ...")
-    table, curves = evaluate_next_event(targets, events, models, n=samples, seed=seed, dstpp_steps=steps,
-                                        calibration=calibration, bound_repeats=bound_repeats, hdr_events=hdr_events)
+    table, curves = evaluate_next_event(targets, events, models, n=samples, seed=seed, calibration=calibration,
+                                        hdr_events=hdr_events)
     table["hdr_events"] = n_hdr
     table.insert(0, "catalog", manifest["name"])
     out = Path(out_dir or Path("reports") / f"{folder.name}-{split}")
@@ -85,7 +89,7 @@ def evaluate_catalog(folder: Path, dstpp=None, baselines=("poisson_kde", "hawkes
               f"0.5/0.8/0.95). Reliability diagram: `reliability.png`. DSTPP is sampled with DDIM-{steps}; the "
               f"location coverage (`cover_xy_*`) is computed on the first {n_hdr:,} events (a KDE per event).\n\n")
     text = header + markdown_table(table) + "\n"
-    if not continuous and dstpp is not None:
+    if not continuous and "paper_nll_dt_scaled" in table and table["paper_nll_dt_scaled"].notna().any():
         text += "\n" + paper_comparison(table) + "\n"
     atomic_write_text(out / "next_event.md", text)
     plot_reliability(curves, out / "reliability.png", f"{manifest['name']} {split}: calibration")
@@ -95,7 +99,7 @@ def evaluate_catalog(folder: Path, dstpp=None, baselines=("poisson_kde", "hawkes
 
 def paper_comparison(table: pd.DataFrame) -> str:
     """The DSTPP row under the paper's own protocol next to its Table 2/3 numbers."""
-    row = table.loc[table.model == "dstpp"].iloc[0]
+    row = table.loc[table["paper_nll_dt_scaled"].notna()].iloc[0]
     lines = ["## The paper's protocol (DSTPP Japan windows)", "",
              "Its rescaled bound (fixed reverse variances, scaled [-1, 1] space, spatial = mean over x and y) and "
              "single-sample errors (RMSE of the waiting time in days, mean distance in degrees), with the model "

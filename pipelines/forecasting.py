@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stforecast.forecast import (count_summary, horizon_length, model_time_of, next_event, simulate_horizon,
-                                 time_of, to_original_units)
-from stforecast.io.remote import atomic_write_text
 from stforecast.defaults import SAMPLER_STEPS
+from stforecast.forecast import (count_summary, history_of, horizon_length, model_time_of, next_event,
+                                 simulate_horizon, time_of, to_original_units)
+from stforecast.io.remote import atomic_write_text
 
 
 @dataclass
@@ -26,7 +26,7 @@ class ForecastRequest:
     horizon: str | None = None  # e.g. "7d", "24h"; None: next event only
     simulations: int = 200
     max_events: int = 1000
-    max_history: int = 128
+    max_history: int | None = None  # events each draw conditions on (default: the model's own context)
     steps: int = SAMPLER_STEPS  # DDIM steps
     fmt: str = "parquet"  # parquet, csv, or csep (daily catalog forecasts)
     days: int = 1  # csep: consecutive daily forecasts from `at`
@@ -66,18 +66,19 @@ def run_forecast(folder: Path, model, req: ForecastRequest, out: Path, log=print
     past = events[events["t"] < t_at] if req.at else events
     if len(past) == 0:
         raise ValueError(f"no events before {req.at} in {folder}")
-    t_hist, xy_hist = past["t"].to_numpy()[-req.max_history:], past[["x", "y"]].to_numpy()[-req.max_history:]
+    keep = req.max_history or model.context
+    t_hist, xy_hist, marks = history_of(past, keep)
     log(f"history: {len(past):,} events up to {to_original_units(past.tail(1), schema)['time'].iloc[0]}; "
-        f"conditioning on the last {len(t_hist)}")
-    nxt = to_original_units(next_event(model, t_hist, xy_hist, req.samples, max_history=req.max_history,
+        f"{model.describe()} conditions on the last {len(t_hist)}")
+    nxt = to_original_units(next_event(model, t_hist, xy_hist, req.samples, marks=marks, max_history=keep,
                                        steps=req.steps, seed=req.seed), schema)
     summary["files"]["next_event"] = str(write_table(nxt, out / "next_event", req.fmt))
     summary["next_event"] = {"dt_median": float(nxt["dt"].median()),
                              "dt_q10_q90": [float(v) for v in nxt["dt"].quantile([0.1, 0.9])]}
     if req.horizon:
         t_end = t_at + horizon_length(req.horizon, schema)
-        hf = simulate_horizon(model, t_hist, xy_hist, t_end, req.simulations, max_events=req.max_events,
-                              max_history=req.max_history, steps=req.steps, seed=req.seed, progress=True)
+        hf = simulate_horizon(model, t_hist, xy_hist, t_end, req.simulations, marks=marks, max_events=req.max_events,
+                              max_history=keep, steps=req.steps, seed=req.seed, progress=True)
         sims = to_original_units(hf.events, schema) if len(hf.events) else hf.events
         summary["files"]["horizon_events"] = str(write_table(sims, out / "horizon_events", req.fmt))
         per_sim = pd.DataFrame({"simulation": np.arange(req.simulations), "events": hf.counts, "capped": hf.capped})
@@ -107,16 +108,15 @@ def csep_days(events, manifest, model, req: ForecastRequest, t_at: float, out: P
     above = above[above >= mc - 1e-9]
     b = aki_b_value(above, mc)
     log(f"magnitudes: Gutenberg-Richter with b = {b:.3f} above Mc = {mc:.1f} (maximum curvature + 0.2; Aki MLE on "
-        f"{len(above):,} events before the validation start); DSTPP does not model magnitudes yet")
+        f"{len(above):,} events before the validation start), for every model's simulated catalogs")
     day = SECONDS_PER["days"] / SECONDS_PER[schema["time_unit"]]
     result = {"gutenberg_richter": {"b": b, "mc": mc}, "days": []}
     for d in range(req.days):
         t0, t1 = t_at + d * day, t_at + (d + 1) * day
-        past = events[events["t"] < t0]
-        hf = simulate_horizon(model, past["t"].to_numpy()[-req.max_history:],
-                              past[["x", "y"]].to_numpy()[-req.max_history:], t1, req.simulations,
-                              max_events=req.max_events, max_history=req.max_history, steps=req.steps,
-                              seed=req.seed + d)
+        keep = req.max_history or model.context
+        t_hist, xy_hist, marks = history_of(events[events["t"] < t0], keep)
+        hf = simulate_horizon(model, t_hist, xy_hist, t1, req.simulations, marks=marks, max_events=req.max_events,
+                              max_history=keep, steps=req.steps, seed=req.seed + d)
         start = time_of(t0, schema)
         end = start + pd.Timedelta(days=1)
         sims = to_original_units(hf.events, schema) if len(hf.events) else pd.DataFrame(

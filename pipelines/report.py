@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from stforecast.defaults import SAMPLER_STEPS
-from stforecast.forecast import (horizon_length, model_time_of, next_event, simulate_horizon, time_of,
+from stforecast.forecast import (history_of, horizon_length, model_time_of, next_event, simulate_horizon, time_of,
                                  to_original_units)
 
 
@@ -87,11 +87,11 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
     truth = events[(events["t"] >= t_at) & (events["t"] < t_end)] if req.at else events.iloc[:0]
     geographic = bool(schema.get("crs_model"))
     crs = schema.get("crs_model")
-    hist_t, hist_xy = past["t"].to_numpy()[-128:], past[["x", "y"]].to_numpy()[-128:]
+    hist_t, hist_xy, marks = history_of(past, model.context)
 
     log(f"next event: {req.samples} samples; horizon {req.horizon}: {req.simulations} simulations")
-    samples = next_event(model, hist_t, hist_xy, req.samples, steps=req.steps, seed=req.seed)
-    hf = simulate_horizon(model, hist_t, hist_xy, t_end, req.simulations, max_events=req.max_events,
+    samples = next_event(model, hist_t, hist_xy, req.samples, marks=marks, steps=req.steps, seed=req.seed)
+    hf = simulate_horizon(model, hist_t, hist_xy, t_end, req.simulations, marks=marks, max_events=req.max_events,
                           steps=req.steps, seed=req.seed, progress=True)
     # contours of the next event's location, and of all simulated events in the horizon
     next_contours = mass_contours(kde_grid(samples[["x", "y"]].to_numpy(), crs=crs), req.levels,
@@ -109,7 +109,7 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
     lo, hi = train[["x", "y"]].min().to_numpy(), train[["x", "y"]].max().to_numpy()
     pad = 0.05 * (hi - lo)
     x, y = grid_axes((lo[0] - pad[0], lo[1] - pad[1], hi[0] + pad[0], hi[1] + pad[1]), req.grid_shape)
-    attrs = {"title": f"stforecast forecast for {manifest['name']}", "source": f"DSTPP {model_uri}",
+    attrs = {"title": f"stforecast forecast for {manifest['name']}", "source": f"{model.describe()}: {model_uri}",
              "catalog": manifest["name"], "catalog_input_hash": manifest["input_hash"],
              "forecast_time_model_units": t_at, "time_unit": schema["time_unit"],
              "reference_time": str(time_of(t_at, schema))}
@@ -158,7 +158,7 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
 
         for _, row in layers[-1][1].iterrows():
             covered[f"{row['level']:.2f}"] = float(shapely.contains_xy(row.geometry, truth["lon"], truth["lat"]).mean())
-    summary = {"catalog": manifest["name"], "model": model_uri, "reference_time": attrs["reference_time"],
+    summary = {"catalog": manifest["name"], "model": model_uri, "model_kind": model.name, "reference_time": attrs["reference_time"],
                "horizon": req.horizon, "simulations": req.simulations, "samples": req.samples,
                "expected_events": float(hf.counts.mean()), "capped_simulations": int(hf.capped.sum()),
                "observed_events_in_horizon": int(len(truth)) if req.at else None,

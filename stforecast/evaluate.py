@@ -23,20 +23,31 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from stforecast.batch import SequenceSet
-from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
+from stforecast.defaults import HDR_EVENTS, SCORE_SAMPLES
 from stforecast.metrics import crps_from_samples, energy_score, hdr_coverage, interval_coverage
+from stforecast.model.base import MARK_COLUMNS, Histories
 
 
 @dataclass
 class Targets:
-    """``H`` held-out next events: DSTPP histories, the truth (H, 3) = (dt, x, y), and stream positions."""
+    """``H`` held-out next events: their sequence prefixes (``histories``, a SequenceSet), the truth (H, 3) =
+    (dt, x, y), and their positions in the catalog stream."""
 
     histories: SequenceSet
     truth: np.ndarray
     stream_index: np.ndarray
+
+    def histories_for(self, events: pd.DataFrame | None, length: int) -> Histories:
+        """What every model conditions on: the ``length`` events before each target in the whole catalog (with
+        marks), carrying the sequence prefixes as the sequence view; for the source's own windows (no continuous
+        stream), the sequence prefixes alone."""
+        if events is None:
+            return Histories.from_sequences(self.histories)
+        marks = {c: events[c].to_numpy() for c in MARK_COLUMNS if c in events}
+        return Histories.from_stream(events["t"].to_numpy(), events[["x", "y"]].to_numpy(), self.stream_index,
+                                     length, marks, sequences=self.histories)
 
 
 def load_stream(processed_dir) -> pd.DataFrame:
@@ -81,49 +92,7 @@ def sample_scores(samples: np.ndarray, truth: np.ndarray, hdr_max: int = 300, cu
     return out
 
 
-def fit_baselines(events: pd.DataFrame, fit_end: float, mc: float | None = None, max_events: int | None = None,
-                  names=("poisson_kde", "hawkes", "etas")) -> dict:
-    """Poisson × KDE, Hawkes and (with magnitudes) ETAS fitted by maximum likelihood on events before
-    ``fit_end`` (model time: the validation start, so neither validation nor test data is used).
-    ``max_events`` fits on only the latest events before ``fit_end`` (quick runs)."""
-    from stforecast.baselines import ETAS, HawkesST, PoissonKDE
-
-    past = events[events["t"] < fit_end]
-    if max_events is not None:
-        past = past.iloc[-max_events:]
-    t, xy = past["t"].to_numpy(), past[["x", "y"]].to_numpy()
-    models = {}
-    if "poisson_kde" in names:
-        models["poisson_kde"] = PoissonKDE().fit(t, xy, fit_end)
-    if "hawkes" in names:
-        models["hawkes"] = HawkesST().fit(t, xy, fit_end)
-    if "etas" in names and "magnitude" in past and mc is not None:
-        models["etas"] = ETAS(mc).fit(t, xy, past["magnitude"].to_numpy(), fit_end)
-    return models
-
-
 RELIABILITY_LEVELS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
-
-
-def dstpp_nll(model, histories, truth: np.ndarray, calibration: Targets | None, repeats: int = 4,
-              seed: int = 0) -> dict:
-    """The DSTPP rows' likelihood columns: the fitted-variance bound in model units (see the module docstring)
-    and, for comparison with the published numbers, the paper's own protocol: the fixed-variance bound in the
-    scaled space, temporal = the waiting-time coordinate, spatial = the **mean** over x and y."""
-    gen = torch.Generator().manual_seed(seed)
-    truth = torch.as_tensor(truth)
-    mse = None
-    if calibration is not None:
-        mse = model.reverse_variance_fit(collate_all(calibration.histories), torch.as_tensor(calibration.truth),
-                                         generator=gen)
-    bound = model.nll_bound(histories, truth, repeats=repeats, x0_mse=mse, generator=gen)
-    per_event = bound.per_event.cpu().numpy()
-    joint = per_event.sum(1)
-    paper = model.nll_bound(histories, truth, repeats=1, generator=gen).scaled[0].cpu().numpy()
-    return {"nll_dt": float(per_event[:, 0].mean()), "nll_xy": float(per_event[:, 1:].sum(1).mean()),
-            "nll_joint": float(joint.mean()), "nll_joint_se": float(joint.std(ddof=1) / np.sqrt(len(joint))),
-            "nll_mc_se": bound.mc_se, "nll_kind": "bound" if mse is not None else "bound (fixed variances)",
-            "paper_nll_dt_scaled": float(paper[:, 0].mean()), "paper_nll_xy_scaled": float(paper[:, 1:].mean())}
 
 
 def collate_all(histories: SequenceSet):
@@ -131,33 +100,25 @@ def collate_all(histories: SequenceSet):
 
 
 def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: dict, n: int = SCORE_SAMPLES,
-                        seed: int = 0, dstpp_sampler: str = "ddim", dstpp_steps: int = SAMPLER_STEPS,
-                        calibration: Targets | None = None, bound_repeats: int = 4,
+                        seed: int = 0, calibration: Targets | None = None,
                         hdr_events: int = HDR_EVENTS) -> tuple[pd.DataFrame, dict]:
     """One row per model (sample scores and the NLL columns of the module docstring), and per model its
-    reliability curves ``{"dt": {level: coverage}, "xy": {...}}``. ``calibration`` (validation targets) fits
-    DSTPP's reverse variances; ``events`` (the whole stream) is only needed by the baselines."""
+    reliability curves ``{"dt": {level: coverage}, "xy": {...}}``. Every model is a
+    :class:`~stforecast.model.base.Forecaster`: each forecasts the same histories, is sampled ``n`` times per
+    target and scored by the same functions. ``calibration`` (validation targets) is offered to every model
+    (DSTPP fits its bound's reverse variances on it); ``events`` (the whole stream) gives the histories their
+    whole past (None for the source's own windows)."""
     rows, curves = [], {}
-    histories = collate_all(targets.histories)
-    if events is not None:
-        t, xy = events["t"].to_numpy(), events[["x", "y"]].to_numpy()
-        mags = events["magnitude"].to_numpy() if "magnitude" in events else None
+    context = max((m.context for m in models.values()), default=1)
+    histories = targets.histories_for(events, context)
+    if calibration is not None:
+        val_histories = calibration.histories_for(events, context)
+        for model in models.values():
+            model.calibrate(val_histories, calibration.truth)
     for name, model in models.items():
-        rng = np.random.default_rng(seed)
-        row = {"model": name}
-        if hasattr(model, "sample_from_condition"):  # DSTPP
-            gen = torch.Generator().manual_seed(seed)
-            samples = model.sample_next(histories, n, sampler=dstpp_sampler, steps=dstpp_steps,
-                                        generator=gen).double().cpu().numpy()
-            row.update(dstpp_nll(model, histories, targets.truth, calibration, bound_repeats, seed))
-        else:
-            idx = targets.stream_index
-            args = (t, xy, mags) if getattr(model, "uses_magnitudes", False) else (t, xy)
-            samples = model.sample_next(*args, idx, n, rng)
-            lt, ls = model.next_event_logpdf(*args, idx)
-            joint = -(lt + ls)
-            row.update(nll_dt=float(-lt.mean()), nll_xy=float(-ls.mean()), nll_joint=float(joint.mean()),
-                       nll_joint_se=float(joint.std(ddof=1) / np.sqrt(len(joint))), nll_kind="exact")
+        dist = model.forecast(histories)
+        samples = dist.sample(n, np.random.default_rng(seed)).events
+        row = {"model": name, **dist.nll(targets.truth).row()}
         curves[name] = reliability(samples, targets.truth, hdr_max=hdr_events)
         row.update(sample_scores(samples, targets.truth, curves=curves[name]))
         rows.append(row)

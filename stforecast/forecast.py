@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from stforecast.batch import Batch
-from stforecast.defaults import SAMPLER_STEPS
+from stforecast.model.base import MARK_COLUMNS, Forecaster, Histories
 
 
 @dataclass
@@ -47,44 +47,76 @@ def history_batch(t: np.ndarray, xy: np.ndarray) -> Batch:
                  lengths=torch.full((B,), L, dtype=torch.long))
 
 
-@torch.no_grad()
-def next_event(model, t_hist: np.ndarray, xy_hist: np.ndarray, n: int = 100, *, max_history: int = 128,
-               sampler: str = "ddim", steps: int = SAMPLER_STEPS, seed: int = 0) -> pd.DataFrame:
-    """``n`` samples of the event after a history (times ``t_hist`` (L,), locations ``xy_hist`` (L, 2), sorted):
-    columns ``sample, t, dt, x, y``."""
-    t_hist, xy_hist = np.asarray(t_hist, float)[-max_history:], np.asarray(xy_hist, float)[-max_history:]
-    gen = torch.Generator().manual_seed(seed)
-    s = model.sample_next(history_batch(t_hist[None], xy_hist[None]), n, sampler=sampler, steps=steps,
-                          generator=gen)[0].double().numpy()
-    return pd.DataFrame({"sample": np.arange(n), "t": t_hist[-1] + s[:, 0], "dt": s[:, 0], "x": s[:, 1], "y": s[:, 2]})
+def history_of(past: pd.DataFrame, keep: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The newest ``keep`` events of a catalog frame as model inputs: times (L,), locations (L, 2), marks."""
+    tail = past.iloc[-keep:]
+    return (tail["t"].to_numpy(), tail[["x", "y"]].to_numpy(),
+            {c: tail[c].to_numpy(float) for c in MARK_COLUMNS if c in tail})
+
+
+def _context(model, max_history: int | None) -> int:
+    return int(max_history or model.context)
 
 
 @torch.no_grad()
-def simulate_horizon(model, t_hist: np.ndarray, xy_hist: np.ndarray, t_end: float, m: int = 100, *,
-                     max_events: int = 1000, max_history: int = 128, sampler: str = "ddim", steps: int = SAMPLER_STEPS,
-                     seed: int = 0, progress: bool = False) -> HorizonForecast:
-    """``m`` simulated continuations of a history from its last event ``t_hist[-1]`` to ``t_end``.
+def next_event(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, n: int = 100, *,
+               marks: dict | None = None, max_history: int | None = None, steps: int | None = None,
+               seed: int = 0) -> pd.DataFrame:
+    """``n`` samples of the event after a history (times ``t_hist`` (L,), locations ``xy_hist`` (L, 2), marks
+    {name: (L,)}, sorted) from any :class:`~stforecast.model.base.Forecaster`: columns ``sample, t, dt, x, y``
+    and the marks the model forecasts. The model reads its newest ``max_history`` events (default: its own
+    context); ``steps`` sets DSTPP's DDIM steps."""
+    if steps is not None:
+        model.configure(steps=steps)
+    keep = _context(model, max_history)
+    t_hist, xy_hist = np.asarray(t_hist, float)[-keep:], np.asarray(xy_hist, float)[-keep:]
+    h = Histories(t_hist[None], xy_hist[None], {k: np.asarray(v, float)[-keep:][None] for k, v in (marks or {}).items()})
+    s = model.forecast(h).sample(n, np.random.default_rng(seed))
+    e = s.events[0]
+    return pd.DataFrame({"sample": np.arange(n), "t": t_hist[-1] + e[:, 0], "dt": e[:, 0], "x": e[:, 1], "y": e[:, 2],
+                         **{k: v[0] for k, v in s.marks.items()}})
 
-    Each simulation conditions on its most recent ``max_history`` events (observed, then its own simulated ones).
-    A cap of ``max_events`` per simulation bounds runaway (explosive) simulations; hitting it warns.
+
+@torch.no_grad()
+def simulate_horizon(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, t_end: float, m: int = 100, *,
+                     marks: dict | None = None, max_events: int = 1000, max_history: int | None = None,
+                     steps: int | None = None, seed: int = 0, progress: bool = False) -> HorizonForecast:
+    """``m`` simulated continuations of a history from its last event ``t_hist[-1]`` to ``t_end``, from any
+    :class:`~stforecast.model.base.Forecaster` (``marks``: the history's marks, {name: (L,)}; the model's own
+    ``mark_names`` must be among them, and simulated events carry the marks the model samples, e.g. ETAS's
+    magnitudes, which its next steps then condition on).
+
+    Each simulation conditions on its most recent ``max_history`` events (default: the model's context; observed,
+    then its own simulated ones). A cap of ``max_events`` per simulation bounds runaway (explosive) simulations;
+    hitting it warns.
     """
+    if steps is not None:
+        model.configure(steps=steps)
     t_hist, xy_hist = np.asarray(t_hist, float), np.asarray(xy_hist, float)
     if len(t_hist) == 0:
         raise ValueError("a horizon forecast needs at least one observed event")
+    marks = {k: np.asarray(v, float) for k, v in (marks or {}).items()}
+    missing = [k for k in model.mark_names if k not in marks]
+    if missing:
+        raise ValueError(f"{model.describe()} needs the history's {missing}")
     t0 = float(t_hist[-1])
-    keep = min(len(t_hist), max_history)
+    context = _context(model, max_history)
+    keep = min(len(t_hist), context)
     # buffers: row = simulation (fixed id), columns = its event sequence (observed tail, then simulated)
     width = keep + max_events
     times = np.empty((m, width))
     locs = np.empty((m, width, 2))
     times[:, :keep] = t_hist[-keep:]
     locs[:, :keep] = xy_hist[-keep:]
+    mark_buf = {k: np.full((m, width), np.nan) for k in marks}
+    for k, v in marks.items():
+        mark_buf[k][:, :keep] = v[-keep:]
     length = keep  # every live simulation has this many events so far
     counts = np.zeros(m, dtype=int)
     alive = np.ones(m, dtype=bool)
     capped = np.zeros(m, dtype=bool)
     rows = []
-    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -92,9 +124,10 @@ def simulate_horizon(model, t_hist: np.ndarray, xy_hist: np.ndarray, t_end: floa
         bar = tqdm(total=m, desc="simulations finished", unit="sim")
     while alive.any():
         ids = np.flatnonzero(alive)  # simulation ids: every array below is indexed by these, never by position
-        lo = max(0, length - max_history)
-        batch = history_batch(times[ids, lo:length], locs[ids, lo:length])
-        draw = model.sample_next(batch, 1, sampler=sampler, steps=steps, generator=gen)[:, 0].double().numpy()
+        lo = max(0, length - context)
+        h = Histories(times[ids, lo:length], locs[ids, lo:length], {k: v[ids, lo:length] for k, v in mark_buf.items()})
+        drawn = model.forecast(h).sample(1, rng)
+        draw = drawn.events[:, 0]
         new_t = times[ids, length - 1] + draw[:, 0]
         inside = new_t < t_end
         done = ids[~inside]
@@ -102,9 +135,13 @@ def simulate_horizon(model, t_hist: np.ndarray, xy_hist: np.ndarray, t_end: floa
         go = ids[inside]
         times[go, length] = new_t[inside]
         locs[go, length] = draw[inside, 1:]
+        drawn_marks = {k: v[inside, 0] for k, v in drawn.marks.items()}
+        for k, v in drawn_marks.items():
+            if k in mark_buf:
+                mark_buf[k][go, length] = v
         counts[go] += 1
         rows.append(pd.DataFrame({"simulation": go, "index": counts[go] - 1, "t": new_t[inside],
-                                  "dt": draw[inside, 0], "x": draw[inside, 1], "y": draw[inside, 2]}))
+                                  "dt": draw[inside, 0], "x": draw[inside, 1], "y": draw[inside, 2], **drawn_marks}))
         length += 1
         full = go[counts[go] >= max_events]
         if len(full):

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipelines.ingest import run_ingest
-from stforecast.evaluate import evaluate_next_event, fit_baselines, load_stream, next_event_targets, sample_scores
+from stforecast.evaluate import evaluate_next_event, load_stream, next_event_targets, sample_scores
+from stforecast.model.registry import fit_baselines
 from stforecast.train import TrainConfig, load_model, train
 
 
@@ -37,10 +38,10 @@ def test_harness_on_ridgecrest(settings, tmp_path):
     ev = events.iloc[targets.stream_index]
     assert np.allclose(ev["x"].to_numpy(), targets.truth[:, 1]) and np.allclose(ev["y"].to_numpy(), targets.truth[:, 2])
     val_start = r.manifest["split"]["model_time"]["val_start"]
-    models = {"dstpp": load_model(tmp_path / "run" / "best.pt"), **fit_baselines(events, val_start, mc=2.5)}
+    dstpp = load_model(tmp_path / "run" / "best.pt").configure(steps=10, bound_repeats=2)
+    models = {"dstpp": dstpp, **fit_baselines(events, val_start, mc=2.5)}
     calibration = next_event_targets(r.out_dir, "val")
-    table, curves = evaluate_next_event(targets, events, models, n=40, dstpp_steps=10, calibration=calibration,
-                                        bound_repeats=2)
+    table, curves = evaluate_next_event(targets, events, models, n=40, calibration=calibration)
     assert list(table["model"]) == ["dstpp", "poisson_kde", "hawkes", "etas"]
     assert table[["crps_dt", "energy_xy", "nll_joint", "nll_dt", "nll_xy", "nll_joint_se"]].notna().all().all()
     assert list(table["nll_kind"]) == ["bound", "exact", "exact", "exact"]

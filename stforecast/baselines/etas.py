@@ -21,6 +21,7 @@ from scipy.optimize import minimize
 
 from stforecast.baselines.hawkes import UniformBox, _lagged
 from stforecast.baselines.poisson_kde import GaussianKDE2D
+from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
 
 NAMES = ("mu", "A", "alpha", "c", "p", "D", "q", "gamma")
 
@@ -31,11 +32,13 @@ def _unpack(theta):
     return np.exp(mu), np.exp(A), alpha, np.exp(c), 1 + np.exp(pm1), np.exp(D), 1 + np.exp(qm1), gamma
 
 
-class ETAS:
-    uses_magnitudes = True  # its methods take the magnitudes ``m`` after the locations
+class ETAS(Forecaster):
+    name = "etas"
+    mark_names = ("magnitude",)  # its histories carry magnitudes; its samples forecast them
 
     def __init__(self, mc: float, background: str | tuple = "kde", max_lag: int = 300):
         self.mc, self.background_spec, self.max_lag = mc, background, max_lag
+        self.context = max_lag
 
     def _kernel(self, dt, r2, mj, A, alpha, c, p, D, q, gamma):
         sig2 = D**2 * np.exp(gamma * (mj - self.mc))
@@ -78,47 +81,88 @@ class ETAS:
         p = self.params
         return p["A"] * beta / (beta - p["alpha"]) if beta > p["alpha"] else math.inf
 
+    def fit_events(self, events, fit_end: float) -> "ETAS":
+        """The :class:`~stforecast.model.base.Forecaster` face: fit on the catalog's events above Mc before
+        ``fit_end``; the Gutenberg-Richter b of the simulated magnitudes is Aki's estimate on the same events."""
+        past = events[(events["t"] < fit_end) & (events["magnitude"] >= self.mc - 1e-9)]
+        m = past["magnitude"].to_numpy()
+        self.b_value = aki_b_value(m, self.mc)
+        return self.fit(past["t"].to_numpy(), past[["x", "y"]].to_numpy(), m, fit_end)
+
+    def state(self) -> dict:
+        return {"theta": [float(v) for v in self.theta], "params": self.params, "mc": self.mc,
+                "b_value": float(getattr(self, "b_value", 1.0)), "loglik": float(self.loglik),
+                "converged": self.converged}
+
+    def restore(self, state: dict, events, fit_end: float) -> "ETAS":
+        past = events[(events["t"] < fit_end) & (events["magnitude"] >= self.mc - 1e-9)]
+        self.background = (UniformBox(self.background_spec) if isinstance(self.background_spec, tuple)
+                           else GaussianKDE2D(past[["x", "y"]].to_numpy()))
+        self.theta = np.asarray(state["theta"], dtype=float)
+        self.b_value, self.loglik, self.converged = state["b_value"], state["loglik"], state["converged"]
+        return self
+
+    def forecast(self, histories: Histories) -> "ETASNextEvent":
+        return ETASNextEvent(self, histories.newest(self.max_lag))
+
     def next_event_logpdf(self, t, xy, m, index):
-        """(temporal, spatial) log density of events ``index`` given their past: the waiting time's density
-        λ(t) exp(−∫λ) and the location's density given the time."""
-        mu, A, alpha, c, p, D, q, gamma = _unpack(self.theta)
-        t, xy, m = np.asarray(t, float), np.asarray(xy, float), np.asarray(m, float)
-        index = np.asarray(index)
-        n = index - 1
-        lags = np.arange(min(self.max_lag, int(n.max()) + 1))
-        j = n[:, None] - lags[None, :]
-        valid = j >= 0
-        jj = np.where(valid, j, 0)
-        tau = t[index] - t[n]
-        age_now = t[index][:, None] - t[jj]  # since each parent, at the event
-        age_last = t[n][:, None] - t[jj]  # since each parent, at the previous event
-        kappa = np.where(valid, A * np.exp(alpha * (m[jj] - self.mc)), 0.0)
-        lam_t = mu + (kappa * (p - 1) / c * (1 + age_now / c) ** (-p)).sum(1)
+        """(temporal, spatial) log density of events ``index`` of one stream given their past: the waiting time's
+        density λ(t) exp(−∫λ) and the location's density given the time."""
+        t, xy, index = np.asarray(t, float), np.asarray(xy, float), np.asarray(index)
+        h = Histories.from_stream(t, xy, index, self.max_lag, {"magnitude": m})
+        return self.forecast(h).log_terms(np.column_stack([t[index] - t[index - 1], xy[index]]))
+
+    def sample_next(self, t, xy, m, index, n: int, rng: np.random.Generator, b_value: float | None = None,
+                    iterations: int = 60) -> np.ndarray:
+        """(H, n, 4) exact draws of (τ, x, y, magnitude) for the event after each ``index`` of one stream."""
+        index = np.atleast_1d(index)
+        h = Histories.from_stream(t, xy, index, self.max_lag, {"magnitude": m})
+        s = self.forecast(h).sample(n, rng, b_value, iterations)
+        return np.concatenate([s.events, s.marks["magnitude"][..., None]], -1)
+
+
+class ETASNextEvent(NextEvent):
+    """The exact next-event distribution after each history (its magnitudes are marks of the samples)."""
+
+    def __init__(self, model: ETAS, h: Histories):
+        if "magnitude" not in h.marks:
+            raise ValueError("ETAS forecasts need the magnitudes of the history")
+        self.model = model
+        self.theta = _unpack(model.theta)
+        self.valid = h.valid[:, ::-1]  # parents newest first
+        self.parent_xy = np.where(self.valid[..., None], h.xy[:, ::-1], 0.0)
+        self.parent_m = np.where(self.valid, h.marks["magnitude"][:, ::-1], model.mc)
+        self.age = np.where(self.valid, h.last_t[:, None] - h.t[:, ::-1], 0.0)  # since each parent, at t_n
+        mu, A, alpha, c, p, D, q, gamma = self.theta
+        self.kappa = np.where(self.valid, A * np.exp(alpha * (self.parent_m - model.mc)), 0.0)
+
+    def log_terms(self, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, A, alpha, c, p, D, q, gamma = self.theta
+        tau, xy = truth[:, 0], truth[:, 1:3]
+        age_now = self.age + tau[:, None]  # since each parent, at the event
+        lam_t = mu + (self.kappa * (p - 1) / c * (1 + age_now / c) ** (-p)).sum(1)
         # ∫ over (t_n, t_n + τ] of the triggered rate: difference of Omori CDFs
-        integral = mu * tau + (kappa * ((1 + age_last / c) ** (1 - p) - (1 + age_now / c) ** (1 - p))).sum(1)
-        r2 = ((xy[index][:, None, :] - xy[jj]) ** 2).sum(-1)
-        lam_ts = mu * np.exp(self.background.logpdf(xy[index])) + self._kernel(
-            np.where(valid, age_now, np.inf), r2, m[jj], A, alpha, c, p, D, q, gamma).sum(1)
+        integral = mu * tau + (self.kappa * ((1 + self.age / c) ** (1 - p) - (1 + age_now / c) ** (1 - p))).sum(1)
+        r2 = ((xy[:, None, :] - self.parent_xy) ** 2).sum(-1)
+        lam_ts = mu * np.exp(self.model.background.logpdf(xy)) + self.model._kernel(
+            np.where(self.valid, age_now, np.inf), r2, self.parent_m, A, alpha, c, p, D, q, gamma).sum(1)
         return np.log(lam_t) - integral, np.log(lam_ts + 1e-300) - np.log(lam_t)
 
-    def sample_next(self, t, xy, m, index, n: int, rng: np.random.Generator, b_value: float = 1.0,
-                          iterations: int = 60) -> np.ndarray:
-        """(H, n, 4) exact draws of (τ, x, y, magnitude) for the event after each ``index``: the earliest of a
-        background event (Exp(μ)) and a triggered one, whose waiting time solves Λ_trig(τ) = E, E ~ Exp(1), by
-        bisection (no triggered event when E exceeds the parents' remaining productivity); a triggered event's
-        parent is drawn ∝ its rate at that time, its offset from the power-law kernel of the parent's magnitude;
-        magnitudes are Gutenberg-Richter with ``b_value``."""
-        mu, A, alpha, c, p, D, q, gamma = _unpack(self.theta)
-        t, xy, m = np.asarray(t, float), np.asarray(xy, float), np.asarray(m, float)
-        index = np.atleast_1d(index)
-        last = index - 1
-        lags = np.arange(min(self.max_lag, int(last.max()) + 1))
-        j = last[:, None] - lags[None, :]
-        valid = j >= 0
-        jj = np.where(valid, j, 0)
-        age = t[last][:, None] - t[jj]  # (H, L)
-        kappa = np.where(valid, A * np.exp(alpha * (m[jj] - self.mc)), 0.0)
-        H = len(index)
+    def nll(self, truth: np.ndarray) -> NLL:
+        lt, ls = self.log_terms(np.asarray(truth, float))
+        return NLL(-np.column_stack([lt, ls]), "exact")
+
+    def sample(self, n: int, rng: np.random.Generator, b_value: float | None = None,
+               iterations: int = 60) -> Samples:
+        """Exact draws: the earliest of a background event (Exp(μ)) and a triggered one, whose waiting time solves
+        Λ_trig(τ) = E, E ~ Exp(1), by bisection (no triggered event when E exceeds the parents' remaining
+        productivity); a triggered event's parent is drawn ∝ its rate at that time, its offset from the power-law
+        kernel of the parent's magnitude; magnitudes are Gutenberg-Richter with ``b_value`` (default: the
+        fitted one, else 1)."""
+        mu, A, alpha, c, p, D, q, gamma = self.theta
+        b_value = b_value or getattr(self.model, "b_value", None) or 1.0
+        age, kappa = self.age, self.kappa
+        H = len(age)
 
         def cum(tau):  # (H, n) triggered expected count in (t_n, t_n + τ]
             a = age[:, None, :]
@@ -145,19 +189,19 @@ class ETAS:
         rate = kappa[:, None, :] * (1 + (age[:, None, :] + tau[..., None]) / c) ** (-p)
         cdf = np.cumsum(rate, -1)
         u = rng.random((H, n, 1)) * cdf[..., -1:]
-        pick = (u > cdf).sum(-1).clip(max=rate.shape[-1] - 1)
-        parent = np.take_along_axis(jj[:, None, :].repeat(n, 1), pick[..., None], -1)[..., 0]
-        sig2 = D**2 * np.exp(gamma * (m[parent] - self.mc))
+        pick = (u > cdf).sum(-1).clip(max=rate.shape[-1] - 1)  # (H, n) column of the parent
+        parent_m = np.take_along_axis(self.parent_m, pick, 1)
+        parent_xy = np.take_along_axis(self.parent_xy, pick[..., None], 1)
+        sig2 = D**2 * np.exp(gamma * (parent_m - self.model.mc))
         r = np.sqrt(sig2 * ((1 - rng.random((H, n))) ** (1 / (1 - q)) - 1))
         angle = rng.uniform(0, 2 * math.pi, (H, n))
-        child = xy[parent] + np.stack([r * np.cos(angle), r * np.sin(angle)], -1)
-        background = self.background.sample(H * n, rng).reshape(H, n, 2)
-        out = np.empty((H, n, 4))
+        child = parent_xy + np.stack([r * np.cos(angle), r * np.sin(angle)], -1)
+        background = self.model.background.sample(H * n, rng).reshape(H, n, 2)
+        out = np.empty((H, n, 3))
         out[..., 0] = tau
         out[..., 1:3] = np.where(triggered[..., None], child, background)
-        out[..., 3] = self.mc + rng.exponential(1 / (b_value * math.log(10)), (H, n))
-        return out
-
+        magnitude = self.model.mc + rng.exponential(1 / (b_value * math.log(10)), (H, n))
+        return Samples(out, {"magnitude": magnitude})
 
 
 def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float, rng: np.random.Generator,

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from stforecast.baselines.poisson_kde import GaussianKDE2D
+from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
 
 
 class UniformBox:
@@ -50,9 +51,12 @@ def _lagged(t: np.ndarray, xy: np.ndarray, max_lag: int, marks: np.ndarray | Non
     return dt, d2, mj
 
 
-class HawkesST:
+class HawkesST(Forecaster):
+    name = "hawkes"
+
     def __init__(self, background: str | tuple = "kde", max_lag: int = 200):
         self.background_spec, self.max_lag = background, max_lag
+        self.context = max_lag
 
     # -------------------------------------------------------------------------------- likelihood
     def _triggered(self, dt, d2, alpha, beta, sigma):
@@ -92,57 +96,91 @@ class HawkesST:
         return {"mu": float(self.mu), "alpha": float(self.alpha), "beta": float(self.beta), "sigma": float(self.sigma)}
 
     # -------------------------------------------------------------------------------- forecasts
-    def _state(self, t, xy, index):
-        """A = Σ_{j ≤ n} αβ e^{−β(t_n − t_j)} for the history ending at event n = index − 1, and the parents."""
-        n = np.asarray(index) - 1
-        lags = np.arange(min(self.max_lag, int(n.max()) + 1))
-        j = n[:, None] - lags[None, :]  # (H, L) parents, newest first
-        valid = j >= 0
-        jj = np.where(valid, j, 0)
-        w = np.where(valid, self.alpha * self.beta * np.exp(-self.beta * (t[n][:, None] - t[jj])), 0.0)
-        return n, jj, w  # w: parent weights at time t_n
+    def fit_events(self, events, fit_end: float) -> "HawkesST":
+        """The :class:`~stforecast.model.base.Forecaster` face: fit on the catalog's events before ``fit_end``."""
+        past = events[events["t"] < fit_end]
+        return self.fit(past["t"].to_numpy(), past[["x", "y"]].to_numpy(), fit_end)
+
+    def state(self) -> dict:
+        return {**self.params, "loglik": float(self.loglik), "converged": self.converged,
+                "max_neglected_weight": self.max_neglected_weight}
+
+    def restore(self, state: dict, events, fit_end: float) -> "HawkesST":
+        past = events[events["t"] < fit_end]
+        self.background = (UniformBox(self.background_spec) if isinstance(self.background_spec, tuple)
+                           else GaussianKDE2D(past[["x", "y"]].to_numpy()))
+        self.mu, self.alpha, self.beta, self.sigma = (state[k] for k in ("mu", "alpha", "beta", "sigma"))
+        self.loglik, self.converged = state["loglik"], state["converged"]
+        self.max_neglected_weight = state["max_neglected_weight"]
+        return self
+
+    def forecast(self, histories: Histories) -> "HawkesNextEvent":
+        return HawkesNextEvent(self, histories.newest(self.max_lag))
 
     def next_event_logpdf(self, t, xy, index):
-        """(temporal, spatial) log density of events ``index`` (each ≥ 1) given all earlier events: temporal is the
-        density of the waiting time, spatial the density of the location given the time (they sum to the joint)."""
-        t, xy = np.asarray(t, float), np.asarray(xy, float)
-        index = np.asarray(index)
-        n, jj, w = self._state(t, xy, index)
-        tau = t[index] - t[n]
-        decay = np.exp(-self.beta * tau)
-        A = w.sum(1)
-        lam_t = self.mu + A * decay
-        Lam = self.mu * tau + A / self.beta * (1 - decay)
-        d2 = ((xy[index][:, None, :] - xy[jj]) ** 2).sum(-1)
-        trig = (w * decay[:, None] * np.exp(-d2 / (2 * self.sigma**2)) / (2 * math.pi * self.sigma**2)).sum(1)
-        lam_ts = self.mu * np.exp(self.background.logpdf(xy[index])) + trig
-        return np.log(lam_t) - Lam, np.log(lam_ts + 1e-300) - np.log(lam_t)
+        """(temporal, spatial) log density of events ``index`` (each ≥ 1) of one stream given all earlier events:
+        temporal is the density of the waiting time, spatial the density of the location given the time (they sum
+        to the joint)."""
+        t, xy, index = np.asarray(t, float), np.asarray(xy, float), np.asarray(index)
+        dist = self.forecast(Histories.from_stream(t, xy, index, self.max_lag))
+        return dist.log_terms(np.column_stack([t[index] - t[index - 1], xy[index]]))
 
     def sample_next(self, t, xy, index, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(H, n, 3) exact draws of (τ, x, y) by superposition of the background and the decaying excitation."""
-        t, xy = np.asarray(t, float), np.asarray(xy, float)
+        """(H, n, 3) exact draws of (τ, x, y) for the event after each ``index`` of one stream."""
         index = np.atleast_1d(index)
-        last, jj, w = self._state(t, xy, index)
+        return self.forecast(Histories.from_stream(t, xy, index, self.max_lag)).sample(n, rng).events
+
+
+class HawkesNextEvent(NextEvent):
+    """The exact next-event distribution after each history: p(τ, s) = λ(t_n + τ, s) exp(−Λ(τ))."""
+
+    def __init__(self, model: HawkesST, h: Histories):
+        self.model = model
+        valid = h.valid[:, ::-1]  # parents newest first
+        self.parent_xy = np.where(valid[..., None], h.xy[:, ::-1], 0.0)
+        age = np.where(valid, h.last_t[:, None] - h.t[:, ::-1], 0.0)
+        # parent weights at the newest event's time t_n
+        self.w = np.where(valid, model.alpha * model.beta * np.exp(-model.beta * age), 0.0)
+
+    def log_terms(self, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(temporal, spatial) log densities of ``truth`` (H, 3) = (τ, x, y)."""
+        m = self.model
+        tau, xy = truth[:, 0], truth[:, 1:3]
+        decay = np.exp(-m.beta * tau)
+        A = self.w.sum(1)
+        lam_t = m.mu + A * decay
+        Lam = m.mu * tau + A / m.beta * (1 - decay)
+        d2 = ((xy[:, None, :] - self.parent_xy) ** 2).sum(-1)
+        trig = (self.w * decay[:, None] * np.exp(-d2 / (2 * m.sigma**2)) / (2 * math.pi * m.sigma**2)).sum(1)
+        lam_ts = m.mu * np.exp(m.background.logpdf(xy)) + trig
+        return np.log(lam_t) - Lam, np.log(lam_ts + 1e-300) - np.log(lam_t)
+
+    def nll(self, truth: np.ndarray) -> NLL:
+        lt, ls = self.log_terms(np.asarray(truth, float))
+        return NLL(-np.column_stack([lt, ls]), "exact")
+
+    def sample(self, n: int, rng: np.random.Generator) -> Samples:
+        """Exact draws by superposition of the background and the decaying excitation."""
+        m, w = self.model, self.w
         A = w.sum(1)[:, None]
-        H = len(index)
-        tau_b = rng.exponential(1 / self.mu, (H, n))
+        H = len(w)
+        tau_b = rng.exponential(1 / m.mu, (H, n))
         u = rng.random((H, n))
         # P(no triggered event within τ) = exp(−(A/β)(1 − e^{−βτ})): invert where an event happens at all
-        arg = 1 + self.beta * np.log(u) / np.maximum(A, 1e-300)
-        tau_tr = np.where(arg > 0, -np.log(np.clip(arg, 1e-300, None)) / self.beta, np.inf)
+        arg = 1 + m.beta * np.log(u) / np.maximum(A, 1e-300)
+        tau_tr = np.where(arg > 0, -np.log(np.clip(arg, 1e-300, None)) / m.beta, np.inf)
         triggered = tau_tr < tau_b
-        tau = np.minimum(tau_b, tau_tr)
         out = np.empty((H, n, 3))
-        out[..., 0] = tau
-        loc = self.background.sample(H * n, rng).reshape(H, n, 2)
+        out[..., 0] = np.minimum(tau_b, tau_tr)
+        loc = m.background.sample(H * n, rng).reshape(H, n, 2)
         # a triggered event's parent j is chosen with probability ∝ its weight (the decay factor is common)
         p = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
         cum = np.cumsum(p, 1)
         pick = (rng.random((H, n, 1)) > cum[:, None, :]).sum(-1).clip(max=w.shape[1] - 1)
-        parent = np.take_along_axis(jj, pick, 1)
-        child = xy[parent] + rng.normal(0, self.sigma, (H, n, 2))
+        parent = np.take_along_axis(self.parent_xy, pick[..., None], 1)  # (H, n, 2)
+        child = parent + rng.normal(0, m.sigma, (H, n, 2))
         out[..., 1:] = np.where(triggered[..., None], child, loc)
-        return out
+        return Samples(out)
 
 
 def simulate_hawkes(mu, alpha, beta, sigma, bounds, t_end, rng: np.random.Generator, max_events: int = 200_000):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
+
 
 class GaussianKDE2D:
     """A 2-D Gaussian kernel density on standardised coordinates (log density in the input units)."""
@@ -33,7 +35,10 @@ class GaussianKDE2D:
         return z * self.scale + self.mean
 
 
-class PoissonKDE:
+class PoissonKDE(Forecaster):
+    name = "poisson_kde"
+    context = 1  # no memory: only the newest event's time matters
+
     def fit(self, t: np.ndarray, xy: np.ndarray, t_end: float, t_start: float | None = None) -> "PoissonKDE":
         t = np.asarray(t, dtype=float)
         t_start = t[0] if t_start is None else t_start
@@ -41,15 +46,45 @@ class PoissonKDE:
         self.space = GaussianKDE2D(xy)
         return self
 
+    def fit_events(self, events, fit_end: float) -> "PoissonKDE":
+        """The :class:`~stforecast.model.base.Forecaster` face: fit on the catalog's events before ``fit_end``."""
+        past = events[events["t"] < fit_end]
+        return self.fit(past["t"].to_numpy(), past[["x", "y"]].to_numpy(), fit_end)
+
+    def state(self) -> dict:
+        return {"rate": float(self.rate)}
+
+    def restore(self, state: dict, events, fit_end: float) -> "PoissonKDE":
+        self.fit_events(events, fit_end)  # the KDE is the training locations themselves: cheap to rebuild
+        self.rate = state["rate"]
+        return self
+
+    def forecast(self, histories: Histories) -> "PoissonNextEvent":
+        return PoissonNextEvent(self, len(histories))
+
     def next_event_logpdf(self, t: np.ndarray, xy: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(temporal, spatial) log density of events ``index`` (each ≥ 1) given their past."""
         index = np.asarray(index)
-        tau = t[index] - t[index - 1]
-        return np.log(self.rate) - self.rate * tau, self.space.logpdf(xy[index])
+        return PoissonNextEvent(self, len(index)).log_terms(np.column_stack([t[index] - t[index - 1], xy[index]]))
 
     def sample_next(self, t, xy, index, n: int, rng: np.random.Generator) -> np.ndarray:
         """(H, n, 3) draws of (τ, x, y) for the event after each ``index``."""
-        h = len(np.atleast_1d(index))
-        tau = rng.exponential(1 / self.rate, (h, n))
-        loc = self.space.sample(h * n, rng).reshape(h, n, 2)
-        return np.concatenate([tau[..., None], loc], -1)
+        return PoissonNextEvent(self, len(np.atleast_1d(index))).sample(n, rng).events
+
+
+class PoissonNextEvent(NextEvent):
+    def __init__(self, model: PoissonKDE, histories: int):
+        self.model, self.H = model, histories
+
+    def log_terms(self, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rate = self.model.rate
+        return np.log(rate) - rate * truth[:, 0], self.model.space.logpdf(truth[:, 1:3])
+
+    def nll(self, truth: np.ndarray) -> NLL:
+        lt, ls = self.log_terms(np.asarray(truth, float))
+        return NLL(-np.column_stack([lt, ls]), "exact")
+
+    def sample(self, n: int, rng: np.random.Generator) -> Samples:
+        tau = rng.exponential(1 / self.model.rate, (self.H, n))
+        loc = self.model.space.sample(self.H * n, rng).reshape(self.H, n, 2)
+        return Samples(np.concatenate([tau[..., None], loc], -1))

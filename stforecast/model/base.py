@@ -1,0 +1,195 @@
+"""One interface for every next-event model, DSTPP and the classical baselines alike (RECAST's idea: ETAS and the
+neural model are siblings; ifl-tpp's: a model returns a distribution object, so sampling and likelihood share it).
+
+    model.fit_events(events, fit_end)   # baselines: maximum likelihood on events before fit_end; DSTPP: trained
+                                        # by `stforecast train`, nothing to do
+    model.calibrate(histories, truth)   # DSTPP: reverse variances of its bound on validation events; others: nothing
+    dist = model.forecast(histories)    # NextEvent: the event after each of H histories
+    dist.sample(n, rng)                 # Samples: events (H, n, 3) = (dt, x, y) in model units, marks {name: (H, n)}
+    dist.nll(truth)                     # NLL per event of truth (H, 3): exact, or an upper bound (its ``kind``)
+
+Histories are plain padded arrays (:class:`Histories`) built once from the catalog stream, a sequence split or a
+simulation's buffer; every consumer (evaluation, horizon simulation, pyCSEP files, reports, batch jobs) only
+calls these methods and never asks which model it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: numeric marks that catalogs carry into histories (categories and units are not numbers: issue 11's work)
+MARK_COLUMNS = ("magnitude",)
+
+
+@dataclass
+class Histories:
+    """``H`` event histories in model units, newest event last, **left**-padded to a common length ``L``.
+
+    * ``t``: ``(H, L)`` float64 model times (NaN in padding)
+    * ``xy``: ``(H, L, 2)`` float64 model coordinates (NaN in padding)
+    * ``marks``: ``{name: (H, L)}`` float64 marks such as ``magnitude`` (NaN in padding)
+    * ``lengths``: ``(H,)`` int64 real events per history (its last ``lengths[i]`` columns), each ≥ 1
+    * ``sequences``: the catalog's own sequence view of the same histories (a ``SequenceSet`` whose history ``i``
+      ends at the same event), where one exists: DSTPP conditions on its training windows during evaluation
+    """
+
+    t: np.ndarray
+    xy: np.ndarray
+    marks: dict = field(default_factory=dict)
+    lengths: np.ndarray | None = None
+    sequences: object | None = None
+
+    def __post_init__(self) -> None:
+        self.t = np.asarray(self.t, dtype=float)
+        self.xy = np.asarray(self.xy, dtype=float)
+        H, L = self.t.shape
+        if self.lengths is None:
+            self.lengths = np.full(H, L, dtype=np.int64)
+        self.lengths = np.asarray(self.lengths, dtype=np.int64)
+        self.marks = {k: np.asarray(v, dtype=float) for k, v in self.marks.items()}
+        assert self.xy.shape == (H, L, 2), f"xy must be (H, L, 2) = {(H, L, 2)}, not {self.xy.shape}"
+        assert self.lengths.shape == (H,) and bool(np.all((self.lengths >= 1) & (self.lengths <= L))), \
+            "every history needs 1..L events"
+        assert all(v.shape == (H, L) for v in self.marks.values()), "marks must be (H, L)"
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(H, L) True on real events."""
+        return np.arange(self.t.shape[1])[None, :] >= (self.t.shape[1] - self.lengths)[:, None]
+
+    @property
+    def last_t(self) -> np.ndarray:
+        """(H,) time of each history's newest event."""
+        return self.t[:, -1]
+
+    def newest(self, k: int) -> "Histories":
+        """The same histories cut to their ``k`` newest events (what a model with a bounded context reads)."""
+        if k >= self.t.shape[1]:
+            return self
+        return Histories(self.t[:, -k:], self.xy[:, -k:], {n: v[:, -k:] for n, v in self.marks.items()},
+                         np.minimum(self.lengths, k), self.sequences)
+
+    def select(self, rows: np.ndarray) -> "Histories":
+        """Histories ``rows`` only (the sequence view is dropped: it is for whole evaluation sets)."""
+        return Histories(self.t[rows], self.xy[rows], {n: v[rows] for n, v in self.marks.items()},
+                         self.lengths[rows])
+
+    @classmethod
+    def from_stream(cls, t: np.ndarray, xy: np.ndarray, index: np.ndarray, length: int,
+                    marks: dict | None = None, sequences=None) -> "Histories":
+        """The ``length`` events before each stream position ``index`` (each ≥ 1) of one time-sorted catalog:
+        ``t`` (N,), ``xy`` (N, 2), ``marks`` {name: (N,)}. Fewer where the catalog starts later (padding)."""
+        index = np.asarray(index, dtype=np.int64)
+        if np.any(index < 1):
+            raise ValueError("a history needs at least one earlier event")
+        L = int(min(length, index.max()))
+        rows = index[:, None] - L + np.arange(L)[None, :]  # (H, L) oldest → newest
+        valid = rows >= 0
+        safe = np.where(valid, rows, 0)
+
+        def gather(values):
+            out = np.asarray(values, dtype=float)[safe]
+            out[~valid] = np.nan
+            return out
+
+        return cls(gather(t), gather(xy), {k: gather(v) for k, v in (marks or {}).items()},
+                   valid.sum(1), sequences)
+
+    @classmethod
+    def from_sequences(cls, sequences) -> "Histories":
+        """The histories of a ``SequenceSet`` (e.g. evaluation prefixes of the source's own windows), right-aligned,
+        keeping the sequence view."""
+        lengths = np.asarray(sequences.lengths, dtype=np.int64)
+        H, L = len(lengths), int(lengths.max())
+        t = np.full((H, L), np.nan)
+        xy = np.full((H, L, 2), np.nan)
+        pos = np.arange(L)[None, :] - (L - lengths)[:, None]  # position within the sequence, < 0 in padding
+        valid = pos >= 0
+        rows = (np.asarray(sequences.offsets[:-1])[:, None] + np.where(valid, pos, 0))
+        t[valid] = sequences.t[rows[valid]]
+        xy[valid] = np.stack([sequences.x[rows[valid]], sequences.y[rows[valid]]], -1)
+        return cls(t, xy, {}, lengths, sequences)
+
+
+@dataclass
+class Samples:
+    """``n`` draws of the next event for each of ``H`` histories: ``events`` (H, n, 3) = (dt, x, y) in model units,
+    ``marks`` {name: (H, n)} for the marks the model forecasts (ETAS: magnitude)."""
+
+    events: np.ndarray
+    marks: dict = field(default_factory=dict)
+
+
+@dataclass
+class NLL:
+    """Negative log-likelihood of the true next events, nats per event in model units: ``per_event`` (H, 2) =
+    (waiting-time term, location term), summing to the joint; ``kind`` "exact" or "bound" (an upper bound);
+    ``extra``: further columns for the evaluation row (Monte-Carlo error of a bound, the paper's protocol)."""
+
+    per_event: np.ndarray
+    kind: str
+    extra: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        joint = self.per_event.sum(1)
+        return {"nll_dt": float(self.per_event[:, 0].mean()), "nll_xy": float(self.per_event[:, 1].mean()),
+                "nll_joint": float(joint.mean()),
+                "nll_joint_se": float(joint.std(ddof=1) / np.sqrt(len(joint))) if len(joint) > 1 else float("nan"),
+                "nll_kind": self.kind,
+                # the same columns for every model: an exact value has no Monte-Carlo error, and only DSTPP has
+                # the paper's scaled-space protocol
+                "nll_mc_se": 0.0, "paper_nll_dt_scaled": float("nan"), "paper_nll_xy_scaled": float("nan"),
+                **self.extra}
+
+
+class NextEvent:
+    """The forecast distribution of the event after each of ``H`` histories."""
+
+    kind = "exact"  # what :meth:`nll` returns: "exact" or "bound"
+
+    def sample(self, n: int, rng: np.random.Generator) -> Samples:
+        raise NotImplementedError
+
+    def nll(self, truth: np.ndarray) -> NLL:
+        """``truth`` (H, 3) = (dt, x, y) of the events that happened."""
+        raise NotImplementedError
+
+
+class Forecaster:
+    """A next-event model. Subclasses set ``name``, ``context`` (how many recent events :meth:`forecast` reads:
+    histories are built that long) and ``mark_names`` (marks its histories must carry, e.g. ``("magnitude",)``)."""
+
+    name = "model"
+    context = 128
+    mark_names: tuple = ()
+
+    def fit_events(self, events, fit_end: float) -> "Forecaster":
+        """Fit on the catalog's events (a DataFrame with ``t``, ``x``, ``y`` and marks) before ``fit_end``."""
+        return self
+
+    def state(self) -> dict:
+        """What a fit found, as JSON-able values (saved without pickle; see :mod:`stforecast.model.registry`)."""
+        return {}
+
+    def restore(self, state: dict, events, fit_end: float) -> "Forecaster":
+        """Undo :meth:`state` on the same events (what is cheap to recompute, e.g. a KDE, is recomputed)."""
+        return self
+
+    def calibrate(self, histories: Histories, truth: np.ndarray) -> None:
+        """Use held-out validation events where the model's likelihood needs it (DSTPP's bound variances)."""
+
+    def configure(self, **settings) -> "Forecaster":
+        """Sampler settings (DSTPP: ``steps``, ``bound_repeats``); models that sample exactly ignore them."""
+        return self
+
+    def forecast(self, histories: Histories) -> NextEvent:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for titles, logs and file attributes."""
+        return self.name

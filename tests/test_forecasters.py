@@ -1,0 +1,117 @@
+"""Every registered model is a first-class forecaster: the same evaluation, horizon simulation, pyCSEP files and
+report run on each of them through one interface, with the same output shapes and columns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.evaluation import evaluate_catalog
+from pipelines.forecasting import ForecastRequest, run_forecast
+from pipelines.report import ReportRequest, write_report
+from stforecast.forecast import history_of, simulate_horizon
+from stforecast.model.base import Forecaster, Histories
+from stforecast.model.registry import BASELINES, load_forecaster
+
+MODELS = ["dstpp", *BASELINES]
+
+
+@pytest.fixture(scope="module")
+def catalog(ridgecrest_tiny):
+    r, ckpt = ridgecrest_tiny
+    events = pd.read_parquet(r.out_dir / "events.parquet")
+    return r.out_dir, ckpt, events, r.manifest
+
+
+@pytest.fixture(scope="module")
+def models(catalog, tmp_path_factory):
+    folder, ckpt, events, manifest = catalog
+    cache = tmp_path_factory.mktemp("baselines")
+    out = {}
+    for name in MODELS:
+        spec = str(ckpt) if name == "dstpp" else name
+        out[name] = load_forecaster(spec, events, manifest, cache_root=cache, log=lambda *a: None)
+        out[name].configure(steps=5, bound_repeats=1)
+    out["_cache"] = cache
+    return out
+
+
+def test_the_registry_gives_forecasters_and_keeps_fits_as_json(catalog, models):
+    folder, ckpt, events, manifest = catalog
+    cache = models["_cache"]
+    assert all(isinstance(models[name], Forecaster) and models[name].name == name for name in MODELS)
+    assert sorted(p.name.split("-")[0] for p in cache.glob("*/*.json")) == sorted(BASELINES)
+    # a cached fit restores the same model: the same exact densities
+    h = Histories.from_stream(events["t"].to_numpy(), events[["x", "y"]].to_numpy(), np.array([400, 500]), 300,
+                              {"magnitude": events["magnitude"].to_numpy()})
+    truth = np.column_stack([np.diff(events["t"].to_numpy())[[399, 499]], events[["x", "y"]].to_numpy()[[400, 500]]])
+    for name in BASELINES:
+        again = load_forecaster(name, events, manifest, cache_root=cache, log=lambda *a: pytest.fail("refitted"))
+        assert np.allclose(again.forecast(h).nll(truth).per_event, models[name].forecast(h).nll(truth).per_event)
+        saved = json.loads(next(cache.glob(f"*/{name}-*.json")).read_text())
+        assert saved["catalog_input_hash"] == manifest["input_hash"] and saved["state"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_samples_the_same_shape(catalog, models, name):
+    folder, ckpt, events, manifest = catalog
+    model = models[name]
+    index = np.array([50, 200, len(events)])
+    h = Histories.from_stream(events["t"].to_numpy(), events[["x", "y"]].to_numpy(), index, model.context,
+                              {"magnitude": events["magnitude"].to_numpy()})
+    s = model.forecast(h).sample(7, np.random.default_rng(0))
+    assert s.events.shape == (3, 7, 3) and np.isfinite(s.events).all() and (s.events[..., 0] > 0).all()
+    assert set(s.marks) == set(model.mark_names) and all(v.shape == (3, 7) for v in s.marks.values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_is_evaluated_the_same_way(catalog, models, name, tmp_path):
+    folder, *_ = catalog
+    ev = evaluate_catalog(folder, models[name], (), "test", 15, 12, 5, bound_repeats=1, out_dir=tmp_path,
+                          log=lambda *a: None)
+    expected = json.loads((tmp_path / "reliability.json").read_text())
+    assert list(ev.table["model"]) == [name] and list(expected) == [name]
+    reference = evaluate_catalog(folder, models["poisson_kde"], (), "test", 15, 12, 5, out_dir=tmp_path / "ref",
+                                 log=lambda *a: None)
+    assert list(ev.table.columns) == list(reference.table.columns)
+    row = ev.table.iloc[0]
+    assert row[["nll_joint", "nll_dt", "nll_xy", "crps_dt", "energy_xy", "cover_xy_80"]].notna().all()
+    assert row["nll_kind"] == ("bound" if name == "dstpp" else "exact")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_simulates_a_horizon_and_writes_pycsep_catalogs(catalog, models, name, tmp_path):
+    folder, ckpt, events, manifest = catalog
+    model = models[name]
+    past = events.iloc[:600]
+    t, xy, marks = history_of(past, model.context)
+    hf = simulate_horizon(model, t, xy, t[-1] + 0.5, 20, marks=marks, max_events=40, seed=1)
+    assert list(hf.events.columns[:6]) == ["simulation", "index", "t", "dt", "x", "y"]
+    assert set(hf.events.columns[6:]) <= set(model.mark_names)
+    assert hf.counts.shape == (20,) and hf.counts.sum() == len(hf.events)
+    assert (hf.events["t"] < t[-1] + 0.5).all() and (hf.events["t"] > t[-1]).all()
+    req = ForecastRequest(at="2019-07-12T00:00", fmt="csep", simulations=15, max_events=40, seed=0, steps=5)
+    summary = run_forecast(folder, model, req, tmp_path, log=lambda *a: None)
+    files = sorted(tmp_path.glob("ridgecrest_*.csv"))
+    assert len(summary["days"]) == 1
+    if files:
+        frame = pd.read_csv(files[0], header=None)
+        assert frame.shape[1] == 7  # lon, lat, mag, time_string, depth, catalog_id, event_id
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_draws_a_report(catalog, models, name, tmp_path):
+    folder, *_ = catalog
+    req = ReportRequest(at="2019-07-12T00:00", horizon="12h", samples=300, simulations=15, max_events=40, steps=5,
+                        lead_bins=2)
+    summary = write_report(folder, models[name], req, tmp_path, model_uri=name, log=lambda *a: None)
+    assert summary["model_kind"] == name
+    assert {"map.html", "forecast.nc", "forecast.png", "contours_0.geojson", "recent.geojson"} <= set(summary["files"])
+    import xarray as xr
+
+    with xr.open_dataset(tmp_path / "forecast.nc") as ds:
+        assert ds["expected_count"].dims == ("lead_time", "y", "x") and ds["expected_count"].shape[0] == 2
+        assert name in ds.attrs["source"].lower()
