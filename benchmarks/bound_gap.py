@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     from stforecast.evaluate import collate_all, next_event_targets
     from stforecast.train import load_model
 
-    from pipelines.cli import catalog_folder
+    from benchmarks.prepare import ensure_ingested, require_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -36,7 +36,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     started = time.perf_counter()
-    folder = catalog_folder(a.data, load_settings())
+    require_checkpoint(a.model, a.data)
+    folder = ensure_ingested(a.data, load_settings())
     model = load_model(a.model)
     test = next_event_targets(folder, "test", a.targets, a.seed)
     val = next_event_targets(folder, "val", 1000, a.seed + 1)

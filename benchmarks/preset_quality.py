@@ -1,6 +1,6 @@
 """Does the default configuration beat the published one? Same data, same number of epochs, validation split.
 
-    python -m benchmarks.preset_quality [--epochs 8] [--data data/processed/dstpp_japan]
+    python -m benchmarks.preset_quality [--epochs 8] [--data dstpp_japan]
 
 Trains the ``paper`` and ``default`` presets for the same number of epochs (the default runs each epoch about
 2.4x faster on CPU, so this favours the paper configuration in wall time), selects each
@@ -21,6 +21,8 @@ import torch
 from stforecast.batch import load_split
 from stforecast.metrics import crps_from_samples, energy_score
 from stforecast.train import TrainConfig, load_model, train
+
+from benchmarks.prepare import ensure_ingested
 
 
 def score(model, data, samplers, histories=500, n=100, seed=0):
@@ -47,9 +49,10 @@ def score(model, data, samplers, histories=500, n=100, seed=0):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--data", default="data/processed/dstpp_japan")
+    ap.add_argument("--data", default="dstpp_japan", help="catalog name (under the processed directory) or folder")
     ap.add_argument("--out", default="runs/preset_quality")
     args = ap.parse_args()
+    args.data = str(ensure_ingested(args.data))
     val = load_split(args.data, "val")
     for preset in ("paper", "default"):
         cfg = TrainConfig(data=args.data, preset=preset, epochs=args.epochs, warmup_epochs=1, eval_every=1,

@@ -22,6 +22,8 @@ import torch
 from stforecast.batch import load_manifest, load_split
 from stforecast.train import TrainConfig, build_model, load_model, pick_device
 
+from benchmarks.prepare import ensure_ingested, require_checkpoint
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,9 +33,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--samplers", default="ddpm,ddim50,ddim20")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--data", default="data/processed/dstpp_japan")
+    ap.add_argument("--data", default="dstpp_japan", help="catalog name (under the processed directory) or folder")
     ap.add_argument("--split", default="test")
     args = ap.parse_args()
+    if args.checkpoint:
+        require_checkpoint(args.checkpoint, args.data, "--checkpoint")
+    args.data = str(ensure_ingested(args.data))
     device = pick_device(args.device)
     torch.manual_seed(0)
     if args.checkpoint:

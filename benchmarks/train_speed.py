@@ -2,10 +2,11 @@
 
     python -m benchmarks.train_speed [--preset paper|default|both] [--steps 30] [--device auto]
 
-Measures target events per second of wall time for forward + backward + AdamW step (the loop of
-stforecast.train, length-bucketed batches of 64 sequences, random order), after 3 warm-up steps, and the peak
-resident memory (CPU) or peak allocated memory (CUDA, bf16 autocast). Needs the ingested windows:
-`stforecast ingest earthquakes dstpp_japan`.
+Measures target events per second of wall time for collate + ``stforecast.train.train_step`` (forward +
+backward + clip + AdamW step: the very function the training loop runs; length-bucketed batches of 64 sequences,
+random order), after 3 warm-up steps, and the peak resident memory (CPU) or peak allocated memory (CUDA, bf16
+autocast). Reads the ingested windows (``--data``: a catalog name under the processed directory, or a folder);
+ingests them first when they are missing.
 """
 
 from __future__ import annotations
@@ -16,17 +17,24 @@ import time
 
 import torch
 
+from stforecast import train as training
 from stforecast.batch import load_manifest, load_split, padding_fraction
 from stforecast.train import TrainConfig, build_model, pick_device
 
+from benchmarks.prepare import ensure_ingested
 
-def measure(preset: str, steps: int, device: torch.device, data: str, batch_size: int = 64) -> dict:
-    cfg = TrainConfig(data=data, preset=preset)
+
+def measure(preset: str, steps: int, device: torch.device, data: str, batch_size: int = 64,
+            model_overrides: dict | None = None) -> dict:
+    """Time ``steps`` calls of :func:`stforecast.train.train_step` (the training loop's own step, at the constant
+    learning rate ``TrainConfig.lr``), each with its batch's collation, after 3 untimed warm-up steps.
+    ``model_overrides``: ModelConfig fields over the preset (tests use a tiny model)."""
+    cfg = TrainConfig(data=data, preset=preset, model=dict(model_overrides or {}))
     manifest = load_manifest(data)
     train = load_split(data, "train")
     model = build_model(cfg.model_config(), manifest).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
-    amp = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    amp = cfg.amp and device.type == "cuda"
     batches = []
     epoch = 0
     while len(batches) < steps + 3:
@@ -36,14 +44,9 @@ def measure(preset: str, steps: int, device: torch.device, data: str, batch_size
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def step(index):
+    def step(index):  # what one iteration of stforecast.train.train's loop times
         batch = train.collate(index).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        training.train_step(model, model, batch, opt, cfg.lr, cfg.grad_clip, amp)
         return batch.num_targets
 
     for b in warm:
@@ -66,8 +69,9 @@ def main() -> None:
     ap.add_argument("--preset", default="both", choices=["paper", "default", "both"])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--data", default="data/processed/dstpp_japan")
+    ap.add_argument("--data", default="dstpp_japan", help="catalog name (under the processed directory) or folder")
     args = ap.parse_args()
+    args.data = str(ensure_ingested(args.data))
     device = pick_device(args.device)
     torch.manual_seed(0)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
@@ -77,10 +81,13 @@ def main() -> None:
         import sys
 
         for p in ("paper", "default"):
-            out = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--preset", p, "--steps",
+            run = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--preset", p, "--steps",
                                   str(args.steps), "--device", args.device, "--data", args.data],
-                                 capture_output=True, text=True, check=True).stdout
-            print(out.strip().splitlines()[-1])
+                                 capture_output=True, text=True)
+            if run.returncode:
+                last = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+                raise SystemExit(f"{p}: the measurement failed: {last}")
+            print(run.stdout.strip().splitlines()[-1])
         return
     for p in [args.preset]:
         r = measure(p, args.steps, device, args.data)

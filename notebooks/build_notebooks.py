@@ -100,8 +100,9 @@ def cells(kind: str, spec: dict) -> list:
              "    model = load_model(str(WORK / 'run' / 'best.pt'))"),
         md("## 3. Forecast the next event\n\nA forecast is a cloud of samples: each is one plausible next event. "
            "Their spread *is* the uncertainty."),
-        code("from stforecast.forecast import model_time_of, next_event, to_original_units\n\n"
-             "t_at = model_time_of(FORECAST_AT, manifest['schema']) if FORECAST_AT else float(events['t'].iloc[-1])\n"
+        code("from stforecast.forecast import next_event\nfrom stforecast.ingested import IngestedCatalog\n\n"
+             "units = IngestedCatalog.open(ingested.out_dir).units\n"
+             "t_at = units.model_time_of(FORECAST_AT) if FORECAST_AT else float(events['t'].iloc[-1])\n"
              "past = events[events['t'] < t_at] if FORECAST_AT else events\n"
              "samples = next_event(model, past['t'].to_numpy()[-128:], past[['x', 'y']].to_numpy()[-128:], 500)\n"
              "fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))\n"
@@ -111,7 +112,7 @@ def cells(kind: str, spec: dict) -> list:
              "ax2.scatter(samples['x'], samples['y'], s=2, c='tab:purple', alpha=0.4, label='next-event samples')\n"
              "ax2.set(title='where the next event may happen', aspect='equal'); ax2.legend(markerscale=4)\n"
              "plt.tight_layout(); plt.show()\n"
-             "to_original_units(samples, manifest['schema']).describe().T"),
+             "units.to_original(samples).describe().T"),
         md("## 4. Score it against classical baselines on held-out events\n\nEvery model forecasts the same held-out "
            "test events, each from everything before it: a homogeneous **Poisson** process with a static spatial "
            "density (no memory), a self-exciting **Hawkes** process (each event raises the rate nearby for a while)"

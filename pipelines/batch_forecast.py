@@ -2,7 +2,7 @@
 
 For each job of the config (``data/batch.toml``): optionally refresh the catalog (ingestion is itself
 idempotent), load the model, and — unless an identical forecast already exists — run :func:`run_report` into
-``OUT/<forecast date>/<job>/`` with a ``manifest.json`` naming every input. A job's inputs hash to a key (the
+``OUT/<forecast date>/<job>/`` with a ``forecast.json`` record naming every input. A job's inputs hash to a key (the
 catalog's input hash, the model file's SHA-256 or MLflow URI, the settings and the forecast time); a folder whose
 manifest has the same key is left alone. Each job writes into a temporary folder renamed into place at the end,
 so a failure leaves no partial output and the previous forecast intact. Any failed job makes the command exit 1
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "batch.toml"
+#: a finished job's record in its folder: key, inputs, summary and the SHA-256 of every output
+JOB_RECORD = "forecast.json"
 
 
 @dataclass
@@ -48,14 +49,22 @@ class JobResult:
 
 
 def load_jobs(path=None) -> tuple[list[Job], Path]:
+    """The jobs of a batch config: ``out`` and ``[[job]]`` tables whose keys are :class:`Job` fields (an unknown
+    key or a wrong type is an error naming the job and the key)."""
+    from stforecast.config import read_settings_file, typed_fields
+
     path = Path(path or DEFAULT_CONFIG)
-    cfg = tomllib.loads(path.read_text())
+    cfg = read_settings_file(path)
+    unknown = sorted(set(cfg) - {"out", "job"})
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; a batch config holds `out` and [[job]] tables")
     jobs = []
     for i, raw in enumerate(cfg.get("job", [])):
-        try:
-            jobs.append(Job(**raw))
-        except TypeError as e:
-            raise ValueError(f"{path}: [[job]] number {i + 1}: {e}") from None
+        where = f"{path}: [[job]] number {i + 1}"
+        missing = [k for k in ("name", "catalog", "model") if k not in raw]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}")
+        jobs.append(Job(**typed_fields(Job, raw, where)))
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: job names must be unique, got {names}")
@@ -84,48 +93,42 @@ def run_job(job: Job, out_root: str, settings_env: dict | None = None) -> JobRes
 
 
 def _run_job(job: Job, out_root: Path) -> JobResult:
-    from pipelines.ingest import atomic_dir, sweep_stale
+    from stforecast.io.atomic import atomic_dir, sweep_stale
     from pipelines.report import ReportRequest, write_report
     from stforecast.config import load_settings
-    from stforecast.forecast import model_time_of, time_of
+    from stforecast.ingested import IngestedCatalog
 
     settings = load_settings()
     if job.refresh:
         from pipelines.ingest import run_ingest
 
         run_ingest(settings.catalog(job.catalog), settings, progress=False)
-    from pipelines.cli import catalog_folder
-
-    folder = catalog_folder(job.catalog, settings)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    schema = manifest["schema"]
-    if job.at:
-        t_at = model_time_of(job.at, schema)
-    else:
-        t_at = float(pd.read_parquet(folder / "events.parquet", columns=["t"])["t"].iloc[-1])
-    when = time_of(t_at, schema)
+    catalog = IngestedCatalog.open(job.catalog, settings.processed_dir)
+    manifest = catalog.manifest
+    t_at = catalog.units.model_time_of(job.at) if job.at else float(catalog.events["t"].iloc[-1])
+    when = catalog.units.time_of(t_at)
     day = f"{when:%Y-%m-%d}" if isinstance(when, pd.Timestamp) else f"t{float(when):.0f}"
     key = hashlib.sha256(json.dumps({"catalog": manifest["input_hash"], "model": model_identity(job.model),
                                      "job": asdict(job), "t_at": t_at}, sort_keys=True).encode()).hexdigest()
     final = out_root / day / job.name
-    if (final / "manifest.json").exists() and json.loads((final / "manifest.json").read_text()).get("key") == key:
+    if (final / JOB_RECORD).exists() and json.loads((final / JOB_RECORD).read_text()).get("key") == key:
         return JobResult(job.name, "skipped", str(final), "inputs unchanged")
     from stforecast.model.registry import load_forecaster
 
     warnings: list[str] = []
-    model = load_forecaster(job.model, pd.read_parquet(folder / "events.parquet"), manifest,
-                            allow_other_catalog=job.allow_other_catalog, log=warnings.append)
+    model = load_forecaster(job.model, catalog, allow_other_catalog=job.allow_other_catalog, log=warnings.append)
     warnings = [w for w in warnings if w.startswith("warning")]  # not the baseline's "fitting ..." line
     req = ReportRequest(at=job.at, horizon=job.horizon, simulations=job.simulations, samples=job.samples,
                         max_events=job.max_events, seed=job.seed)
     sweep_stale(final)  # what a killed run left beside it
     with atomic_dir(final) as staging:  # the report and its manifest appear together, or not at all
         # MLflow is written by the parent, one job at a time (SQLite stores do not like concurrent writers)
-        summary = write_report(folder, model, req, staging, model_uri=job.model, log=lambda *a: None)
+        summary = write_report(catalog, model, req, staging, model_uri=job.model, log=lambda *a: None)
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(staging.iterdir())}
-        (staging / "manifest.json").write_text(json.dumps(
+        (staging / JOB_RECORD).write_text(json.dumps(
             {"key": key, "job": asdict(job), "catalog": manifest["name"], "catalog_input_hash": manifest["input_hash"],
-             "model": job.model, "model_identity": model_identity(job.model), "forecast_time": str(when),
+             "model": job.model, "model_kind": model.name, "model_identity": model_identity(job.model),
+             "forecast_time": str(when),
              "summary": summary, "files_sha256": files}, indent=1, default=str))
     return JobResult(job.name, "done", str(final),
                      "; ".join([f"{summary['expected_events']:.2f} expected events", *warnings]))
@@ -150,14 +153,14 @@ def track_results(results: list[JobResult]) -> None:
     """One MLflow run per finished job (experiment stforecast-batch), its folder as artifacts."""
     import mlflow
 
-    from stforecast.tracking import setup
+    from stforecast.tracking import tracked_run
 
     for r in results:
         if r.status != "done":
             continue
-        manifest = json.loads((Path(r.folder) / "manifest.json").read_text())
-        with mlflow.start_run(experiment_id=setup("stforecast-batch"), run_name=f"batch-{r.name}"):
-            mlflow.set_tags({"model_uri": manifest["model"], "catalog": manifest["catalog"],
-                             "forecast_time": manifest["forecast_time"], "batch.key": manifest["key"]})
+        manifest = json.loads((Path(r.folder) / JOB_RECORD).read_text())
+        with tracked_run("stforecast-batch", f"batch-{r.name}",
+                         {"model_uri": manifest["model"], "catalog": manifest["catalog"],
+                          "forecast_time": manifest["forecast_time"], "batch.key": manifest["key"]}):
             mlflow.log_metric("expected_events", manifest["summary"]["expected_events"])
             mlflow.log_artifacts(r.folder)

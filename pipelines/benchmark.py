@@ -10,13 +10,16 @@ import hashlib
 import json
 import platform
 import time
-import tomllib
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from pipelines.evaluation import PAPER_JAPAN, evaluate_catalog, log_evaluation, markdown_table, paper_comparison
-from stforecast.io.remote import atomic_write_text
+from stforecast.config import read_settings_file, typed_fields
+from stforecast.defaults import SAMPLER_STEPS, SCORE_SAMPLES
+from stforecast.io.atomic import atomic_write_text
+from stforecast.model.registry import BASELINES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "benchmark.toml"
 #: the columns of the summary table, best value of each lower except coverage (closest to nominal)
@@ -33,9 +36,30 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+@dataclass
+class BenchmarkSettings:
+    """The keys of data/benchmark.toml (checked by :func:`stforecast.config.typed_fields`: an unknown key or a
+    wrong type is an error naming it and the file)."""
+
+    catalogs: list = field(default_factory=lambda: ["japan", "chicago", "wmaze"])
+    seed: int = 0
+    targets: int = 1000
+    samples: int = SCORE_SAMPLES
+    ddim_steps: int = SAMPLER_STEPS
+    bound_repeats: int = 4
+    baselines: list = field(default_factory=lambda: list(BASELINES))
+    baseline_fit_events: int | None = None
+    train: dict = field(default_factory=dict)  # TrainConfig fields (checked when each catalog trains)
+    catalog: dict = field(default_factory=dict)  # per-catalog overrides: [catalog.NAME.train]
+    quick: dict = field(default_factory=dict)  # what --quick changes
+
+
 def load_benchmark_config(path=None, quick: bool = False) -> dict:
-    cfg = tomllib.loads(Path(path or DEFAULT_CONFIG).read_text())
+    path = Path(path or DEFAULT_CONFIG)
+    raw = read_settings_file(path)
+    cfg = asdict(BenchmarkSettings(**typed_fields(BenchmarkSettings, raw, str(path))))
     if quick:
+        typed_fields(BenchmarkSettings, {k: v for k, v in cfg["quick"].items() if k != "train"}, f"{path} [quick]")
         cfg = merge(cfg, cfg.get("quick", {}))
     return cfg
 
@@ -53,18 +77,18 @@ def resolve_catalog(entry: str, settings, processed_dir: Path | None = None):
     (it is then ingested, or found up to date, as before), else the folder of an already-ingested catalog: an ad-hoc
     one from ``stforecast ingest table --name NAME`` under the processed directory, or any folder holding a
     manifest.json (its name is the folder's). Raises :class:`FileNotFoundError` saying where it looked."""
+    from stforecast.ingested import IngestedCatalog
+
     if entry in settings.catalogs:
         return entry, settings.catalog(entry)
-    processed = Path(processed_dir or settings.processed_dir)
-    candidates = [Path(entry)] if ("/" in entry or entry in (".", "..")) else [processed / entry, Path(entry)]
-    for folder in candidates:
-        if (folder / "manifest.json").is_file():
-            folder = folder.resolve()
-            return folder.name, folder
-    raise FileNotFoundError(
-        f"--catalogs {entry}: not a catalog of {settings.config_file} (known: {', '.join(sorted(settings.catalogs))}) "
-        f"nor an ingested catalog (no {candidates[0] / 'manifest.json'}); ingest it first, e.g. "
-        f"`stforecast ingest table --name {Path(entry).name} --path FILE ...`")
+    try:
+        folder = IngestedCatalog.open(entry, processed_dir or settings.processed_dir).folder.resolve()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"--catalogs {entry}: not a catalog of {settings.config_file} (known: "
+            f"{', '.join(sorted(settings.catalogs))}) nor an ingested catalog ({e}); ingest it first, e.g. "
+            f"`stforecast ingest table --name {Path(entry).name} --path FILE ...`") from None
+    return folder.name, folder
 
 
 def verdict(table: pd.DataFrame) -> list[str]:
@@ -90,6 +114,7 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
                   device: str = "auto", progress: bool = True, log=print) -> pd.DataFrame:
     from pipelines.ingest import IngestResult, run_ingest
     from stforecast.config import load_settings
+    from stforecast.ingested import IngestedCatalog
     from stforecast.train import TrainConfig, load_model, train
 
     cfg = load_benchmark_config(config_path, quick)
@@ -104,8 +129,8 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
         name, cfg_or_folder = resolve_catalog(entry, settings, processed_dir)
         if isinstance(cfg_or_folder, Path):
             log(f"== {name}: already ingested in {cfg_or_folder} (not in {settings.config_file.name}, so used as is)")
-            ingested = IngestResult(cfg_or_folder, json.loads((cfg_or_folder / "manifest.json").read_text()),
-                                    skipped=True)
+            manifest = IngestedCatalog.open(cfg_or_folder, cfg_or_folder.parent).manifest
+            ingested = IngestResult(cfg_or_folder, manifest, skipped=True)
         else:
             log(f"== {name}: ingest")
             ingested = run_ingest(cfg_or_folder, settings, out_root=processed_dir, progress=progress)
@@ -148,10 +173,10 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
     if track:
         import mlflow
 
-        from stforecast.tracking import setup
+        from stforecast.tracking import tracked_run
 
-        with mlflow.start_run(experiment_id=setup("stforecast-benchmark"), run_name="benchmark-summary"):
-            mlflow.set_tags({"benchmark": "quick" if quick else "full", "catalogs": ",".join(catalogs)})
+        with tracked_run("stforecast-benchmark", "benchmark-summary",
+                         {"benchmark": "quick" if quick else "full", "catalogs": ",".join(catalogs)}):
             for name in ("benchmark.csv", "benchmark.md", "benchmark.json"):
                 mlflow.log_artifact(str(out / name))
     log(f"benchmark done in {record['seconds']:.0f} s: {out / 'benchmark.md'}")

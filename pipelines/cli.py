@@ -341,13 +341,12 @@ def cmd_demo(args) -> int:
     return status
 
 
-def catalog_folder(name: str, settings) -> Path:
-    """An ingested catalog: a folder holding manifest.json, or a name under the processed directory."""
-    for folder in (Path(name), settings.processed_dir / name):
-        if (folder / "manifest.json").exists():
-            return folder
-    raise FileNotFoundError(f"no ingested catalog {name!r} (looked for {name}/manifest.json and "
-                            f"{settings.processed_dir / name}/manifest.json); run `stforecast ingest` first")
+def open_catalog(name: str):
+    """An ingested catalog by name (under the processed directory) or folder."""
+    from stforecast.config import load_settings
+    from stforecast.ingested import IngestedCatalog
+
+    return IngestedCatalog.open(name, load_settings().processed_dir)
 
 
 def _train_parser(sub) -> None:
@@ -382,17 +381,15 @@ def _train_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from stforecast.config import load_settings
     from stforecast.train import TrainConfig, load_train_config, train
 
     overrides = list(args.set)
-    settings = load_settings()
     base = None
     if args.resume and args.out and not args.config and (Path(args.out) / "last.pt").is_file():
         # `train --out DIR --resume`: continue with the settings the run was started with (CLI flags still win)
         base = _settings_of_checkpoint(Path(args.out) / "last.pt")
     if args.data:
-        overrides.append(f'data="{catalog_folder(args.data, settings)}"')
+        overrides.append(f'data="{open_catalog(args.data).folder}"')
     for flag, key in (("preset", "preset"), ("epochs", "epochs"), ("max_steps", "max_steps"),
                       ("batch_size", "batch_size"), ("device", "device")):
         value = getattr(args, flag)
@@ -432,18 +429,12 @@ def _settings_of_checkpoint(checkpoint: Path) -> dict:
     return json.loads(load_checkpoint(checkpoint)["train_config"])
 
 
-def load_checked_model(spec: str, folder: Path, allow_other: bool, log=print):
+def load_checked_model(spec: str, catalog, allow_other: bool, log=print, track: bool = False):
     """The model a command was given: a baseline's name (fitted on this catalog, or its cached fit), a checkpoint
     path or an MLflow URI (checked against the catalog's units and frame)."""
-    import json
-
-    import pandas as pd
-
     from stforecast.model.registry import load_forecaster
 
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    events = pd.read_parquet(Path(folder) / "events.parquet")
-    return load_forecaster(spec, events, manifest, allow_other_catalog=allow_other, log=log)
+    return load_forecaster(spec, catalog, allow_other_catalog=allow_other, log=log, track=track)
 
 
 def _evaluate_parser(sub) -> None:
@@ -479,21 +470,20 @@ def cmd_evaluate(args) -> int:
     from rich.console import Console
 
     from pipelines.evaluation import evaluate_catalog, log_evaluation
-    from stforecast.config import load_settings
 
     console = Console()
     if not console.is_terminal:  # logs and CI: room for the whole table instead of 80 columns of ellipses
         console = Console(width=132)
-    folder = catalog_folder(args.data, load_settings())
+    catalog = open_catalog(args.data)
     model = None
     if args.model and args.model.lower() != "none":
-        model = load_checked_model(args.model, folder, args.allow_other_catalog, console.print)
-    ev = evaluate_catalog(folder, model, [b for b in args.baselines.split(",") if b], args.split,
+        model = load_checked_model(args.model, catalog, args.allow_other_catalog, console.print, not args.no_track)
+    ev = evaluate_catalog(catalog, model, [b for b in args.baselines.split(",") if b], args.split,
                           args.targets or None, args.samples, args.steps, args.seed,
                           out_dir=Path(args.out) if args.out else None, hdr_events=args.hdr_events, log=console.print)
     print_scores(console, ev)
     if not args.no_track:
-        log_evaluation(ev, f"{folder.name}-{args.split}", {"model": args.model or "", "split": args.split})
+        log_evaluation(ev, f"{catalog.folder.name}-{args.split}", {"model": args.model or "", "split": args.split})
     return 0
 
 
@@ -540,7 +530,9 @@ def _forecast_parser(sub) -> None:
     p.add_argument("--horizon", help="simulate continuations this far ahead: 24h, 7d, 90min (or model units)")
     p.add_argument("--simulations", type=int, default=200, help="continuations / catalogs per forecast (default 200)")
     p.add_argument("--max-events", type=int, default=1000, help="cap on events per simulation (default 1000)")
-    p.add_argument("--max-history", type=int, default=128, help="events each draw conditions on (default 128)")
+    p.add_argument("--max-history", type=int, default=None,
+                   help="events each draw conditions on (default: the model's own context: DSTPP 128, Hawkes 200, "
+                        "ETAS 300, Poisson 1)")
     p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"DDIM denoising steps (default {SAMPLER_STEPS})")
     p.add_argument("--format", dest="fmt", default="parquet", choices=["parquet", "csv", "csep"],
                    help="output files: parquet (default), csv, or csep (daily pyCSEP catalog forecasts)")
@@ -556,16 +548,15 @@ def cmd_forecast(args) -> int:
     from rich.console import Console
 
     from pipelines.forecasting import ForecastRequest, run_forecast
-    from stforecast.config import load_settings
 
     console = Console()
-    folder = catalog_folder(args.data, load_settings())
-    model = load_checked_model(args.model, folder, args.allow_other_catalog, console.print)
+    catalog = open_catalog(args.data)
+    model = load_checked_model(args.model, catalog, args.allow_other_catalog, console.print)
     req = ForecastRequest(at=args.at, samples=args.samples, horizon=args.horizon, simulations=args.simulations,
                           max_events=args.max_events, max_history=args.max_history, steps=args.steps, fmt=args.fmt,
                           days=args.days, csep_test=args.csep_test, seed=args.seed)
-    out = Path(args.out or Path("reports") / f"forecast-{folder.name}")
-    summary = run_forecast(folder, model, req, out, log=console.print)
+    out = Path(args.out or Path("reports") / f"forecast-{catalog.folder.name}")
+    summary = run_forecast(catalog, model, req, out, log=console.print)
     if "next_event" in summary:
         lo, hi = summary["next_event"]["dt_q10_q90"]
         console.print(f"next event: median wait {summary['next_event']['dt_median']:.4g} {summary['units'][0]} "
@@ -613,16 +604,15 @@ def cmd_report(args) -> int:
     from rich.console import Console
 
     from pipelines.report import ReportRequest, run_report
-    from stforecast.config import load_settings
 
     console = Console()
-    folder = catalog_folder(args.data, load_settings())
-    model = load_checked_model(args.model, folder, args.allow_other_catalog, console.print)
+    catalog = open_catalog(args.data)
+    model = load_checked_model(args.model, catalog, args.allow_other_catalog, console.print, not args.no_track)
     req = ReportRequest(at=args.at, horizon=args.horizon, lead_bins=args.lead_bins, samples=args.samples,
                         simulations=args.simulations, levels=tuple(float(v) for v in args.levels.split(",")),
                         show_samples=args.show_samples, online_tiles=args.online_tiles, steps=args.steps, seed=args.seed)
-    out = Path(args.out or Path("reports") / f"map-{folder.name}")
-    summary = run_report(folder, model, req, out, model_uri=args.model, track=not args.no_track,
+    out = Path(args.out or Path("reports") / f"map-{catalog.folder.name}")
+    summary = run_report(catalog, model, req, out, model_uri=args.model, track=not args.no_track,
                          log=console.print)
     console.print(f"expected events in the next {args.horizon}: {summary['expected_events']:.2f}")
     console.print(f"map (open in a browser, works offline): {out / 'map.html'}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
-from stforecast.io.remote import atomic_write_text
+from stforecast.io.atomic import atomic_write_text
 from stforecast.model.registry import BASELINES
 
 #: the paper's Japan numbers (DSTPP row of Tables 2 and 3), for the ``given``-split DSTPP windows
@@ -42,33 +42,32 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def evaluate_catalog(folder: Path, model=None, baselines=tuple(BASELINES), split: str = "test",
+def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str = "test",
                      max_targets: int | None = 1000, samples: int = SCORE_SAMPLES, steps: int = SAMPLER_STEPS,
                      seed: int = 0, bound_repeats: int = 4, out_dir: Path | None = None,
                      baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print) -> Evaluation:
     """Score ``model`` (any loaded :class:`~stforecast.model.base.Forecaster`, or None) and the named baselines on
-    ``split`` of the catalog in ``folder``. Baselines are fitted on events before the validation start; every model
+    ``split`` of ``catalog`` (an IngestedCatalog, folder or name). Baselines are fitted on events before the validation start; every model
     is offered the validation events to calibrate on (DSTPP's bound variances). Catalogs with the source's own
     (non-chronological) split have no continuous past, so only ``model`` is scored there."""
-    from stforecast.evaluate import evaluate_next_event, load_stream, next_event_targets, plot_reliability
-    from stforecast.model.registry import completeness, fit_baselines
+    from stforecast.evaluate import evaluate_next_event, next_event_targets, plot_reliability
+    from stforecast.ingested import as_catalog
+    from stforecast.model.registry import fit_baselines
 
-    folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    continuous = manifest["split"].get("mode") != "given"
+    catalog = as_catalog(catalog)
+    folder, manifest, continuous = catalog.folder, catalog.manifest, catalog.continuous
     targets = next_event_targets(folder, split, max_targets, seed)
     calibration = next_event_targets(folder, "val", min(max_targets or 1000, 1000), seed + 1)
     models = {model.name: model} if model is not None else {}
-    events = load_stream(folder) if continuous else None
+    events = catalog.events if continuous else None
     baselines = [b for b in baselines if b not in models]
     if baselines and not continuous:
         log(f"{manifest['name']}: the source's own split is not one continuous catalog, so the baselines "
             "(which condition on the whole past) are skipped")
     elif baselines:
         log(f"fitting baselines {list(baselines)} on events before the validation start ...")
-        models.update(fit_baselines(events, manifest["split"]["model_time"]["val_start"],
-                                    mc=completeness(manifest, events), max_events=baseline_fit_events,
-                                    names=baselines))
+        models.update(fit_baselines(events, catalog.split_start("val"), mc=catalog.completeness(),
+                                    max_events=baseline_fit_events, names=baselines))
     for m in models.values():
         m.configure(steps=steps, bound_repeats=bound_repeats)
     n_hdr = min(hdr_events, len(targets.truth))
@@ -119,11 +118,10 @@ def log_evaluation(ev: Evaluation, run_name: str, tags: dict | None = None, expe
     """One MLflow run: every number as ``<model>.<metric>``, the tables and the plot as artifacts."""
     import mlflow
 
-    from stforecast.tracking import setup
+    from stforecast.tracking import tracked_run
 
-    with mlflow.start_run(experiment_id=setup(experiment), run_name=run_name) as run:
-        mlflow.set_tags({"data.input_hash": ev.manifest["input_hash"], "catalog": ev.manifest["name"],
-                         **(tags or {})})
+    with tracked_run(experiment, run_name, {"data.input_hash": ev.manifest["input_hash"],
+                                            "catalog": ev.manifest["name"], **(tags or {})}) as run:
         for _, row in ev.table.iterrows():
             mlflow.log_metrics({f"{row['model']}.{k}": float(v) for k, v in row.items()
                                 if k not in ("model", "catalog") and isinstance(v, (int, float)) and v == v})

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from stforecast.defaults import SAMPLER_STEPS
-from stforecast.forecast import (count_summary, history_of, horizon_length, model_time_of, next_event,
-                                 simulate_horizon, time_of, to_original_units)
-from stforecast.io.remote import atomic_write_text
+from stforecast.forecast import count_summary, history_of, next_event, simulate_horizon
+from stforecast.ingested import as_catalog
+from stforecast.io.atomic import atomic_path, atomic_write_text
 
 
 @dataclass
@@ -37,49 +37,46 @@ class ForecastRequest:
 
 def write_table(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
     path = path.with_suffix(".csv" if fmt == "csv" else ".parquet")
-    tmp = path.with_name(f".{path.name}.part")
-    if fmt == "csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
     return path
 
 
-def run_forecast(folder: Path, model, req: ForecastRequest, out: Path, log=print) -> dict:
-    """Forecasts for the catalog in ``folder``; writes tables under ``out`` and returns a summary dict."""
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    schema = manifest["schema"]
-    if manifest["split"].get("mode") == "given":
-        raise ValueError(f"{folder}: forecasting needs one continuous catalog, not the source's own windows")
-    events = pd.read_parquet(Path(folder) / "events.parquet", columns=["t", "x", "y", "time"]
-                             + (["magnitude"] if "magnitude" in schema["marks"] else []))
-    t_at = model_time_of(req.at, schema) if req.at else float(events["t"].iloc[-1])
+def run_forecast(catalog, model, req: ForecastRequest, out: Path, log=print) -> dict:
+    """Forecasts for ``catalog`` (an :class:`~stforecast.ingested.IngestedCatalog`, a folder or a name) from any
+    forecaster; writes tables under ``out`` and returns a summary dict."""
+    catalog = as_catalog(catalog)
+    catalog.require_continuous("forecasting")
+    units, events = catalog.units, catalog.events
+    t_at = units.model_time_of(req.at) if req.at else float(events["t"].iloc[-1])
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"catalog": manifest["name"], "at_model_time": t_at, "units": [schema["time_unit"],
-                                                                              schema["spatial_unit"]],
+    summary = {"catalog": catalog.name, "model": model.describe(), "at_model_time": t_at,
+               "units": [units.time_unit, units.spatial_unit],
                "request": {k: v for k, v in req.__dict__.items() if k != "notes"}, "files": {}}
     if req.fmt == "csep":
-        summary.update(csep_days(events, manifest, model, req, t_at, out, log))
+        summary.update(csep_days(catalog, model, req, t_at, out, log))
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
         return summary
-    past = events[events["t"] < t_at] if req.at else events
+    past = catalog.before(t_at) if req.at else events
     if len(past) == 0:
-        raise ValueError(f"no events before {req.at} in {folder}")
+        raise ValueError(f"no events before {req.at} in {catalog.folder}")
     keep = req.max_history or model.context
     t_hist, xy_hist, marks = history_of(past, keep)
-    log(f"history: {len(past):,} events up to {to_original_units(past.tail(1), schema)['time'].iloc[0]}; "
+    log(f"history: {len(past):,} events up to {units.time_of(past['t'].iloc[-1])}; "
         f"{model.describe()} conditions on the last {len(t_hist)}")
-    nxt = to_original_units(next_event(model, t_hist, xy_hist, req.samples, marks=marks, max_history=keep,
-                                       steps=req.steps, seed=req.seed), schema)
+    nxt = units.to_original(next_event(model, t_hist, xy_hist, req.samples, marks=marks, max_history=keep,
+                                       steps=req.steps, seed=req.seed))
     summary["files"]["next_event"] = str(write_table(nxt, out / "next_event", req.fmt))
     summary["next_event"] = {"dt_median": float(nxt["dt"].median()),
                              "dt_q10_q90": [float(v) for v in nxt["dt"].quantile([0.1, 0.9])]}
     if req.horizon:
-        t_end = t_at + horizon_length(req.horizon, schema)
+        t_end = t_at + units.horizon(req.horizon)
         hf = simulate_horizon(model, t_hist, xy_hist, t_end, req.simulations, marks=marks, max_events=req.max_events,
                               max_history=keep, steps=req.steps, seed=req.seed, progress=True)
-        sims = to_original_units(hf.events, schema) if len(hf.events) else hf.events
+        sims = units.to_original(hf.events) if len(hf.events) else hf.events
         summary["files"]["horizon_events"] = str(write_table(sims, out / "horizon_events", req.fmt))
         per_sim = pd.DataFrame({"simulation": np.arange(req.simulations), "events": hf.counts, "capped": hf.capped})
         summary["files"]["horizon_counts"] = str(write_table(per_sim, out / "horizon_counts", "csv"))
@@ -90,26 +87,26 @@ def run_forecast(folder: Path, model, req: ForecastRequest, out: Path, log=print
     return summary
 
 
-def csep_days(events, manifest, model, req: ForecastRequest, t_at: float, out: Path, log) -> dict:
+def csep_days(catalog, model, req: ForecastRequest, t_at: float, out: Path, log) -> dict:
     """``req.days`` daily catalog forecasts from ``at``: each day conditions on every event before its start,
     simulates ``req.simulations`` catalogs for 24 h and writes them as pyCSEP CSV."""
     from stforecast.baselines.etas import aki_b_value, max_curvature_mc
     from stforecast.catalog import SECONDS_PER
     from stforecast.csep import catalog_forecast_frame, run_csep_tests, write_catalog_forecast
 
-    schema = manifest["schema"]
-    if schema["time"] != "UTC timestamp" or "magnitude" not in events:
+    units, events = catalog.units, catalog.events
+    if not units.calendar or "magnitude" not in events:
         raise ValueError("--format csep needs an earthquake catalog with calendar times and magnitudes")
     # The catalog's magnitude threshold is not its completeness (Japan: threshold 2.5, mode of the counts 4.4), so
     # b is fitted above the completeness estimated on the training period, and magnitudes are drawn from there.
-    train = events[events["t"] < manifest["split"]["model_time"]["val_start"]]
+    train = catalog.train_events
     mc = max_curvature_mc(train["magnitude"].to_numpy())
     above = train["magnitude"].to_numpy()
     above = above[above >= mc - 1e-9]
     b = aki_b_value(above, mc)
     log(f"magnitudes: Gutenberg-Richter with b = {b:.3f} above Mc = {mc:.1f} (maximum curvature + 0.2; Aki MLE on "
         f"{len(above):,} events before the validation start), for every model's simulated catalogs")
-    day = SECONDS_PER["days"] / SECONDS_PER[schema["time_unit"]]
+    day = SECONDS_PER["days"] / units.seconds
     result = {"gutenberg_richter": {"b": b, "mc": mc}, "days": []}
     for d in range(req.days):
         t0, t1 = t_at + d * day, t_at + (d + 1) * day
@@ -117,13 +114,13 @@ def csep_days(events, manifest, model, req: ForecastRequest, t_at: float, out: P
         t_hist, xy_hist, marks = history_of(events[events["t"] < t0], keep)
         hf = simulate_horizon(model, t_hist, xy_hist, t1, req.simulations, marks=marks, max_events=req.max_events,
                               max_history=keep, steps=req.steps, seed=req.seed + d)
-        start = time_of(t0, schema)
+        start = units.time_of(t0)
         end = start + pd.Timedelta(days=1)
-        sims = to_original_units(hf.events, schema) if len(hf.events) else pd.DataFrame(
+        sims = units.to_original(hf.events) if len(hf.events) else pd.DataFrame(
             columns=["simulation", "time", "lon", "lat"])
         sims = sims[sims["time"] >= start]  # the simulation starts at the last observed event, before the day
         path = write_catalog_forecast(catalog_forecast_frame(sims, mc, b, seed=req.seed + d), out,
-                                      manifest["name"], start)
+                                      catalog.name, start)
         entry = {"start": str(start), "file": str(path), "n_catalogs": req.simulations,
                  "mean_events": float(sims.groupby("simulation").size().reindex(range(req.simulations),
                                                                                 fill_value=0).mean()),
@@ -131,11 +128,9 @@ def csep_days(events, manifest, model, req: ForecastRequest, t_at: float, out: P
                  "note": "events of any magnitude above the catalog threshold; pyCSEP tests count those >= Mc",
                  "capped": int(hf.capped.sum())}
         if req.csep_test:
-            observed = events.assign(lon=to_original_units(events, schema)["lon"],
-                                     lat=to_original_units(events, schema)["lat"])
-            bbox = manifest["config"]["filters"].get("bbox") or (
-                float(observed["lon"].min()), float(observed["lat"].min()),
-                float(observed["lon"].max()) + 0.1, float(observed["lat"].max()) + 0.1)
+            lonlat = units.to_original(events[["t", "x", "y"]])
+            observed = events.assign(lon=lonlat["lon"], lat=lonlat["lat"])
+            bbox = catalog.region_lonlat()
             entry["csep"] = run_csep_tests(path, req.simulations, observed, start, end, mc, tuple(bbox),
                                            out_dir=out)
         log(f"{start:%Y-%m-%d}: {entry['mean_events']:.2f} events per simulated catalog (observed "

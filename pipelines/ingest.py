@@ -12,14 +12,11 @@ the manifest already there does nothing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import operator
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +32,7 @@ from stforecast.clean import (
 )
 from stforecast.config import IngestConfig, Settings, check_name
 from stforecast.io import tables
+from stforecast.io.atomic import atomic_dir, sweep_stale
 from stforecast.sequences import (
     SPLITS, assign_splits, build_sequences, given_sequences, normalisation_stats, split_counts,
 )
@@ -255,49 +253,6 @@ def bound_value(value, calendar: bool, tz: str = "UTC"):
 
 
 # ------------------------------------------------------------------------------------------------ output
-@contextlib.contextmanager
-def atomic_dir(target: Path):
-    """Yield a temp folder beside ``target``; on success it replaces ``target``. Whatever fails (the body, Ctrl-C,
-    either of the two final renames), the temp folder is removed and the previous ``target`` stays (or is put
-    back) in place."""
-    target = Path(target)
-    if target.name in ("", ".", ".."):
-        raise ValueError(f"{target}: the output must be a named folder, not {target.name or '/'!r}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    moved = False  # the previous output has been moved aside to `old`
-    try:
-        yield tmp
-        if target.exists() or target.is_symlink():
-            os.replace(target, old)
-            moved = True
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            if moved and not target.exists():
-                os.replace(old, target)  # put the previous output back (if this fails, sweep_stale will)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if moved:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def sweep_stale(target: Path, max_age_s: float = 3600) -> None:
-    """Remove temp/old folders that a killed run left beside ``target`` (older than ``max_age_s``); if the
-    output itself is missing but an old copy survives (killed between the two renames), restore it."""
-    if not target.parent.exists():
-        return
-    now = time.time()
-    for p in target.parent.glob(f".{target.name}.*-*"):
-        if ".old-" in p.name and not target.exists():
-            os.replace(p, target)
-        elif now - p.stat().st_mtime > max_age_s:
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def write_sequences(seqs: pd.DataFrame, folder: Path) -> None:
     """Hive-partitioned Parquet: ``sequences/split=train/part-0.parquet`` etc."""
     import pyarrow as pa
@@ -321,11 +276,12 @@ def rejects_summary(rejects: pd.DataFrame) -> list[dict]:
 
 
 def read_manifest(out_dir: Path) -> dict | None:
-    p = out_dir / "manifest.json"
-    if not p.exists():
+    """The manifest of the output already in place, if any (to skip work whose inputs are unchanged)."""
+    from stforecast.ingested import IngestedCatalog
+
+    if not (out_dir / "manifest.json").exists():
         return None
-    with open(p) as f:
-        return json.load(f)
+    return IngestedCatalog.open(out_dir, out_dir.parent).manifest
 
 
 # ------------------------------------------------------------------------------------------------ driver

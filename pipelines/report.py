@@ -5,7 +5,7 @@
 * horizon simulations → expected counts per cell and lead-time bin as a CF NetCDF (``forecast.nc``) and a PNG;
 * ``summary.json``; all of it logged to MLflow as artifacts of one run tagged with the model it used.
 
-Outputs go to a temporary folder swapped into place at the end (``pipelines.ingest.atomic_dir``), so a failed
+Outputs go to a temporary folder swapped into place at the end (``stforecast.io.atomic.atomic_dir``), so a failed
 report leaves the previous one.
 """
 
@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from stforecast.defaults import SAMPLER_STEPS
-from stforecast.forecast import (history_of, horizon_length, model_time_of, next_event, simulate_horizon, time_of,
-                                 to_original_units)
+from stforecast.forecast import history_of, next_event, simulate_horizon
+from stforecast.ingested import as_catalog
 
 
 @dataclass
@@ -40,32 +39,31 @@ class ReportRequest:
     grid_shape: tuple = (120, 160)
 
 
-def run_report(folder: Path, model, req: ReportRequest, out: Path, model_uri: str = "", track: bool = True,
+def run_report(catalog, model, req: ReportRequest, out: Path, model_uri: str = "", track: bool = True,
                log=print) -> dict:
-    """Write the report into ``out`` (swapped into place when complete) and log it to MLflow."""
-    from pipelines.ingest import atomic_dir, sweep_stale
+    """Write the report of ``catalog`` (an IngestedCatalog, folder or name) from any forecaster into ``out``
+    (swapped into place when complete) and log it to MLflow."""
+    from stforecast.io.atomic import atomic_dir, sweep_stale
 
-    out = Path(out)
+    catalog, out = as_catalog(catalog), Path(out)
     sweep_stale(out)  # what a killed run left beside it
     with atomic_dir(out) as tmp:
-        summary = write_report(folder, model, req, tmp, model_uri, log)
+        summary = write_report(catalog, model, req, tmp, model_uri, log)
     if track:
         import mlflow
 
-        from stforecast.tracking import setup
+        from stforecast.tracking import tracked_run
 
-        manifest = json.loads((Path(folder) / "manifest.json").read_text())
-        with mlflow.start_run(experiment_id=setup("stforecast-reports"),
-                              run_name=f"report-{manifest['name']}") as run:
-            mlflow.set_tags({"model_uri": model_uri, "catalog": manifest["name"],
-                             "data.input_hash": manifest["input_hash"], "reference_time": summary["reference_time"]})
+        tags = {"model_uri": model_uri, "model_kind": model.name, "catalog": catalog.name,
+                "data.input_hash": catalog.input_hash, "reference_time": summary["reference_time"]}
+        with tracked_run("stforecast-reports", f"report-{catalog.name}", tags) as run:
             mlflow.log_metric("expected_events", summary["expected_events"])
             mlflow.log_artifacts(str(out))
             summary["mlflow_run_id"] = run.info.run_id
     return summary
 
 
-def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: str = "", log=print) -> dict:
+def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str = "", log=print) -> dict:
     """The report's files, written into the existing (empty) folder ``tmp``; returns the summary."""
     import folium
 
@@ -73,20 +71,17 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
     from stforecast.density import kde_grid, mass_contours
     from stforecast.grids import expected_count_grid, grid_axes, next_event_grid, plot_grid, write_netcdf
 
-    folder, tmp = Path(folder), Path(tmp)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    schema = manifest["schema"]
-    if manifest["split"].get("mode") == "given":
-        raise ValueError(f"{folder}: a report needs one continuous catalog, not the source's own windows")
-    events = pd.read_parquet(folder / "events.parquet")
-    t_at = model_time_of(req.at, schema) if req.at else float(events["t"].iloc[-1])
-    past = events[events["t"] < t_at] if req.at else events
+    catalog, tmp = as_catalog(catalog), Path(tmp)
+    catalog.require_continuous("a report")
+    manifest, schema, units, events = catalog.manifest, catalog.schema, catalog.units, catalog.events
+    t_at = units.model_time_of(req.at) if req.at else float(events["t"].iloc[-1])
+    past = catalog.before(t_at) if req.at else events
     if len(past) < 2:
-        raise ValueError(f"{folder}: fewer than 2 events before {req.at}")
-    t_end = t_at + horizon_length(req.horizon, schema)
+        raise ValueError(f"{catalog.folder}: fewer than 2 events before {req.at}")
+    t_end = t_at + units.horizon(req.horizon)
     truth = events[(events["t"] >= t_at) & (events["t"] < t_end)] if req.at else events.iloc[:0]
-    geographic = bool(schema.get("crs_model"))
-    crs = schema.get("crs_model")
+    geographic = bool(units.crs_model)
+    crs = units.crs_model
     hist_t, hist_xy, marks = history_of(past, model.context)
 
     log(f"next event: {req.samples} samples; horizon {req.horizon}: {req.simulations} simulations")
@@ -105,21 +100,19 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
         (tmp / f"contours_{i}.geojson").write_text(frame.to_json(drop_id=True))
 
     # the gridded forecast over the catalog's extent
-    train = events[events["t"] < manifest["split"]["model_time"]["val_start"]]
-    lo, hi = train[["x", "y"]].min().to_numpy(), train[["x", "y"]].max().to_numpy()
-    pad = 0.05 * (hi - lo)
-    x, y = grid_axes((lo[0] - pad[0], lo[1] - pad[1], hi[0] + pad[0], hi[1] + pad[1]), req.grid_shape)
-    attrs = {"title": f"stforecast forecast for {manifest['name']}", "source": f"{model.describe()}: {model_uri}",
-             "catalog": manifest["name"], "catalog_input_hash": manifest["input_hash"],
-             "forecast_time_model_units": t_at, "time_unit": schema["time_unit"],
-             "reference_time": str(time_of(t_at, schema))}
+    train = catalog.train_events
+    x, y = grid_axes(catalog.extent(0.05), req.grid_shape)
+    attrs = {"title": f"stforecast forecast for {catalog.name}", "source": f"{model.describe()}: {model_uri}",
+             "catalog": catalog.name, "catalog_input_hash": catalog.input_hash,
+             "forecast_time_model_units": t_at, "time_unit": units.time_unit,
+             "reference_time": str(units.time_of(t_at))}
     ds = expected_count_grid(hf.events, req.simulations, t_at, np.linspace(0, t_end - t_at, req.lead_bins + 1),
                              x, y, schema, attrs)
     ds["next_event_density"] = next_event_grid(samples, x, y, schema)["density"]
     write_netcdf(ds, tmp / "forecast.nc")
     total = ds["expected_count"].sum("lead_time")
     total.attrs.update(long_name=f"expected events per cell in the next {req.horizon}")  # plot_grid adds the size
-    plot_grid(total, tmp / "forecast.png", f"{manifest['name']}: expected events, next {req.horizon}",
+    plot_grid(total, tmp / "forecast.png", f"{catalog.name}: expected events, next {req.horizon}",
               past.tail(req.recent), basemap=geographic)
 
     # the map
@@ -146,7 +139,7 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
         maps.add_events(m, truth, f"held out: {len(truth)} events that happened", colour="#00a651", radius=4,
                         lat=lat, lon=lon, label_cols=marks, tick_s=tick)
     if req.show_samples:
-        s = to_original_units(samples, schema) if geographic else samples
+        s = units.to_original(samples) if geographic else samples
         maps.add_events(m, s, "next-event samples", colour="#6a51a3", radius=1.5, lat=lat, lon=lon,
                         label_cols=(), show=False, limit=1000)
     folium.LayerControl(collapsed=False).add_to(m)
@@ -158,7 +151,8 @@ def write_report(folder: Path, model, req: ReportRequest, tmp: Path, model_uri: 
 
         for _, row in layers[-1][1].iterrows():
             covered[f"{row['level']:.2f}"] = float(shapely.contains_xy(row.geometry, truth["lon"], truth["lat"]).mean())
-    summary = {"catalog": manifest["name"], "model": model_uri, "model_kind": model.name, "reference_time": attrs["reference_time"],
+    summary = {"catalog": catalog.name, "model": model_uri, "model_kind": model.name,
+               "reference_time": attrs["reference_time"],
                "horizon": req.horizon, "simulations": req.simulations, "samples": req.samples,
                "expected_events": float(hf.counts.mean()), "capped_simulations": int(hf.capped.sum()),
                "observed_events_in_horizon": int(len(truth)) if req.at else None,

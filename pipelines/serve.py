@@ -12,17 +12,32 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from pipelines.batch_forecast import JOB_RECORD
+from stforecast.io.atomic import atomic_write_text
+from stforecast.model.registry import LABELS
 from stforecast.riskmap import riskmap_html
 
 
+#: how the risk map names a forecaster (``model.name``, kept as ``model_kind`` in a batch manifest)
+def model_label(manifest: dict) -> str:
+    """The model a batch forecast came from, as the map's Model picker shows it: its kind (``summary.model_kind``,
+    or the manifest's ``model_kind``) or, for manifests written before either existed, the job's ``model``."""
+    kind = (manifest.get("summary") or {}).get("model_kind") or manifest.get("model_kind")
+    if not kind:
+        kind = (manifest.get("job") or {}).get("model") or manifest.get("model") or "model"
+    return LABELS.get(str(kind), str(kind))
+
+
 def latest_forecasts(batch_root) -> list[dict]:
-    """The newest forecast of every batch job under ``batch_root`` (``<date>/<job>/manifest.json``)."""
+    """The newest forecast of every batch job under ``batch_root`` (``<date>/<job>/forecast.json``), each with
+    the ``model`` it came from (:func:`model_label`; two jobs of one model for the same region and horizon, e.g.
+    two DSTPP checkpoints, get their job names added so that the map keeps them apart)."""
     newest: dict[str, Path] = {}
-    for manifest in sorted(Path(batch_root).glob("*/*/manifest.json")):  # dates sort chronologically
+    for manifest in sorted(Path(batch_root).glob(f"*/*/{JOB_RECORD}")):  # dates sort chronologically
         newest[manifest.parent.name] = manifest.parent
     out = []
     for job, folder in sorted(newest.items()):
-        m = json.loads((folder / "manifest.json").read_text())
+        m = json.loads((folder / JOB_RECORD).read_text())
         contours_file = folder / "contours_1.geojson"
         if not contours_file.exists():
             contours_file = folder / "contours_0.geojson"
@@ -31,7 +46,14 @@ def latest_forecasts(batch_root) -> list[dict]:
         out.append({"region": m["catalog"], "horizon": m["job"]["horizon"], "forecast_time": _shown_time(m["forecast_time"]),
                     "expected_events": m["summary"]["expected_events"], "frame": recent.get("frame", "geographic"),
                     "contours": {f"{f['properties']['level']:g}": f["geometry"] for f in features},
-                    "observed": recent, "job": job})
+                    "observed": recent, "job": job, "model": model_label(m)})
+    seen: dict[tuple, int] = {}
+    for f in out:
+        key = (f["region"], f["horizon"], f["model"])
+        seen[key] = seen.get(key, 0) + 1
+    for f in out:
+        if seen[(f["region"], f["horizon"], f["model"])] > 1:
+            f["model"] = f"{f['model']} ({f['job']})"
     return out
 
 
@@ -50,11 +72,7 @@ def _shown_time(text: str) -> str:
 
 
 def write_static(batch_root, path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(riskmap_html(latest_forecasts(batch_root)), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, riskmap_html(latest_forecasts(batch_root)))
 
 
 def make_server(batch_root, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:

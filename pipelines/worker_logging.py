@@ -30,7 +30,8 @@ LOGGERS = ("distributed.worker", "distributed.worker.state_machine")
 
 class CatalogErrorFilter(logging.Filter):
     """Drop a worker's "Compute Failed" record of a task that raised a :class:`CatalogError`, and the
-    "ended with CancelledError" warnings of a worker closed while a cancelled run's tasks executed."""
+    "ended with CancelledError" warnings of a worker closed while a cancelled run's tasks executed, and the heartbeat
+    error of a worker that outlives its scheduler by a moment."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.msg if isinstance(record.msg, str) else ""
@@ -38,6 +39,9 @@ class CatalogErrorFilter(logging.Filter):
             args = record.args if isinstance(record.args, tuple) else ()
             return not any(isinstance(a, str) and a.startswith(QUIET_EXCEPTIONS) for a in args)
         if msg.startswith("Async instruction for") and msg.endswith("ended with CancelledError"):
+            return False
+        # a worker whose scheduler already closed (Ctrl-C, or the end of a run under load) says so once more
+        if msg.startswith("Failed to communicate with scheduler during heartbeat"):
             return False
         return True
 

@@ -8,7 +8,6 @@ length travel together (little padding, and the recurrent heads run without pack
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,8 +149,10 @@ def load_split(processed_dir: str | Path, split: str) -> SequenceSet:
 
 
 def load_manifest(processed_dir: str | Path) -> dict:
-    with open(Path(processed_dir) / "manifest.json") as f:
-        return json.load(f)
+    """The ingestion manifest of the catalog in ``processed_dir`` (read by :class:`~stforecast.ingested.IngestedCatalog`)."""
+    from stforecast.ingested import IngestedCatalog
+
+    return IngestedCatalog.open(processed_dir, Path(processed_dir).parent).manifest
 
 
 def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:

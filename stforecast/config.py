@@ -109,9 +109,6 @@ class IngestConfig:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
 
-_NESTED = {"filters": FilterConfig, "split": SplitConfig, "sequences": SequenceConfig,
-           "projection": ProjectionConfig, "spikes": SpikeConfig}
-
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 
@@ -134,16 +131,78 @@ def safe_name(text: str) -> str:
 def _build(cls, values: dict, where: str):
     if cls is IngestConfig:
         check_name(values.get("name"), f"{where}: catalog name")
+    return cls(**typed_fields(cls, values, where))
+
+
+# ------------------------------------------------------------------------------- the one settings loader
+def read_settings_file(path: str | os.PathLike, table: str | None = None) -> dict:
+    """A TOML (or ``.yaml``/``.yml``) settings file as a dict; ``table``: only that table of it, when present. A
+    file that does not parse is an error naming the file (and the parser's line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no settings file {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = tomllib.loads(text)
+    except Exception as e:  # noqa: BLE001 - TOML and YAML parsers raise their own types
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "TOML"
+        raise ValueError(f"{path}: not valid {kind}: {str(e).splitlines()[0]}") from None
+    if table is not None and isinstance(values.get(table), dict):
+        return values[table]
+    return values
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", dict: "a table",
+               list: "a list", tuple: "a list"}
+
+
+def typed_fields(cls, values: dict, where: str, prefix: str = "") -> dict:
+    """``values`` checked against the fields of dataclass ``cls``: an unknown key, or a value of the wrong type, is
+    a ValueError naming the key and ``where`` (the file, or --set). Ints are accepted for floats, lists for
+    tuples; nested dataclass fields are built from their tables. Returns the keyword arguments for ``cls``."""
+    import typing
+
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: {prefix.rstrip('.') or 'settings'} must be a table, not {values!r}")
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    kwargs = {}
-    for k, v in values.items():
-        if cls is IngestConfig and k in _NESTED:
-            v = _build(_NESTED[k], v or {}, f"{where}.{k}")
-        kwargs[k] = v
-    return cls(**kwargs)
+        raise ValueError(f"{where}: unknown setting(s) {[prefix + k for k in unknown]}; allowed: {sorted(known)}")
+    out = {}
+    for key, value in values.items():
+        hint = hints[key]
+        options = [a for a in typing.get_args(hint) if a is not type(None)] if type(None) in typing.get_args(hint) \
+            else [hint]
+        if value is None and type(None) in typing.get_args(hint):
+            out[key] = None
+            continue
+        if value is None and dataclasses.is_dataclass(hint):  # an empty nested table: its defaults
+            out[key] = hint()
+            continue
+        done = False
+        for kind in options:
+            base = typing.get_origin(kind) or kind
+            if dataclasses.is_dataclass(base) and isinstance(value, dict):
+                out[key], done = base(**typed_fields(base, value, where, f"{prefix}{key}.")), True
+            elif base is float and isinstance(value, int) and not isinstance(value, bool):
+                out[key], done = float(value), True
+            elif base is tuple and isinstance(value, (list, tuple)):
+                out[key], done = tuple(value), True
+            elif base is typing.Any or (isinstance(base, type) and isinstance(value, base)
+                                         and not (base in (int, float) and isinstance(value, bool))):
+                out[key], done = value, True
+            if done:
+                break
+        if not done:
+            wanted = " or ".join(_TYPE_WORDS.get(typing.get_origin(k) or k, str(k)) for k in options)
+            raise ValueError(f"{where}: setting {prefix}{key} must be {wanted}, not {value!r}")
+    return out
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -51,7 +51,7 @@ def forecast_file_name(name: str, start: pd.Timestamp) -> str:
 
 def write_catalog_forecast(frame: pd.DataFrame, folder, name: str, start) -> Path:
     """Write the rows atomically under the pyCSEP file-name convention; returns the path."""
-    from stforecast.io.remote import atomic_write_text
+    from stforecast.io.atomic import atomic_write_text
 
     path = Path(folder) / forecast_file_name(name, start)
     atomic_write_text(path, frame.to_csv(index=False))

@@ -63,11 +63,24 @@ def kde_grid(samples: np.ndarray, shape: tuple[int, int] = (160, 200), bounds=No
     # cell centres: the cell edges are the bounds
     x = x0 + (np.arange(nx) + 0.5) * (x1 - x0) / nx
     y = y0 + (np.arange(ny) + 0.5) * (y1 - y0) / ny
-    gx, gy = np.meshgrid(x, y)
-    dens = kde(np.vstack([gx.ravel(), gy.ravel()])).reshape(ny, nx)
-    grid = DensityGrid(x, y, dens, crs)
-    grid.density = dens / (dens.sum() * grid.cell_area)  # the mass the grid misses is spread back on it
+    grid = density_on_grid(s, x, y, crs, bandwidth)
+    grid.density = grid.density / (grid.density.sum() * grid.cell_area)  # the mass the grid misses is spread back
     return grid
+
+
+def density_on_grid(samples: np.ndarray, x: np.ndarray, y: np.ndarray, crs: str | None = None,
+                    bandwidth="scott") -> DensityGrid:
+    """The one KDE-on-a-grid: the Gaussian KDE of ``samples`` (n, 2) at the cell centres ``x`` (nx,), ``y``
+    (ny,); mass falling outside the grid stays outside. Zero where there are too few samples (or no spread) to
+    estimate a density."""
+    from scipy.stats import gaussian_kde
+
+    s = np.asarray(samples, float)
+    if len(s) < 3 or np.ptp(s[:, 0]) == 0 or np.ptp(s[:, 1]) == 0:
+        return DensityGrid(x, y, np.zeros((len(y), len(x))), crs)
+    gx, gy = np.meshgrid(x, y)
+    dens = gaussian_kde(s.T, bw_method=bandwidth)(np.vstack([gx.ravel(), gy.ravel()])).reshape(gx.shape)
+    return DensityGrid(x, y, dens, crs)
 
 
 def mass_contours(grid: DensityGrid, levels=(0.5, 0.8, 0.95), to_crs: str | None = "EPSG:4326"):

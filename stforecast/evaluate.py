@@ -151,7 +151,8 @@ def plot_reliability(curves: dict, path, title: str = "") -> None:
     axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from stforecast.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

@@ -160,62 +160,6 @@ def simulate_horizon(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray,
     return HorizonForecast(events=events, counts=counts, capped=capped, t_start=t0, t_end=float(t_end))
 
 
-# ------------------------------------------------------------------------------------ back to original units
-def to_original_units(frame: pd.DataFrame, schema: dict) -> pd.DataFrame:
-    """Add the catalog's own coordinates to a frame with model-unit columns ``t``, ``x``, ``y``: ``time`` (UTC
-    timestamps for calendar catalogs, the recording's clock otherwise) and ``lon``/``lat`` (or ``x_input``/
-    ``y_input`` for a projected or pixel input CRS). ``schema`` is the ingestion manifest's ``schema``."""
-    from stforecast.catalog import SECONDS_PER
-    from stforecast.clean import geographic, project
-
-    out = frame.copy()
-    scale = SECONDS_PER[schema["time_unit"]]
-    origin = schema["time_origin"]
-    if schema["time"] == "UTC timestamp":
-        out["time"] = pd.Timestamp(origin) + pd.to_timedelta(out["t"].to_numpy() * scale, unit="s")
-    else:  # a lab clock: the origin is a number in the source's seconds
-        out["time"] = (float(origin) if origin != "window start" else 0.0) + out["t"].to_numpy() * scale
-    if schema.get("crs_model"):
-        a, b = project(out["x"].to_numpy(), out["y"].to_numpy(), schema["crs_model"], schema["crs_input"])
-    else:
-        a, b = out["x"].to_numpy(), out["y"].to_numpy()
-    names = ("lon", "lat") if geographic(schema.get("crs_input")) else ("x_input", "y_input")
-    out[names[0]], out[names[1]] = a, b
-    return out
-
-
-def model_time_of(when, schema: dict) -> float:
-    """A moment (timestamp string/Timestamp for calendar catalogs, a number otherwise) in model time."""
-    from stforecast.catalog import SECONDS_PER
-
-    scale = SECONDS_PER[schema["time_unit"]]
-    if schema["time"] == "UTC timestamp":
-        ts = pd.Timestamp(when)
-        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-        return float((ts - pd.Timestamp(schema["time_origin"])) / pd.Timedelta(seconds=scale))
-    return (float(when) - float(schema["time_origin"])) / scale
-
-
-def time_of(t: float, schema: dict):
-    """The catalog's own time (a UTC Timestamp, or the recording clock) of model time ``t``."""
-    return to_original_units(pd.DataFrame({"t": [float(t)], "x": [0.0], "y": [0.0]}), schema)["time"].iloc[0]
-
-
-def horizon_length(text: str, schema: dict) -> float:
-    """A horizon such as ``24h``, ``7d``, ``90min`` or ``30s`` (or a bare number, in model units) → model units."""
-    from stforecast.catalog import SECONDS_PER
-
-    import re
-
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    days = re.fullmatch(r"\s*([\d.]+)\s*d(?:ays?)?\s*", text)  # pandas is retiring the lower-case 'd' unit
-    seconds = float(days.group(1)) * 86400 if days else pd.Timedelta(text).total_seconds()
-    return seconds / SECONDS_PER[schema["time_unit"]]
-
-
 def count_summary(forecast: HorizonForecast) -> pd.DataFrame:
     """One row: the distribution of the number of events in the horizon over the simulations."""
     c = forecast.counts

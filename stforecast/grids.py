@@ -16,19 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stforecast.density import DensityGrid
-
-
-def _grid_like(x: np.ndarray, y: np.ndarray, samples: np.ndarray, crs) -> DensityGrid:
-    """The Gaussian KDE (Scott's rule) of ``samples`` at the fixed cell centres ``x``, ``y``; mass falling outside
-    the grid stays outside. Zero where there are too few samples to estimate a density."""
-    from scipy.stats import gaussian_kde
-
-    if len(samples) < 3 or np.ptp(samples[:, 0]) == 0 or np.ptp(samples[:, 1]) == 0:
-        return DensityGrid(x, y, np.zeros((len(y), len(x))), crs)
-    gx, gy = np.meshgrid(x, y)
-    dens = gaussian_kde(samples.T)(np.vstack([gx.ravel(), gy.ravel()])).reshape(gx.shape)
-    return DensityGrid(x, y, dens, crs)
+from stforecast.density import density_on_grid
 
 
 def grid_axes(bounds, shape=(120, 160)) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +65,7 @@ def expected_count_grid(events: pd.DataFrame, n_simulations: int, t_start: float
     for a, b in zip(edges[:-1], edges[1:]):
         sel = (lead >= a) & (lead < b)
         mean = sel.sum() / n_simulations
-        g = _grid_like(x, y, events.loc[sel, ["x", "y"]].to_numpy(), schema.get("crs_model"))
+        g = density_on_grid(events.loc[sel, ["x", "y"]].to_numpy(), x, y, schema.get("crs_model"))
         grids.append(mean * g.density * cell)
         means.append(mean)
     lead_time = pd.to_timedelta(edges[1:] * SECONDS_PER[schema["time_unit"]], unit="s")
@@ -93,7 +81,7 @@ def expected_count_grid(events: pd.DataFrame, n_simulations: int, t_start: float
 
 def next_event_grid(samples: pd.DataFrame, x, y, schema: dict, attrs: dict | None = None):
     """Next-event location density per unit area (y, x) from samples with model-unit ``x, y``."""
-    g = _grid_like(x, y, samples[["x", "y"]].to_numpy(), schema.get("crs_model"))
+    g = density_on_grid(samples[["x", "y"]].to_numpy(), x, y, schema.get("crs_model"))
     unit = schema.get("spatial_unit", "")
     return _dataset({"density": (("y", "x"), g.density,
                                  {"long_name": "probability density of the next event's location",
@@ -102,11 +90,11 @@ def next_event_grid(samples: pd.DataFrame, x, y, schema: dict, attrs: dict | Non
 
 def write_netcdf(ds, path) -> Path:
     """Write atomically (temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    ds.to_netcdf(tmp)
-    tmp.replace(path)
-    return path
+    from stforecast.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp)
+    return Path(path)
 
 
 def _length_text(v: float, unit: str) -> str:
@@ -206,9 +194,9 @@ def plot_grid(da, path, title: str = "", observed: pd.DataFrame | None = None, b
         ax.legend(loc="upper right", fontsize=8)
     ax.set_title(_plain(title))
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.part.png")
-    fig.savefig(tmp, dpi=110)
+    from stforecast.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)

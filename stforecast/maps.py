@@ -21,6 +21,7 @@ Geographic catalogs are drawn in lon/lat over the basemap; pixel frames (spike r
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import html
 import re
@@ -90,7 +91,7 @@ def format_time(value, tick_s: float | None = None) -> str:
 
     Anything else (a missing value, a string) is returned as ``str(value)``."""
     tick = float(tick_s) if tick_s and tick_s > 0 else None
-    if isinstance(value, (pd.Timestamp, np.datetime64)) or hasattr(value, "tzinfo"):
+    if isinstance(value, (pd.Timestamp, np.datetime64, datetime.datetime)):
         ts = pd.Timestamp(value)
         if pd.isna(ts):
             return str(value)
@@ -284,11 +285,9 @@ def save_offline(m, path, allow_online_tiles: bool = False) -> Path:
     found = [f for f in external_references(page) if not (allow_online_tiles and "{z}" in f)]
     if found:
         raise RuntimeError(f"the map still references external resources: {found[:3]}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from stforecast.io.atomic import atomic_write_text
+
+    return atomic_write_text(path, page)
 
 
 def view_bounds(lat: np.ndarray, lon: np.ndarray, pad: float = 0.05):

@@ -1,5 +1,6 @@
 """The interactive risk map: one self-contained HTML page (Leaflet inlined, Natural Earth basemap bundled) where a
-reader picks a region, a horizon and a contour level and sees that forecast's region with the observed events.
+reader picks a region, a horizon, a model and a contour level and sees that forecast's region with the observed
+events; "Compare with" overlays another model's region for the same region, horizon and level as a dashed outline.
 
 The page is built from a list of forecasts (see :func:`riskmap_html`); ``pipelines/serve.py`` collects the latest
 batch outputs and serves it on 127.0.0.1, or writes it as a static file.
@@ -30,6 +31,8 @@ PAGE = """<!doctype html>
  #bar label {font-weight:600} #map {flex:1; min-height:0}
  #info {color:#444} .legend {background:white; padding:6px 8px; border:1px solid #999; border-radius:4px}
  .legend .swatch {display:inline-block; width:14px; height:12px; margin-right:6px; vertical-align:middle}
+ .legend .dash {display:inline-block; width:14px; height:0; margin-right:6px; vertical-align:middle;
+                border-top:2px dashed #252525}
  .legend .dot {display:inline-block; width:8px; height:8px; border-radius:50%; margin:0 9px 0 3px;
                background:#08519c; vertical-align:middle}
  #map.geographic {background:__SEA__}
@@ -39,7 +42,9 @@ PAGE = """<!doctype html>
 <div id="bar">
  <span><label for="region">Region</label> <select id="region"></select></span>
  <span><label for="horizon">Horizon</label> <select id="horizon"></select></span>
+ <span><label for="model">Model</label> <select id="model"></select></span>
  <span><label for="level">Region holding</label> <select id="level"></select></span>
+ <span><label for="compare">Compare with</label> <select id="compare"></select></span>
  <span id="info"></span>
 </div>
 <div id="map"></div>
@@ -59,9 +64,11 @@ function fill(select, values, labels, preferred) {
   if (values.includes(keep)) select.value = keep;
   else if (preferred !== undefined && values.includes(preferred)) select.value = preferred;
 }
-function current() {
-  return DATA.forecasts.find(f => f.region === sel("region").value && f.horizon === sel("horizon").value);
+function pick(model) {
+  return DATA.forecasts.find(f => f.region === sel("region").value && f.horizon === sel("horizon").value &&
+                                  f.model === model);
 }
+function current() { return pick(sel("model").value); }
 function newMap(kind) {
   if (map) map.remove();
   frame = kind;
@@ -76,16 +83,23 @@ function newMap(kind) {
   legend.onAdd = () => L.DomUtil.create("div", "legend");
   legend.addTo(map);
 }
-function showLegend(colour, level) {   // DOM nodes and textContent only
+function showLegend(colour, level, model, other) {   // DOM nodes and textContent only
   const box = legend.getContainer();
   box.replaceChildren();
   const row1 = document.createElement("div"), sw = document.createElement("span");
   sw.className = "swatch"; sw.style.border = "2px solid " + colour; sw.style.background = colour + "40";
-  row1.append(sw, `region holding ${Math.round(level * 100)} % of the forecast events`);
+  row1.append(sw, `${model}: region holding ${Math.round(level * 100)} % of the forecast events`);
+  box.append(row1);
+  if (other) {
+    const row = document.createElement("div"), dash = document.createElement("span");
+    dash.className = "dash";
+    row.append(dash, `${other}: the same, for comparison`);
+    box.append(row);
+  }
   const row2 = document.createElement("div"), dot = document.createElement("span");
   dot.className = "dot";
   row2.append(dot, "observed events (most recent)");
-  box.append(row1, row2);
+  box.append(row2);
 }
 function draw() {
   const f = current();
@@ -98,7 +112,15 @@ function draw() {
   const colour = COLOURS[level] || "#d94801";
   const shape = L.geoJSON(region, {style: {fillColor: colour, color: colour, weight: 2, opacity: 0.9,
                                            fillOpacity: FILL_OPACITY, className: "risk-contour"}}).addTo(overlay);
-  showLegend(colour, level);
+  const o = sel("compare").value ? pick(sel("compare").value) : undefined;
+  const other = o && o.frame === f.frame && o.contours[level] ? o : undefined;
+  let b = shape.getBounds();
+  if (other) {
+    const dashed = L.geoJSON(other.contours[level], {style: {color: "#252525", weight: 2, opacity: 0.9,
+        dashArray: "6 5", fill: false, className: "compare-contour"}, interactive: false}).addTo(overlay);
+    b = b.extend(dashed.getBounds());
+  }
+  showLegend(colour, level, f.model, other && other.model);
   const points = L.geoJSON(f.observed, {pointToLayer: (feat, ll) => L.circleMarker(ll,
       {radius: 3, color: "#08519c", weight: 1, fillOpacity: 0.8, className: "observed-event"}),
     onEachFeature: (feat, layer) => {
@@ -107,16 +129,31 @@ function draw() {
         p.textContent = k + ": " + v; div.appendChild(p); });
       layer.bindPopup(div);
     }}).addTo(overlay);
-  const b = shape.getBounds().extend(points.getBounds());
+  b = b.extend(points.getBounds());
   if (b.isValid()) map.fitBounds(b.pad(0.05));
-  sel("info").textContent = `${f.region}, next ${f.horizon} from ${f.forecast_time}: ` +
+  sel("info").textContent = `${f.region}, ${f.model}, next ${f.horizon} from ${f.forecast_time}: ` +
     `${f.expected_events.toFixed(1)} events expected; shaded: the region holding ${Math.round(level * 100)} % ` +
-    `of the forecast events; dots: the ${f.observed.features.length} most recent observed events`;
-  document.body.dataset.shown = `${f.region}|${f.horizon}|${level}`;
+    `of the forecast events` + (other ? ` (dashed: ${other.model}, ${other.expected_events.toFixed(1)} ` +
+    `events expected)` : "") + `; dots: the ${f.observed.features.length} most recent observed events`;
+  document.body.dataset.shown = `${f.region}|${f.horizon}|${f.model}|${level}`;
+  document.body.dataset.compare = other ? other.model : "";
 }
 function regionChanged() {
   const hs = DATA.forecasts.filter(f => f.region === sel("region").value).map(f => f.horizon);
-  fill(sel("horizon"), hs);
+  fill(sel("horizon"), [...new Set(hs)]);
+  horizonChanged();
+}
+function horizonChanged() {   // only the models forecast for this region and horizon are offered
+  const ms = DATA.forecasts.filter(f => f.region === sel("region").value && f.horizon === sel("horizon").value)
+    .map(f => f.model);
+  fill(sel("model"), ms);
+  modelChanged();
+}
+function modelChanged() {
+  const others = DATA.forecasts.filter(f => f.region === sel("region").value &&
+    f.horizon === sel("horizon").value && f.model !== sel("model").value).map(f => f.model);
+  fill(sel("compare"), ["", ...others], ["none", ...others]);
+  sel("compare").disabled = others.length === 0;
   levelsFor();
 }
 function levelsFor() {
@@ -127,7 +164,9 @@ function levelsFor() {
 }
 fill(sel("region"), [...new Set(DATA.forecasts.map(f => f.region))]);
 sel("region").addEventListener("change", regionChanged);
-sel("horizon").addEventListener("change", levelsFor);
+sel("horizon").addEventListener("change", horizonChanged);
+sel("model").addEventListener("change", modelChanged);
+sel("compare").addEventListener("change", draw);
 sel("level").addEventListener("change", draw);
 regionChanged();
 </script>
@@ -155,14 +194,16 @@ def _text_properties(collection: dict) -> dict:
 
 
 def riskmap_html(forecasts: list[dict]) -> str:
-    """``forecasts``: dicts with ``region``, ``horizon``, ``forecast_time``, ``expected_events``, ``frame``
-    ("geographic" or "pixel"), ``contours`` {level string: GeoJSON geometry or FeatureCollection} and ``observed``
-    (a GeoJSON FeatureCollection of points). Returns the page."""
+    """``forecasts``: dicts with ``region``, ``horizon``, ``model`` (the label the Model picker shows: one
+    forecast per region, horizon and model), ``forecast_time``, ``expected_events``, ``frame`` ("geographic" or
+    "pixel"), ``contours`` {level string: GeoJSON geometry or FeatureCollection} and ``observed`` (a GeoJSON
+    FeatureCollection of points). Returns the page."""
     if not forecasts:
         raise ValueError("no forecasts to show: run `stforecast batch` first")
     clean = []
     for f in forecasts:
         clean.append({"region": str(f["region"]), "horizon": str(f["horizon"]),
+                      "model": str(f.get("model") or "model"),
                       "forecast_time": str(f["forecast_time"]),
                       "expected_events": float(f["expected_events"]),
                       "frame": "pixel" if f.get("frame") == "pixel" else "geographic",

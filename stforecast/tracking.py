@@ -7,6 +7,7 @@ override them. Browse with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlfl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -47,6 +48,18 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     location = artifact_root() / experiment
     location.mkdir(parents=True, exist_ok=True)
     return mlflow.create_experiment(experiment, artifact_location=location.resolve().as_uri())
+
+
+@contextlib.contextmanager
+def tracked_run(experiment: str, run_name: str | None = None, tags: dict | None = None, run_id: str | None = None):
+    """The one way a run is opened: the store set up (:func:`setup`), the experiment created if new, ``tags``
+    set (values as strings). Yields the active MLflow run; ``run_id`` continues an existing one."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id, experiment_id=setup(experiment), run_name=run_name) as run:
+        if tags:
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        yield run
 
 
 def git_commit() -> str:
@@ -146,13 +159,12 @@ def train_and_track(cfg, *, resume: bool = False, experiment: str = DEFAULT_EXPE
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks to MLflow
         return train(cfg, resume=resume), None
-    exp_id = setup(experiment)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "mlflow_run.json"
     run_id = json.loads(marker.read_text())["run_id"] if resume and marker.exists() else None
     manifest = load_manifest(cfg.data)
-    with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=run_name) as run:
+    with tracked_run(experiment, run_name, run_id=run_id) as run:
         marker.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri()}))
         if run_id is None:
             params = flatten(cfg.to_dict())

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from stforecast.batch import SequenceSet, load_manifest, load_split
+from stforecast.batch import Batch, SequenceSet, load_manifest, load_split
 from stforecast.errors import TrainingInterrupted
 from stforecast.model.dstpp import DSTPP, PAPER, ModelConfig, Scaler
 
@@ -71,26 +71,15 @@ def load_train_config(path: str | os.PathLike | None = None, overrides: list[str
 
     The file holds TrainConfig fields at its top level (``data/train_demo.toml``) or under ``[train]``
     (``data/benchmark.toml``, whose other tables belong to the benchmark and are ignored here). Every value is
-    checked against the field's type, so ``--set lr=abc`` is an error naming the setting, not a crash later.
-    ``base`` (instead of a file): settings as a dict, e.g. those stored in a checkpoint to resume it."""
+    checked against the field's type (:func:`stforecast.config.typed_fields`), so ``--set lr=abc`` is an error
+    naming the setting, not a crash later. ``base`` (instead of a file): settings as a dict, e.g. those stored in a
+    checkpoint to resume it."""
+    from stforecast.config import read_settings_file, typed_fields
+
     values: dict = json.loads(json.dumps(base)) if base else {}
     where = " + ".join(w for w in (str(path) if path else "", "--set" if overrides else "") if w) or "settings"
     if path:
-        text = Path(path).read_text()
-        try:
-            if str(path).endswith((".yaml", ".yml")):
-                import yaml
-
-                values = yaml.safe_load(text) or {}
-            else:
-                import tomllib
-
-                values = tomllib.loads(text)
-        except Exception as e:  # noqa: BLE001 - TOML and YAML parsers raise their own types
-            raise ValueError(f"{path}: not valid {'YAML' if str(path).endswith(('.yaml', '.yml')) else 'TOML'}: "
-                             f"{str(e).splitlines()[0]}") from None
-        if isinstance(values.get("train"), dict):  # a benchmark-style file: the training settings sit in [train]
-            values = values["train"]
+        values = read_settings_file(path, table="train")
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -104,47 +93,13 @@ def load_train_config(path: str | os.PathLike | None = None, overrides: list[str
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{where}: unknown training setting(s) {unknown}; allowed: {sorted(known)}")
-    values = _checked(TrainConfig, values, where)
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig(**typed_fields(TrainConfig, values, where))
     model_known = {f.name for f in dataclasses.fields(ModelConfig)}
     bad = sorted(set(cfg.model) - model_known)
     if bad:
         raise ValueError(f"{where}: unknown model setting(s) {bad}; allowed: {sorted(model_known)}")
-    cfg.model = _checked(ModelConfig, cfg.model, where, prefix="model.")
+    cfg.model = typed_fields(ModelConfig, cfg.model, where, prefix="model.")
     return cfg
-
-
-def _checked(cls, values: dict, where: str, prefix: str = "") -> dict:
-    """``values`` with each one checked against ``cls``'s field type (ints accepted for floats)."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
-             dict: "a table", tuple: "a list"}
-    out = dict(values)
-    for key, value in values.items():
-        hint = hints[key]
-        allowed = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) and \
-            type(None) in typing.get_args(hint) else [typing.get_origin(hint) or hint]
-        if value is None and type(None) in typing.get_args(hint):
-            continue
-        ok = False
-        for kind in allowed:
-            kind = typing.get_origin(kind) or kind
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                out[key], ok = float(value), True
-            elif kind is tuple and isinstance(value, (list, tuple)):
-                ok = True
-            elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-                ok = True
-            if ok:
-                break
-        if not ok:
-            wanted = " or ".join(names.get(typing.get_origin(k) or k, str(k)) for k in allowed)
-            raise ValueError(f"{where}: setting {prefix}{key} must be {wanted}, not {value!r}")
-    return out
 
 
 def _parse_value(raw: str):
@@ -172,9 +127,10 @@ def seed_everything(seed: int) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from stforecast.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -258,6 +214,28 @@ def evaluate_loss(model: DSTPP, data: SequenceSet, batch_size: int, device: torc
         count += batch.num_targets
     model.train(was_training)
     return total / max(count, 1)
+
+
+def train_step(net: torch.nn.Module, model: DSTPP, batch: Batch, opt: torch.optim.Optimizer, lr: float,
+               grad_clip: float, amp: bool = False) -> float:
+    """One optimiser step on one batch; returns its denoising loss (mean over the batch's targets).
+
+    ``batch``: a collated :class:`~stforecast.batch.Batch` already on the model's device (``time``/``dt``/
+    ``mask``/``target`` ``(B, L)``, ``xy`` ``(B, L, 2)``, ``lengths`` ``(B,)``). ``net`` is what runs the forward
+    pass (``model`` itself, or it wrapped by DDP / ``torch.compile``); ``model`` owns the parameters whose gradient
+    norm is clipped to ``grad_clip``. Sets every parameter group's learning rate to ``lr``, runs the forward pass
+    under bf16 autocast when ``amp``, then zero_grad → backward → clip → ``opt.step()``. The float conversion of
+    the loss waits for the step to finish (a device sync on CUDA). :func:`train` and
+    ``benchmarks.train_speed`` both run this."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with torch.autocast(batch.time.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = net(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return float(loss.detach())
 
 
 @dataclass
@@ -440,25 +418,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
                     break
                 t0 = time.perf_counter()
                 batch = train_set.collate(batches[i]).to(device, non_blocking=True)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(state["step"], total_steps, warmup, cfg)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = net(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
+                loss = train_step(net, model, batch, opt, lr_at(state["step"], total_steps, warmup, cfg),
+                                  cfg.grad_clip, amp)
                 busy += time.perf_counter() - t0
                 events += batch.num_targets
                 speed["busy"] += time.perf_counter() - t0
                 speed["events"] += batch.num_targets
                 state["step"] += 1
                 state["batch_in_epoch"] = i + 1
-                state["loss_sum"] += float(loss.detach())
+                state["loss_sum"] += loss
                 state["loss_n"] += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.4f}", best_val=f"{state['best_val']:.4f}")
+                    bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", best_val=f"{state['best_val']:.4f}")
                 if state["step"] % cfg.checkpoint_every == 0:
                     save(last)
             else:

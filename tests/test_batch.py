@@ -50,7 +50,7 @@ def test_distributed_run_then_idempotent_rerun(ridgecrest_model, tmp_path, monke
     day = tmp_path / "out" / "2019-07-12"
     assert sorted(p.name for p in day.iterdir()) == ["rc-12h", "rc-1d"]
     for job in ("rc-12h", "rc-1d"):
-        manifest = json.loads((day / job / "manifest.json").read_text())
+        manifest = json.loads((day / job / "forecast.json").read_text())
         assert set(manifest["files_sha256"]) >= {"map.html", "forecast.nc", "forecast.png", "summary.json"}
         assert manifest["model_identity"].startswith("sha256:")
     stamp = {p: p.stat().st_mtime_ns for p in day.rglob("*")}

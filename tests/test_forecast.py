@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from stforecast.forecast import next_event, simulate_horizon
+from stforecast.model.base import Forecaster, Histories, NextEvent, Samples
 
 
-class Echo:
+class Echo(Forecaster):
     """A stand-in model that makes errors visible: the next event's x is (last x) + 1, its y is the simulation's
     own starting mark carried forward, and its waiting time is random (so simulations end at different times)."""
 
-    def __init__(self):
-        self.calls = []
+    context = 128
 
-    def sample_next(self, batch, n, sampler="ddim", steps=20, generator=None):
-        B = batch.xy.shape[0]
-        self.calls.append(B)
-        last = batch.xy[:, -1]
-        dt = torch.rand((B, n), generator=generator).double() * 2.0 + 0.05
-        x = (last[:, 0:1].double() + 1).expand(B, n)
-        y = last[:, 1:2].double().expand(B, n)
-        return torch.stack([dt, x, y], -1)
+    def __init__(self):
+        self.calls, self.seen = [], []
+
+    def forecast(self, histories: Histories) -> NextEvent:
+        self.calls.append(len(histories))
+        self.seen.append(histories.xy[:, :, 0].copy())
+        last = histories.xy[:, -1]
+
+        class Draws(NextEvent):
+            def sample(self, n, rng):
+                dt = rng.random((len(last), n)) * 2.0 + 0.05
+                x = np.repeat(last[:, :1] + 1, n, 1)
+                y = np.repeat(last[:, 1:2], n, 1)
+                return Samples(np.stack([dt, x, y], -1))
+
+        return Draws()
 
 
 def test_horizon_ids_stay_straight_and_each_draw_sees_its_newest_event():
@@ -52,19 +59,13 @@ def test_cap_is_enforced_and_warned():
 
 
 def test_history_window_is_the_most_recent_events():
-    seen = []
-
-    class Spy(Echo):
-        def sample_next(self, batch, n, **kw):
-            seen.append(batch.xy[:, :, 0].clone())
-            return super().sample_next(batch, n, **kw)
-
+    spy = Echo()
     t = np.arange(10.0)
     xy = np.column_stack([np.arange(10.0), np.zeros(10)])
-    simulate_horizon(Spy(), t, xy, t_end=10.5, m=3, max_history=4, seed=0)
-    assert seen[0][0].tolist() == [6.0, 7.0, 8.0, 9.0]
-    out = next_event(Spy(), t, xy, n=5, max_history=4)
-    assert seen[-1][0].tolist() == [6.0, 7.0, 8.0, 9.0] and len(out) == 5 and (out["x"] == 10.0).all()
+    simulate_horizon(spy, t, xy, t_end=10.5, m=3, max_history=4, seed=0)
+    assert spy.seen[0][0].tolist() == [6.0, 7.0, 8.0, 9.0]
+    out = next_event(spy, t, xy, n=5, max_history=4)
+    assert spy.seen[-1][0].tolist() == [6.0, 7.0, 8.0, 9.0] and len(out) == 5 and (out["x"] == 10.0).all()
 
 
 def test_horizon_with_a_real_model_runs():

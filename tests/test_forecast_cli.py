@@ -11,7 +11,7 @@ import pytest
 
 from stforecast.baselines.etas import aki_b_value
 from stforecast.csep import COLUMNS, gutenberg_richter
-from stforecast.forecast import horizon_length, model_time_of, to_original_units
+from stforecast.ingested import CatalogUnits, IngestedCatalog
 
 
 @pytest.fixture
@@ -22,14 +22,17 @@ def ridgecrest(ridgecrest_tiny):
 def test_model_units_convert_back_to_the_catalogs_own_time_and_lonlat(ridgecrest):
     r, _ = ridgecrest
     events = pd.read_parquet(r.out_dir / "events.parquet")
-    back = to_original_units(events[["t", "x", "y"]], r.manifest["schema"])
+    units = IngestedCatalog.open(r.out_dir).units
+    assert units == CatalogUnits.from_schema(r.manifest["schema"]) and units.calendar and units.geographic
+    back = units.to_original(events[["t", "x", "y"]])
     assert np.allclose(back["lon"], events["lon"], atol=1e-6) and np.allclose(back["lat"], events["lat"], atol=1e-6)
     err = (back["time"] - events["time"]).abs().max()
     assert err < pd.Timedelta(milliseconds=2)  # ties were spread by < 1 ms at ingestion
-    schema = r.manifest["schema"]
-    assert model_time_of(events["time"].iloc[10], schema) == pytest.approx(events["t"].iloc[10], abs=1e-7)
-    assert horizon_length("24h", schema) == 1.0 and horizon_length("90min", schema) == pytest.approx(1 / 16)
-    assert horizon_length("0.5", schema) == 0.5
+    assert units.model_time_of(events["time"].iloc[10]) == pytest.approx(events["t"].iloc[10], abs=1e-7)
+    assert units.horizon("24h") == 1.0 and units.horizon("90min") == pytest.approx(1 / 16)
+    assert units.horizon("0.5") == 0.5 and units.horizon("3d") == 3.0
+    with pytest.raises(ValueError, match="horizon 'soon'"):
+        units.horizon("soon")
 
 
 def test_forecast_cli_next_event_and_horizon(ridgecrest, tmp_path):

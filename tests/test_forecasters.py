@@ -13,6 +13,7 @@ from pipelines.evaluation import evaluate_catalog
 from pipelines.forecasting import ForecastRequest, run_forecast
 from pipelines.report import ReportRequest, write_report
 from stforecast.forecast import history_of, simulate_horizon
+from stforecast.ingested import IngestedCatalog
 from stforecast.model.base import Forecaster, Histories
 from stforecast.model.registry import BASELINES, load_forecaster
 
@@ -33,7 +34,7 @@ def models(catalog, tmp_path_factory):
     out = {}
     for name in MODELS:
         spec = str(ckpt) if name == "dstpp" else name
-        out[name] = load_forecaster(spec, events, manifest, cache_root=cache, log=lambda *a: None)
+        out[name] = load_forecaster(spec, IngestedCatalog.open(folder), cache_root=cache, log=lambda *a: None)
         out[name].configure(steps=5, bound_repeats=1)
     out["_cache"] = cache
     return out
@@ -49,7 +50,8 @@ def test_the_registry_gives_forecasters_and_keeps_fits_as_json(catalog, models):
                               {"magnitude": events["magnitude"].to_numpy()})
     truth = np.column_stack([np.diff(events["t"].to_numpy())[[399, 499]], events[["x", "y"]].to_numpy()[[400, 500]]])
     for name in BASELINES:
-        again = load_forecaster(name, events, manifest, cache_root=cache, log=lambda *a: pytest.fail("refitted"))
+        again = load_forecaster(name, IngestedCatalog.open(folder), cache_root=cache,
+                                log=lambda *a: pytest.fail("refitted"))
         assert np.allclose(again.forecast(h).nll(truth).per_event, models[name].forecast(h).nll(truth).per_event)
         saved = json.loads(next(cache.glob(f"*/{name}-*.json")).read_text())
         assert saved["catalog_input_hash"] == manifest["input_hash"] and saved["state"]
@@ -115,3 +117,30 @@ def test_every_model_draws_a_report(catalog, models, name, tmp_path):
     with xr.open_dataset(tmp_path / "forecast.nc") as ds:
         assert ds["expected_count"].dims == ("lead_time", "y", "x") and ds["expected_count"].shape[0] == 2
         assert name in ds.attrs["source"].lower()
+
+
+def test_report_and_batch_with_etas_from_the_command_line(catalog, tmp_path, monkeypatch):
+    """`stforecast report --model etas` and a batch job with `model = "etas"`: the baseline is fitted once, kept as
+    JSON, tracked in MLflow, and drawn like any model."""
+    import mlflow
+
+    from pipelines.cli import main
+
+    folder = catalog[0]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("STFORECAST_ARTIFACT_ROOT", str(tmp_path / "art"))
+    monkeypatch.setenv("STFORECAST_BASELINE_CACHE", str(tmp_path / "fits"))
+    assert main(["report", "--data", str(folder), "--model", "etas", "--at", "2019-07-12T00:00", "--horizon", "12h",
+                 "--samples", "300", "--simulations", "15", "--out", str(tmp_path / "report")]) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["model_kind"] == "etas" and summary["expected_events"] > 0
+    assert len(list((tmp_path / "fits").glob("*/etas-*.json"))) == 1
+    fits = mlflow.search_runs(experiment_names=["stforecast-baselines"])
+    assert list(fits["tags.model_kind"]) == ["etas"] and "params.A" in fits.columns
+    config = tmp_path / "batch.toml"
+    config.write_text(f'out = "{tmp_path / "batch"}"\n[[job]]\nname = "rc-etas"\ncatalog = "{folder}"\n'
+                      'model = "etas"\nhorizon = "12h"\nsimulations = 15\nsamples = 300\nat = "2019-07-12"\n')
+    assert main(["batch", "--config", str(config), "--workers", "1"]) == 0
+    (job,) = (tmp_path / "batch").glob("*/rc-etas")
+    assert (job / "map.html").is_file() and (job / "forecast.nc").is_file()
+    assert len(mlflow.search_runs(experiment_names=["stforecast-baselines"])) == 1  # the batch job reused the fit

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.ingest import atomic_dir, run_ingest
+from pipelines.ingest import run_ingest
+from stforecast.io.atomic import atomic_dir
 from stforecast.config import IngestConfig, check_name, load_settings, safe_name
 
 from .test_bad_input import GOOD_ROWS, HEADER, cfg_for, comcat, one_bad
@@ -299,7 +300,7 @@ def test_name_checks():
 
 @pytest.mark.parametrize("fail_on", ["tmp_to_target", "target_to_old"])
 def test_atomic_dir_cleans_up_when_a_rename_fails(tmp_path, monkeypatch, fail_on):
-    import pipelines.ingest as ing
+    import stforecast.io.atomic as ing
 
     target = tmp_path / "out" / "cat"
     target.mkdir(parents=True)

@@ -161,10 +161,12 @@ def test_sf_zone_suffix_is_ignored():
 
 
 def test_config_typo_is_named(settings):
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['magnitude_mn'\]"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['filters.magnitude_mn'\]"):
         settings.catalog("japan", {"filters": {"magnitude_mn": 3}})
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['pathh'\]"):
         build_config("x", {"kind": "crime", "pathh": "a.csv"})
+    with pytest.raises(ValueError, match="setting sequences.window must be a number, not 'long'"):
+        build_config("x", {"kind": "crime", "sequences": {"window": "long"}})
 
 
 # ------------------------------------------------------------------------------------------ network sources

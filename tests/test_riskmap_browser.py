@@ -1,6 +1,6 @@
 """The interactive risk map in a real headless browser (Debian chromium + chromedriver, installed by `make test`):
-the page loads from the local server with every outside host unresolvable, a control switches the contour layer,
-no request leaves 127.0.0.1, and a screenshot is kept as an artifact."""
+the page loads from the local server with every outside host unresolvable, the controls (level, model, horizon,
+compare) switch the contour layer, no request leaves 127.0.0.1, and a screenshot is kept as an artifact."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "test-artifacts
 def batch_root(ridgecrest_tiny, tmp_path_factory):
     r, ckpt = ridgecrest_tiny
     tmp = tmp_path_factory.mktemp("risk")
+    # two models for the same region and horizon (ETAS: fitted once, then from the runs/baselines JSON cache)
     jobs = [Job("rc-12h", str(r.out_dir), str(ckpt), "12h", 30, 300, "2019-07-12", max_events=60),
+            Job("rc-12h-etas", str(r.out_dir), "etas", "12h", 30, 300, "2019-07-12", max_events=60),
             Job("rc-2d", str(r.out_dir), str(ckpt), "2d", 30, 300, "2019-07-12", max_events=60)]
     assert all(res.status == "done" for res in run_batch(jobs, tmp / "batch"))
     return tmp / "batch"
@@ -32,14 +34,33 @@ def batch_root(ridgecrest_tiny, tmp_path_factory):
 
 def test_latest_forecasts_and_static_page(batch_root, tmp_path):
     forecasts = latest_forecasts(batch_root)
-    assert [(f["region"], f["horizon"]) for f in forecasts] == [("ridgecrest", "12h"), ("ridgecrest", "2d")]
-    assert set(forecasts[0]["contours"]) == {"0.5", "0.8", "0.95"}
+    assert [(f["region"], f["horizon"], f["model"]) for f in forecasts] == [
+        ("ridgecrest", "12h", "DSTPP"), ("ridgecrest", "12h", "ETAS"), ("ridgecrest", "2d", "DSTPP")]
+    assert set(forecasts[0]["contours"]) == set(forecasts[1]["contours"]) == {"0.5", "0.8", "0.95"}
+    assert forecasts[0]["contours"] != forecasts[1]["contours"]
     page = write_static(batch_root, tmp_path / "risk.html").read_text()
     assert external_references(page) == []
     # text from data cannot become markup or end the data block
     evil = dict(forecasts[0], region="</script><img src=x onerror=alert(1)>")
     html = riskmap_html([evil])
     assert "<img src=x" not in html and "</script><img" not in html
+
+
+def test_model_labels_of_old_manifests_and_of_two_jobs_of_one_model(batch_root, tmp_path):
+    """A manifest from before ``model_kind`` is named by its job's ``model``; two jobs of one model for the same
+    region and horizon (two checkpoints) are told apart by their job names instead of hiding one another."""
+    day = next(batch_root.iterdir())
+    root = tmp_path / "batch"
+    for job in ("rc-12h", "rc-12h-etas"):
+        shutil.copytree(day / job, root / day.name / job)
+    shutil.copytree(day / "rc-12h", root / day.name / "rc-12h-v2")
+    old = root / day.name / "rc-12h-etas" / "forecast.json"
+    m = json.loads(old.read_text())
+    m.pop("model_kind", None)
+    m["summary"].pop("model_kind", None)
+    old.write_text(json.dumps(m))
+    assert m["job"]["model"] == "etas"
+    assert [f["model"] for f in latest_forecasts(root)] == ["DSTPP (rc-12h)", "ETAS", "DSTPP (rc-12h-v2)"]
 
 
 def test_risk_map_data_is_plain_json_that_cannot_leave_its_script(batch_root):
@@ -92,20 +113,44 @@ def test_risk_map_in_a_headless_browser(batch_root):
         assert browser.find_elements(By.CSS_SELECTOR, ".leaflet-tile-pane, .leaflet-pane")  # Leaflet ran
         assert len(browser.find_elements(By.CSS_SELECTOR, "path.observed-event")) > 10
         shown = browser.execute_script("return document.body.dataset.shown")
-        assert shown == "ridgecrest|12h|0.8"
+        assert shown == "ridgecrest|12h|DSTPP|0.8"
 
-        def shapes():
-            return [p.get_attribute("d") for p in browser.find_elements(By.CSS_SELECTOR, "path.risk-contour")]
+        def shapes(kind="risk-contour"):
+            return [p.get_attribute("d") for p in browser.find_elements(By.CSS_SELECTOR, f"path.{kind}")]
 
+        def showing(text):
+            wait.until(lambda b: b.execute_script("return document.body.dataset.shown") == text)
+
+        def options(select_id):
+            return [o.get_attribute("value") for o in Select(browser.find_element(By.ID, select_id)).options]
+
+        info = lambda: browser.find_element(By.ID, "info").text  # noqa: E731
         before = shapes()
         Select(browser.find_element(By.ID, "level")).select_by_value("0.5")
-        wait.until(lambda b: b.execute_script("return document.body.dataset.shown") == "ridgecrest|12h|0.5")
+        showing("ridgecrest|12h|DSTPP|0.5")
         after = shapes()
         assert after and after != before  # the contour layer changed
-        Select(browser.find_element(By.ID, "horizon")).select_by_value("2d")
-        wait.until(lambda b: b.execute_script("return document.body.dataset.shown") == "ridgecrest|2d|0.5")
-        assert shapes() != after
-        assert "events expected" in browser.find_element(By.ID, "info").text
+        assert options("model") == ["DSTPP", "ETAS"] and "DSTPP" in info() and "ETAS" not in info()
+        assert shapes("compare-contour") == []
+        Select(browser.find_element(By.ID, "model")).select_by_value("ETAS")  # the other model, same day
+        showing("ridgecrest|12h|ETAS|0.5")
+        etas = shapes()
+        assert etas and etas != after
+        assert "ETAS" in info() and "DSTPP" not in info()
+        assert options("compare") == ["", "DSTPP"]
+        Select(browser.find_element(By.ID, "compare")).select_by_value("DSTPP")  # DSTPP dashed over ETAS
+        wait.until(lambda b: b.execute_script("return document.body.dataset.compare") == "DSTPP")
+        # (the view is refitted to both, so the paths' pixel coordinates move)
+        assert len(shapes()) == len(etas) and shapes("compare-contour") and "dashed: DSTPP" in info()
+        assert browser.execute_script("return document.body.dataset.shown") == "ridgecrest|12h|ETAS|0.5"
+        time.sleep(0.3)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "riskmap-compare.png"))
+        Select(browser.find_element(By.ID, "horizon")).select_by_value("2d")  # only DSTPP forecast 2 days
+        showing("ridgecrest|2d|DSTPP|0.5")
+        assert options("model") == ["DSTPP"] and shapes() not in (after, etas)
+        assert shapes("compare-contour") == [] and browser.find_element(By.ID, "compare").get_attribute("disabled")
+        assert "events expected" in info() and "DSTPP" in info()
         time.sleep(0.5)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "riskmap.png"

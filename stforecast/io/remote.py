@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import ssl
 import time
 import urllib.error
@@ -30,10 +29,11 @@ import urllib.parse
 import urllib.request
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from stforecast import __version__
 from stforecast.catalog import CatalogError, Problem
+from stforecast.io.atomic import atomic_output
 
 __all__ = [
     "is_url",
@@ -226,7 +226,7 @@ def _download_once(opener: urllib.request.OpenerDirector, url: str, target: Path
         declared = response.headers.get("Content-Length")
         expected = int(declared) if declared and declared.strip().isdigit() else None
         hasher, received = hashlib.sha256(), 0
-        with _atomic_output(target, "wb") as out, _progress_bar(progress, expected, url) as advance:
+        with atomic_output(target, "wb") as out, _progress_bar(progress, expected, url) as advance:
             while True:
                 # Only network errors are caught here: a full disk must not be retried as if the server failed.
                 try:
@@ -262,36 +262,8 @@ def _progress_bar(enabled: bool, total: int | None, url: str) -> Iterator:
         yield lambda n: bar.advance(task, n)
 
 
-def atomic_write_text(target, text: str) -> None:
-    """Write ``text`` to ``target`` so readers see the old file or the whole new one."""
-    with _atomic_output(Path(target), "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-@contextlib.contextmanager
-def _atomic_output(target: Path, mode: str, **open_kwargs) -> Iterator[IO]:
-    """A temp file next to ``target`` that replaces it in one step on success and vanishes on failure.
-
-    Same folder, because ``os.replace`` is only atomic within one file system; readers therefore see the old
-    file or the complete new one, never a partial download.
-    """
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.part")
-    # os.open with 0o666 (unlike mkstemp's 0o600) lets the umask decide who may read the cache.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
 def _write_meta(target: Path, meta: dict) -> None:
-    with _atomic_output(target.with_name(target.name + ".meta.json"), "w", encoding="utf-8") as out:
+    with atomic_output(target.with_name(target.name + ".meta.json"), "w", encoding="utf-8") as out:
         json.dump(meta, out, indent=2)
         out.write("\n")
 
@@ -361,7 +333,7 @@ def _align(header: list[str], rows: list[list[str]], reference: list[str], sourc
 
 def _write_csv_output(target: Path, header: Sequence[str], rows, meta: dict) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_output(target, "w", encoding="utf-8", newline="") as out:
+    with atomic_output(target, "w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)

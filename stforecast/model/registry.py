@@ -1,6 +1,6 @@
 """Every next-event model by name: the one place that lists them.
 
-``load_forecaster(spec, events, manifest)`` turns what a user types after ``--model`` (a baseline's name, a
+``load_forecaster(spec, catalog)`` turns what a user types after ``--model`` (a baseline's name, a
 checkpoint path, an MLflow URI) into a :class:`~stforecast.model.base.Forecaster`. Baselines are fitted by maximum
 likelihood on the catalog's events before its validation start (the same rule as the evaluation) and their fits
 are kept as JSON (parameters, the catalog's input hash and the fit settings; no pickle) under
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from stforecast.model.base import Forecaster
 
 if TYPE_CHECKING:  # importing pandas here would slow every `stforecast --help`
     import pandas as pd
+
+    from stforecast.ingested import IngestedCatalog
 
 #: the classical baselines: name → constructor taking the catalog's completeness magnitude
 BASELINES = {
@@ -29,6 +32,8 @@ BASELINES = {
 REQUIRES = {"etas": ("magnitude",)}
 DESCRIPTIONS = {"poisson_kde": "Poisson x KDE (no memory)", "hawkes": "spatio-temporal Hawkes",
                 "etas": "ETAS (Ogata 1998)", "dstpp": "DSTPP (diffusion)"}
+#: short names for pickers and legends (the risk map's Model select)
+LABELS = {"dstpp": "DSTPP", "etas": "ETAS", "hawkes": "Hawkes", "poisson_kde": "Poisson x KDE"}
 
 
 def _baselines():
@@ -43,14 +48,6 @@ def is_baseline(spec: str) -> bool:
 
 def applies(name: str, events: pd.DataFrame) -> bool:
     return all(c in events for c in REQUIRES.get(name, ()))
-
-
-def completeness(manifest: dict, events: pd.DataFrame) -> float | None:
-    """The magnitude above which the baselines treat the catalog as complete: its ingestion threshold, else its
-    smallest magnitude (None without magnitudes)."""
-    if "magnitude" not in events:
-        return None
-    return manifest["config"]["filters"].get("magnitude_min") or float(events["magnitude"].min())
 
 
 def fit_baseline(name: str, events: pd.DataFrame, fit_end: float, mc: float | None = None,
@@ -75,18 +72,19 @@ def fit_baselines(events: pd.DataFrame, fit_end: float, mc: float | None = None,
     return {n: fit_baseline(n, events, fit_end, mc, max_events) for n in names if applies(n, events)}
 
 
-def cached_baseline(name: str, events: pd.DataFrame, manifest: dict, cache_root: Path | None = None,
-                    log=print) -> Forecaster:
+def cached_baseline(name: str, catalog: IngestedCatalog, cache_root: Path | None = None, log=print,
+                    track: bool = False) -> Forecaster:
     """A baseline fitted on the catalog's events before its validation start, from the JSON cache when the same
-    catalog (input hash) and settings were fitted before."""
+    catalog (input hash) and settings were fitted before. ``track``: a new fit is logged to MLflow (experiment
+    ``stforecast-baselines``: its parameters, log-likelihood and the JSON), like a trained DSTPP."""
     from stforecast.config import REPO_ROOT
-    from stforecast.io.remote import atomic_write_text
+    from stforecast.io.atomic import atomic_write_text
 
-    fit_end = manifest["split"]["model_time"]["val_start"]
-    mc = completeness(manifest, events)
-    key = hashlib.sha256(json.dumps([name, manifest["input_hash"], fit_end, mc], sort_keys=True).encode()
+    events, fit_end, mc = catalog.events, catalog.split_start("val"), catalog.completeness()
+    key = hashlib.sha256(json.dumps([name, catalog.input_hash, fit_end, mc], sort_keys=True).encode()
                          ).hexdigest()[:16]
-    path = Path(cache_root or REPO_ROOT / "runs" / "baselines") / manifest["name"] / f"{name}-{key}.json"
+    root = cache_root or os.environ.get("STFORECAST_BASELINE_CACHE") or REPO_ROOT / "runs" / "baselines"
+    path = Path(root) / catalog.name / f"{name}-{key}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         return BASELINES[name](mc).restore(saved["state"], events[events["t"] < fit_end], fit_end)
@@ -94,21 +92,34 @@ def cached_baseline(name: str, events: pd.DataFrame, manifest: dict, cache_root:
         f"start (kept in {path} for next time)")
     model = fit_baseline(name, events, fit_end, mc)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"name": name, "catalog": manifest["name"],
-                                        "catalog_input_hash": manifest["input_hash"], "fit_end_model_time": fit_end,
-                                        "mc": mc, "state": model.state()}, indent=1))
+    record = {"name": name, "catalog": catalog.name, "catalog_input_hash": catalog.input_hash,
+              "fit_end_model_time": fit_end, "mc": mc, "state": model.state()}
+    atomic_write_text(path, json.dumps(record, indent=1))
+    if track:
+        import mlflow
+
+        from stforecast.tracking import flatten, tracked_run
+
+        with tracked_run("stforecast-baselines", f"{name}-{catalog.name}",
+                         {"model_kind": name, "catalog": catalog.name, "data.input_hash": catalog.input_hash}):
+            values = {k.removeprefix("params."): v for k, v in flatten(model.state()).items()
+                      if isinstance(v, (int, float))}
+            mlflow.log_params({k: v for k, v in values.items() if k != "loglik"} | {"fit_end_model_time": fit_end})
+            if "loglik" in values:
+                mlflow.log_metric("train_loglik", values["loglik"])
+            mlflow.log_artifact(str(path))
     return model
 
 
-def load_forecaster(spec: str, events: pd.DataFrame, manifest: dict, *, allow_other_catalog: bool = False,
-                    cache_root: Path | None = None, log=print) -> Forecaster:
+def load_forecaster(spec: str, catalog: IngestedCatalog, *, allow_other_catalog: bool = False,
+                    cache_root: Path | None = None, log=print, track: bool = False) -> Forecaster:
     """``spec``: a baseline's name (fitted on this catalog), a checkpoint path or an MLflow model URI (a trained
     DSTPP, checked against this catalog's units and frame: :func:`stforecast.train.check_catalog`)."""
     if is_baseline(spec):
-        return cached_baseline(spec, events, manifest, cache_root, log=log)
+        return cached_baseline(spec, catalog, cache_root, log=log, track=track)
     from stforecast.tracking import load_model
     from stforecast.train import check_catalog
 
     model = load_model(spec)
-    check_catalog(model, manifest, allow_other_catalog, warn=log)
+    check_catalog(model, catalog.manifest, allow_other_catalog, warn=log)
     return model

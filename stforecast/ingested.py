@@ -1,0 +1,211 @@
+"""An ingested catalog as one plain object (pyCSEP's idea: a catalog and its region are objects every step passes
+along, not dicts re-read from disk).
+
+    catalog = IngestedCatalog.open("japan")          # a name under the processed directory, or a folder
+    catalog.events                                   # events.parquet (time-sorted; t, x, y in model units, marks)
+    catalog.split_start("val")                       # model time where a split begins
+    catalog.units.time_of(t), catalog.units.model_time_of("2016-04-14T13:00"), catalog.units.horizon("3d")
+    catalog.units.to_original(frame)                 # model units → UTC time and lon/lat (or the input CRS)
+
+It is the only reader of the ingestion manifest (``manifest.json``); ``stforecast ingest`` writes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CatalogUnits:
+    """How model units map to the catalog's own: ``time_unit`` (seconds, minutes, hours, days), ``calendar``
+    (True: model time counts from the UTC ``origin``; False: a lab clock, ``origin`` in the source's seconds, or
+    each window's own start for the source's windows), the model CRS (None: coordinates are the input's own) and
+    the input CRS (lon/lat, a projected CRS or a pixel frame)."""
+
+    time_unit: str
+    calendar: bool
+    origin: str | float | None
+    crs_model: str | None
+    crs_input: str | None
+    spatial_unit: str
+
+    @classmethod
+    def from_schema(cls, schema: dict) -> "CatalogUnits":
+        calendar = schema["time"] == "UTC timestamp"
+        origin = schema.get("time_origin")
+        if not calendar:
+            origin = None if origin in (None, "window start") else float(origin)
+        return cls(schema["time_unit"], calendar, origin, schema.get("crs_model"), schema.get("crs_input"),
+                   schema.get("spatial_unit", ""))
+
+    @property
+    def seconds(self) -> float:
+        """Seconds per model time unit."""
+        from stforecast.catalog import SECONDS_PER
+
+        return SECONDS_PER[self.time_unit]
+
+    @property
+    def geographic(self) -> bool:
+        """True when the input coordinates are lon/lat (maps draw over the basemap)."""
+        from stforecast.clean import geographic
+
+        return bool(geographic(self.crs_input))
+
+    def to_original(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with model-unit columns ``t``, ``x``, ``y`` plus the catalog's own coordinates: ``time`` (UTC
+        timestamps for calendar catalogs, the recording's clock otherwise) and ``lon``/``lat`` (or ``x_input``/
+        ``y_input`` for a projected or pixel input CRS)."""
+        from stforecast.clean import project
+
+        out = frame.copy()
+        if self.calendar:
+            out["time"] = pd.Timestamp(self.origin) + pd.to_timedelta(out["t"].to_numpy() * self.seconds, unit="s")
+        else:
+            out["time"] = (self.origin or 0.0) + out["t"].to_numpy() * self.seconds
+        if self.crs_model:
+            a, b = project(out["x"].to_numpy(), out["y"].to_numpy(), self.crs_model, self.crs_input)
+        else:
+            a, b = out["x"].to_numpy(), out["y"].to_numpy()
+        names = ("lon", "lat") if self.geographic else ("x_input", "y_input")
+        out[names[0]], out[names[1]] = a, b
+        return out
+
+    def model_time_of(self, when) -> float:
+        """A moment (timestamp string/Timestamp for calendar catalogs, a number otherwise) in model time."""
+        if self.calendar:
+            ts = pd.Timestamp(when)
+            ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+            return float((ts - pd.Timestamp(self.origin)) / pd.Timedelta(seconds=self.seconds))
+        return (float(when) - (self.origin or 0.0)) / self.seconds
+
+    def time_of(self, t: float):
+        """The catalog's own time (a UTC Timestamp, or the recording clock) of model time ``t``."""
+        return self.to_original(pd.DataFrame({"t": [float(t)], "x": [0.0], "y": [0.0]}))["time"].iloc[0]
+
+    def horizon(self, text: str) -> float:
+        """A horizon such as ``24h``, ``7d``, ``90min`` or ``30s`` (or a bare number, in model units) → model units."""
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        days = re.fullmatch(r"\s*([\d.]+)\s*d(?:ays?)?\s*", text)  # pandas is retiring the lower-case 'd' unit
+        try:
+            seconds = float(days.group(1)) * 86400 if days else pd.Timedelta(text).total_seconds()
+        except ValueError:
+            raise ValueError(f"horizon {text!r}: give a duration such as 24h, 7d or 90min, or a number in "
+                             f"{self.time_unit}") from None
+        return seconds / self.seconds
+
+
+class IngestedCatalog:
+    """A processed catalog: its folder, manifest, events, splits, units and the baselines' completeness."""
+
+    def __init__(self, folder: str | Path, manifest: dict):
+        self.folder, self.manifest = Path(folder), manifest
+        self.units = CatalogUnits.from_schema(manifest["schema"])
+
+    @classmethod
+    def open(cls, name_or_folder: str | Path, processed_dir: str | Path | None = None) -> "IngestedCatalog":
+        """A folder holding ``manifest.json``, or a name under the processed directory (default: the settings')."""
+        candidates = [Path(name_or_folder)]
+        if processed_dir is None:
+            from stforecast.config import load_settings
+
+            processed_dir = load_settings().processed_dir
+        candidates.append(Path(processed_dir) / str(name_or_folder))
+        for folder in candidates:
+            path = folder / "manifest.json"
+            if path.is_file():
+                try:
+                    return cls(folder, json.loads(path.read_text()))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); re-run "
+                                     "`stforecast ingest ... --force` to rewrite it") from None
+        raise FileNotFoundError(f"no ingested catalog {str(name_or_folder)!r} (looked for {candidates[0]}/manifest.json "
+                                f"and {candidates[1]}/manifest.json); run `stforecast ingest` first")
+
+    # ------------------------------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def input_hash(self) -> str:
+        return self.manifest["input_hash"]
+
+    @property
+    def schema(self) -> dict:
+        return self.manifest["schema"]
+
+    @property
+    def marks(self) -> list:
+        return list(self.schema.get("marks", []))
+
+    # ------------------------------------------------------------------------------------------ splits
+    @property
+    def continuous(self) -> bool:
+        """One chronological catalog (False: the source's own windows, e.g. the DSTPP paper's)."""
+        return self.manifest["split"].get("mode") != "given"
+
+    def require_continuous(self, what: str) -> None:
+        if not self.continuous:
+            raise ValueError(f"{self.folder}: {what} needs one continuous catalog, not the source's own windows")
+
+    def split_start(self, split: str) -> float:
+        """Model time where ``split`` (train, val, test) begins."""
+        self.require_continuous(f"the start of the {split} split")
+        return float(self.manifest["split"]["model_time"][f"{split}_start"])
+
+    # ------------------------------------------------------------------------------------------ events
+    @functools.cached_property
+    def events(self) -> pd.DataFrame:
+        """Every kept event, time-sorted (``events.parquet``)."""
+        return pd.read_parquet(self.folder / "events.parquet")
+
+    def before(self, t: float) -> pd.DataFrame:
+        return self.events[self.events["t"] < t]
+
+    @property
+    def train_events(self) -> pd.DataFrame:
+        """Events before the validation start (what baselines are fitted on)."""
+        return self.before(self.split_start("val"))
+
+    def completeness(self) -> float | None:
+        """The magnitude above which the catalog counts as complete for the baselines: its ingestion threshold,
+        else its smallest magnitude (None without magnitudes)."""
+        if "magnitude" not in self.events:
+            return None
+        return self.manifest["config"]["filters"].get("magnitude_min") or float(self.events["magnitude"].min())
+
+    def region_lonlat(self) -> tuple[float, float, float, float]:
+        """(min lon, min lat, max lon, max lat): the ingestion bounding box, else the events' extent (+0.1°)."""
+        bbox = self.manifest["config"]["filters"].get("bbox")
+        if bbox:
+            return tuple(float(v) for v in bbox)
+        lonlat = self.units.to_original(self.events[["t", "x", "y"]])
+        return (float(lonlat["lon"].min()), float(lonlat["lat"].min()), float(lonlat["lon"].max()) + 0.1,
+                float(lonlat["lat"].max()) + 0.1)
+
+    def extent(self, pad: float = 0.05) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) in model units: the training events' extent widened by ``pad`` of its size."""
+        train = self.train_events if self.continuous else self.events
+        lo, hi = train[["x", "y"]].min().to_numpy(), train[["x", "y"]].max().to_numpy()
+        p = pad * (hi - lo)
+        return float(lo[0] - p[0]), float(lo[1] - p[1]), float(hi[0] + p[0]), float(hi[1] + p[1])
+
+    def __repr__(self) -> str:
+        return f"IngestedCatalog({self.name!r}, {self.folder}, {len(self.events):,} events)" if \
+            "events" in self.__dict__ else f"IngestedCatalog({self.name!r}, {self.folder})"
+
+
+def as_catalog(catalog) -> IngestedCatalog:
+    """An IngestedCatalog from itself, a folder or a name."""
+    return catalog if isinstance(catalog, IngestedCatalog) else IngestedCatalog.open(catalog)
+
