@@ -87,7 +87,7 @@ def run_one(mode: str, path: str, workers: int) -> dict:
                        force=True, scheduler="synchronous")
         rows = r.manifest["counts"]["rows_read"]
     else:
-        from pipelines.cli import dask_client
+        from pipelines.cluster import dask_client
 
         with dask_client(None, workers) as client:
             t0 = time.perf_counter()  # cluster start-up and shut-down (≈1 s each) are not ingestion

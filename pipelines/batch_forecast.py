@@ -11,13 +11,17 @@ with its message. Jobs run on a LocalCluster (127.0.0.1, 2 workers) or ``--sched
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from pipelines.cluster import dask_client
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "batch.toml"
 #: a finished job's record in its folder: key, inputs, summary and the SHA-256 of every output
@@ -93,10 +97,10 @@ def run_job(job: Job, out_root: str, settings_env: dict | None = None) -> JobRes
 
 
 def _run_job(job: Job, out_root: Path) -> JobResult:
-    from stforecast.io.atomic import atomic_dir, sweep_stale
     from pipelines.report import ReportRequest, write_report
     from stforecast.config import load_settings
     from stforecast.ingested import IngestedCatalog
+    from stforecast.io.atomic import atomic_dir, sweep_stale
 
     settings = load_settings()
     if job.refresh:
@@ -164,3 +168,40 @@ def track_results(results: list[JobResult]) -> None:
                           "forecast_time": manifest["forecast_time"], "batch.key": manifest["key"]}):
             mlflow.log_metric("expected_events", manifest["summary"]["expected_events"])
             mlflow.log_artifacts(r.folder)
+
+
+# -------------------------------------------------------------------------------- the `stforecast batch` command
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "batch", help="scheduled forecasts for the jobs in a config (idempotent, atomic, on Dask)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("Run every [[job]] of the batch config (default data/batch.toml): optionally refresh the catalog,\n"
+                     "forecast with the given model, and write map, NetCDF, PNG and a manifest into\n"
+                     "OUT/<forecast date>/<job>/. Jobs whose inputs are unchanged are skipped; a failed job leaves no\n"
+                     "partial output and makes the command exit 1. Meant for cron or a systemd timer (see README)."),
+        epilog="examples:\n  stforecast batch\n  stforecast batch --config ops/batch.toml --scheduler tcp://10.0.0.5:8786")
+    p.add_argument("--config", help="batch config (default data/batch.toml)")
+    p.add_argument("--out", help="output root (default: the config's `out`, reports/batch)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
+    p.add_argument("--no-track", action="store_true", help="do not log the jobs to MLflow")
+
+
+def run(args) -> int:
+
+    jobs, out = load_jobs(args.config)
+    out = Path(args.out) if args.out else out
+    if not jobs:
+        raise ValueError(f"no [[job]] in {args.config or 'data/batch.toml'}")
+    with dask_client(args.scheduler, args.workers) as client:
+        results = run_batch(jobs, out, client)
+    if not args.no_track:
+        track_results(results)
+    for r in results:
+        print(f"{r.name}: {r.status}{' -> ' + r.folder if r.folder else ''} {r.message.splitlines()[0] if r.message else ''}")
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        print(f"error: job {r.name!r} failed: {r.message}", file=sys.stderr)
+        if args.verbose and r.detail:
+            print(r.detail, file=sys.stderr)
+    return 1 if failed else 0

@@ -5,6 +5,7 @@ table, the settings and seeds used, and MLflow runs. ``--quick`` runs the same s
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
@@ -202,3 +203,42 @@ def report(table: pd.DataFrame, record: dict, paper: pd.DataFrame | None) -> str
 
 
 __all__ = ["run_benchmark", "load_benchmark_config", "PAPER_JAPAN"]
+
+
+# -------------------------------------------------------------------------------- the `stforecast benchmark` command
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "benchmark", help="train, fit and score DSTPP and the baselines on several catalogs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("For each catalog: ingest, train DSTPP (checkpoint chosen on validation), fit Poisson x KDE,\n"
+                     "Hawkes and (earthquakes) ETAS on the training period, and score all of them on the same\n"
+                     "held-out test events. Writes OUT/benchmark.{md,csv,json} and per-catalog tables and plots, and\n"
+                     "logs MLflow runs (experiment stforecast-benchmark). Settings: data/benchmark.toml."),
+        epilog=("examples:\n"
+                "  stforecast benchmark                              # japan, chicago, wmaze (tens of minutes on CPU)\n"
+                "  stforecast benchmark --catalogs japan,chicago,wmaze,dstpp_japan\n"
+                "  stforecast benchmark --quick                      # toy sizes: proves the pipeline runs"))
+    p.add_argument("--catalogs", help="comma-separated catalog names (default: the config's list)")
+    p.add_argument("--quick", action="store_true", help="toy sizes for CI (a few training steps, few events)")
+    p.add_argument("--config", help="benchmark settings (default data/benchmark.toml)")
+    p.add_argument("--out", default=None, help="report folder (default reports/benchmark or reports/benchmark-quick)")
+    p.add_argument("--runs", default=None, help="checkpoint folder (default runs/benchmark[-quick])")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+
+    console = Console()
+    suffix = "-quick" if args.quick else ""
+    catalogs = args.catalogs.split(",") if args.catalogs else load_benchmark_config(args.config)["catalogs"]
+    table = run_benchmark(catalogs, quick=args.quick, config_path=args.config,
+                          out=Path(args.out or f"reports/benchmark{suffix}"),
+                          runs_dir=Path(args.runs or f"runs/benchmark{suffix}"), track=not args.no_track,
+                          device=args.device, progress=not args.no_progress, log=console.print)
+    cols = ["catalog", "model", "nll_joint", "crps_dt", "energy_xy", "cover_dt_80", "cover_xy_80"]
+    console.print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0

@@ -6,6 +6,7 @@ The history is the ingested catalog (``events.parquet``) strictly before the for
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.common import load_checked_model, open_catalog
 from stforecast.defaults import SAMPLER_STEPS
 from stforecast.forecast import count_summary, history_of, next_event, simulate_horizon
 from stforecast.ingested import as_catalog
 from stforecast.io.atomic import atomic_path, atomic_write_text
+from stforecast.model.registry import BASELINES
 
 
 @dataclass
@@ -137,3 +140,64 @@ def csep_days(catalog, model, req: ForecastRequest, t_at: float, out: Path, log)
             f"{entry['observed_events']}) -> {path}")
         result["days"].append(entry)
     return result
+
+
+# -------------------------------------------------------------------------------- the `stforecast forecast` command
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "forecast", help="sample the next event and simulate continuations over a horizon",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=("Forecast from a trained DSTPP, conditioned on an ingested catalog up to --at (default: its\n"
+                     "last event). Writes next-event samples and, with --horizon, simulated continuations with the\n"
+                     "distribution of the number of events, in UTC time and lon/lat. --format csep writes daily\n"
+                     "pyCSEP catalog forecasts (magnitudes from a fitted Gutenberg-Richter law)."),
+        epilog=("examples:\n"
+                "  stforecast forecast --data japan --model models:/dstpp/1 --horizon 7d --simulations 500\n"
+                "  stforecast forecast --data japan --model runs/demo-japan/best.pt --at 2011-03-01 --samples 2000\n"
+                "  stforecast forecast --data japan --model runs/demo-japan/best.pt --format csep --at 2019-07-01 \\\n"
+                "      --days 3 --simulations 1000 --csep-test     # needs: pip install '.[csep]'"))
+    p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
+    p.add_argument("--model", required=True, help=f"checkpoint path, MLflow URI (models:/dstpp/1, runs:/ID/model) or "
+                                                  f"a baseline ({', '.join(BASELINES)})")
+    p.add_argument("--at", help="forecast time: a UTC date/time (or a number for lab clocks); default: the last event")
+    p.add_argument("--samples", type=int, default=1000, help="next-event samples (default 1000)")
+    p.add_argument("--horizon", help="simulate continuations this far ahead: 24h, 7d, 90min (or model units)")
+    p.add_argument("--simulations", type=int, default=200, help="continuations / catalogs per forecast (default 200)")
+    p.add_argument("--max-events", type=int, default=1000, help="cap on events per simulation (default 1000)")
+    p.add_argument("--max-history", type=int, default=None,
+                   help="events each draw conditions on (default: the model's own context: DSTPP 128, Hawkes 200, "
+                        "ETAS 300, Poisson 1)")
+    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"DDIM denoising steps (default {SAMPLER_STEPS})")
+    p.add_argument("--format", dest="fmt", default="parquet", choices=["parquet", "csv", "csep"],
+                   help="output files: parquet (default), csv, or csep (daily pyCSEP catalog forecasts)")
+    p.add_argument("--days", type=int, default=1, help="csep: consecutive daily forecasts from --at")
+    p.add_argument("--csep-test", action="store_true", help="csep: run pyCSEP's number and spatial tests per day")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", help="output folder (default reports/forecast-<data>)")
+    p.add_argument("--allow-other-catalog", action="store_true",
+                   help="run a model on a catalog in other units or another frame than it was trained on (warns)")
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+
+    console = Console()
+    catalog = open_catalog(args.data)
+    model = load_checked_model(args.model, catalog, args.allow_other_catalog, console.print)
+    req = ForecastRequest(at=args.at, samples=args.samples, horizon=args.horizon, simulations=args.simulations,
+                          max_events=args.max_events, max_history=args.max_history, steps=args.steps, fmt=args.fmt,
+                          days=args.days, csep_test=args.csep_test, seed=args.seed)
+    out = Path(args.out or Path("reports") / f"forecast-{catalog.folder.name}")
+    summary = run_forecast(catalog, model, req, out, log=console.print)
+    if "next_event" in summary:
+        lo, hi = summary["next_event"]["dt_q10_q90"]
+        console.print(f"next event: median wait {summary['next_event']['dt_median']:.4g} {summary['units'][0]} "
+                      f"(80 % interval {lo:.4g}-{hi:.4g})")
+    if "horizon" in summary:
+        h = summary["horizon"]
+        console.print(f"events in the next {args.horizon}: mean {h['mean']:.2f}, median {h['median']:.0f}, 80 % "
+                      f"interval {h['q10']:.0f}-{h['q90']:.0f}, P(at least one) {h['p_at_least_one']:.2f}"
+                      + (f"; {h['capped']} simulations hit the cap" if h["capped"] else ""))
+    console.print(f"written to {out}/ (summary.json lists the files)")
+    return 0

@@ -6,6 +6,7 @@ The page is rebuilt from the batch folder on every request of ``/``, so a new ba
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import threading
@@ -122,3 +123,28 @@ def serve(batch_root, host: str = "127.0.0.1", port: int = 8765, stop_after: flo
         pass
     finally:
         server.server_close()
+
+
+# -------------------------------------------------------------------------------- the `stforecast serve` command
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="the interactive risk map of the latest batch forecasts (local server or static file)",
+                       description=("Serve the interactive risk map: the newest forecast of every `stforecast batch` job,\n"
+                                    "with a picker for region, horizon and contour level, on http://127.0.0.1:8765/ (this\n"
+                                    "machine only unless --host says otherwise). The page is rebuilt on each load, works\n"
+                                    "offline, and --static writes it once as one file to share. `make demo` leaves one\n"
+                                    "batch forecast ready to show."),
+                       epilog="examples:\n  stforecast serve\n  stforecast serve --static reports/riskmap.html",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="reports/batch", help="batch output root (default reports/batch)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--static", metavar="FILE", help="write the page to FILE instead of serving it")
+
+
+def run(args) -> int:
+
+    if args.static:
+        print(f"risk map written to {write_static(args.root, args.static)} (self-contained, works offline)")
+        return 0
+    serve(args.root, args.host, args.port)
+    return 0

@@ -1,0 +1,53 @@
+"""The Dask cluster every distributed command runs on: a local one bound to 127.0.0.1, or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int = 2):
+    """A distributed client: the given scheduler, or a LocalCluster bound to 127.0.0.1 without a dashboard.
+
+    The local workers are started with Ctrl-C (SIGINT) ignored: a terminal sends it to the whole process group,
+    and only this process should act on it (the run is cancelled, its temp folder removed, the cluster closed
+    here) instead of every worker process printing its own KeyboardInterrupt traceback. Started processes inherit
+    an ignored signal; the handler of this process is restored at once. Closing (a second or so) ignores Ctrl-C
+    too: an interrupt there would only leave the cluster half-closed, and when the work has finished, its output
+    is already in place."""
+    import signal
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    @contextlib.contextmanager
+    def no_sigint():
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live there only
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with no_sigint():
+        # no dashboard; the scheduler's HTTP server (health checks) on a free local port: with the default 8787
+        # busy, distributed would warn on stderr
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    client = None
+    try:
+        client = Client(cluster)
+        yield client
+    finally:
+        with no_sigint():
+            if client is not None:
+                client.close()
+            cluster.close()
