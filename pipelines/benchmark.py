@@ -231,7 +231,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-
     console = Console()
     suffix = "-quick" if args.quick else ""
     catalogs = args.catalogs.split(",") if args.catalogs else load_benchmark_config(args.config)["catalogs"]

@@ -4,6 +4,12 @@ was given (a baseline's name, a checkpoint or an MLflow URI)."""
 from __future__ import annotations
 
 
+def add_model_guard(parser) -> None:
+    """The flag of every command that runs a model on a catalog (forecast, report, evaluate)."""
+    parser.add_argument("--allow-other-catalog", action="store_true",
+                        help="run a model on a catalog in other units or another frame than it was trained on (warns)")
+
+
 def open_catalog(name: str):
     """An ingested catalog by name (under the processed directory) or folder."""
     from stforecast.config import load_settings

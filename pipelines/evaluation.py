@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.common import load_checked_model, open_catalog
+from pipelines.common import add_model_guard, load_checked_model, open_catalog
 from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
 from stforecast.io.atomic import atomic_write_text
 from stforecast.model.registry import BASELINES
@@ -157,14 +157,12 @@ def add_parser(sub) -> None:
                    help=f"location coverage needs a KDE per event: compute it on this many events (default {HDR_EVENTS})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default reports/<data>-<split>)")
-    p.add_argument("--allow-other-catalog", action="store_true",
-                   help="run a model on a catalog in other units or another frame than it was trained on (warns)")
+    add_model_guard(p)
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
 def run(args) -> int:
     from rich.console import Console
-
 
     console = Console()
     if not console.is_terminal:  # logs and CI: room for the whole table instead of 80 columns of ellipses

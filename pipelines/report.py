@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.common import load_checked_model, open_catalog
+from pipelines.common import add_model_guard, load_checked_model, open_catalog
 from stforecast.defaults import SAMPLER_STEPS
 from stforecast.forecast import history_of, next_event, simulate_horizon
 from stforecast.ingested import as_catalog
@@ -191,14 +191,12 @@ def add_parser(sub) -> None:
     p.add_argument("--online-tiles", action="store_true", help="offer OpenStreetMap tiles (needs internet)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default reports/map-<data>)")
-    p.add_argument("--allow-other-catalog", action="store_true",
-                   help="run a model on a catalog in other units or another frame than it was trained on (warns)")
+    add_model_guard(p)
     p.add_argument("--no-track", action="store_true", help="do not log the report to MLflow")
 
 
 def run(args) -> int:
     from rich.console import Console
-
 
     console = Console()
     catalog = open_catalog(args.data)
