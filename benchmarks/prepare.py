@@ -20,16 +20,16 @@ def ensure_ingested(data: str | os.PathLike, settings=None, log=None) -> Path:
     :func:`pipelines.ingest.run_ingest`, saying so in one line through ``log`` (default: print); anything else
     is a one-line :class:`SystemExit`."""
     from stforecast.config import load_settings
+    from stforecast.ingested import IngestedCatalog
 
     settings = settings or load_settings()
     text = os.fspath(data)
-    as_path = Path(text)
-    if (as_path / "manifest.json").is_file():
-        return as_path
+    try:
+        return IngestedCatalog.open(text, settings.processed_dir).folder
+    except FileNotFoundError:
+        pass
     by_name = "/" not in text and text not in (".", "..")
-    folder = settings.processed_dir / text if by_name else as_path
-    if (folder / "manifest.json").is_file():
-        return folder
+    folder = settings.processed_dir / text if by_name else Path(text)
     name = folder.name
     if name not in settings.catalogs:
         raise SystemExit(f"no ingested catalog at {folder} (no manifest.json), and {name!r} is not a catalog of "

@@ -1,5 +1,5 @@
-"""What several commands share: opening an ingested catalog by name or folder, and loading the model a command
-was given (a baseline's name, a checkpoint or an MLflow URI)."""
+"""What several commands share: opening an ingested catalog by name or folder, and the flag of commands that run a
+model on a catalog."""
 
 from __future__ import annotations
 
@@ -16,11 +16,3 @@ def open_catalog(name: str):
     from stforecast.ingested import IngestedCatalog
 
     return IngestedCatalog.open(name, load_settings().processed_dir)
-
-
-def load_checked_model(spec: str, catalog, allow_other: bool, log=print, track: bool = False):
-    """The model a command was given: a baseline's name (fitted on this catalog, or its cached fit), a checkpoint
-    path or an MLflow URI (checked against the catalog's units and frame)."""
-    from stforecast.model.registry import load_forecaster
-
-    return load_forecaster(spec, catalog, allow_other_catalog=allow_other, log=log, track=track)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.common import add_model_guard, load_checked_model, open_catalog
+from pipelines.common import add_model_guard, open_catalog
 from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
 from stforecast.io.atomic import atomic_write_text
-from stforecast.model.registry import BASELINES
+from stforecast.model.registry import BASELINES, load_forecaster
 
 #: the paper's Japan numbers (DSTPP row of Tables 2 and 3), for the ``given``-split DSTPP windows
 PAPER_JAPAN = {"paper_nll_xy_scaled": 0.308, "paper_nll_dt_scaled": -1.96, "dist_xy_single": 2.84,
@@ -170,7 +170,8 @@ def run(args) -> int:
     catalog = open_catalog(args.data)
     model = None
     if args.model and args.model.lower() != "none":
-        model = load_checked_model(args.model, catalog, args.allow_other_catalog, console.print, not args.no_track)
+        model = load_forecaster(args.model, catalog, allow_other_catalog=args.allow_other_catalog, log=console.print,
+                                track=not args.no_track)
     ev = evaluate_catalog(catalog, model, [b for b in args.baselines.split(",") if b], args.split,
                           args.targets or None, args.samples, args.steps, args.seed,
                           out_dir=Path(args.out) if args.out else None, hdr_events=args.hdr_events, log=console.print)

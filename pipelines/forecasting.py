@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.common import add_model_guard, load_checked_model, open_catalog
+from pipelines.common import add_model_guard, open_catalog
 from stforecast.defaults import SAMPLER_STEPS
 from stforecast.forecast import count_summary, history_of, next_event, simulate_horizon
 from stforecast.ingested import as_catalog
 from stforecast.io.atomic import atomic_path, atomic_write_text
-from stforecast.model.registry import BASELINES
+from stforecast.model.registry import BASELINES, load_forecaster
 
 
 @dataclass
@@ -182,7 +182,7 @@ def run(args) -> int:
 
     console = Console()
     catalog = open_catalog(args.data)
-    model = load_checked_model(args.model, catalog, args.allow_other_catalog, console.print)
+    model = load_forecaster(args.model, catalog, allow_other_catalog=args.allow_other_catalog, log=console.print)
     req = ForecastRequest(at=args.at, samples=args.samples, horizon=args.horizon, simulations=args.simulations,
                           max_events=args.max_events, max_history=args.max_history, steps=args.steps, fmt=args.fmt,
                           days=args.days, csep_test=args.csep_test, seed=args.seed)

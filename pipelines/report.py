@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.common import add_model_guard, load_checked_model, open_catalog
+from pipelines.common import add_model_guard, open_catalog
 from stforecast.defaults import SAMPLER_STEPS
 from stforecast.forecast import history_of, next_event, simulate_horizon
 from stforecast.ingested import as_catalog
-from stforecast.model.registry import BASELINES
+from stforecast.model.registry import BASELINES, load_forecaster
 
 
 @dataclass
@@ -200,7 +200,8 @@ def run(args) -> int:
 
     console = Console()
     catalog = open_catalog(args.data)
-    model = load_checked_model(args.model, catalog, args.allow_other_catalog, console.print, not args.no_track)
+    model = load_forecaster(args.model, catalog, allow_other_catalog=args.allow_other_catalog, log=console.print,
+                                track=not args.no_track)
     req = ReportRequest(at=args.at, horizon=args.horizon, lead_bins=args.lead_bins, samples=args.samples,
                         simulations=args.simulations, levels=tuple(float(v) for v in args.levels.split(",")),
                         show_samples=args.show_samples, online_tiles=args.online_tiles, steps=args.steps, seed=args.seed)

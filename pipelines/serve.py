@@ -59,17 +59,17 @@ def latest_forecasts(batch_root) -> list[dict]:
 
 
 def _shown_time(text: str) -> str:
-    """A batch manifest's forecast time as a reader wants it: ``2019-07-12 00:00 UTC`` (lab clocks unchanged)."""
+    """A batch record's forecast time as the maps show times (:func:`stforecast.maps.format_time`); lab clocks
+    (numbers) unchanged."""
     import pandas as pd
+
+    from stforecast.maps import format_time
 
     try:
         when = pd.Timestamp(text)
     except ValueError:
         return text
-    if when.tzinfo is None:
-        return text
-    when = when.tz_convert("UTC")
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC" if when.second else "%Y-%m-%d %H:%M UTC")
+    return format_time(when) if when.tzinfo is not None else text
 
 
 def write_static(batch_root, path) -> Path:

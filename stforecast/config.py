@@ -256,8 +256,7 @@ DEFAULT_CONFIG = REPO_ROOT / "data" / "catalogs.toml"
 
 def load_settings(config_file: str | os.PathLike | None = None, data_root: str | None = None) -> Settings:
     config_file = Path(config_file or os.environ.get("STFORECAST_CONFIG", DEFAULT_CONFIG))
-    with open(config_file, "rb") as f:
-        doc = tomllib.load(f)
+    doc = read_settings_file(config_file)
     unknown = sorted(set(doc) - {"settings", "catalogs"})
     if unknown:
         raise ValueError(f"{config_file}: unknown top-level table(s) {unknown}; expected [settings] and [catalogs.NAME]")

@@ -50,10 +50,6 @@ class Targets:
                                      length, marks, sequences=self.histories)
 
 
-def load_stream(processed_dir) -> pd.DataFrame:
-    return pd.read_parquet(Path(processed_dir) / "events.parquet")
-
-
 def next_event_targets(processed_dir, split: str = "test", max_targets: int | None = None, seed: int = 0) -> Targets:
     frame = pd.read_parquet(Path(processed_dir) / "sequences" / f"split={split}")
     frame = frame.sort_values(["sequence", "position"], kind="stable").reset_index(drop=True)

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stforecast.batch import Batch
 from stforecast.model.base import MARK_COLUMNS, Forecaster, Histories
 
 
@@ -33,18 +32,6 @@ class HorizonForecast:
     capped: np.ndarray
     t_start: float
     t_end: float
-
-
-def history_batch(t: np.ndarray, xy: np.ndarray) -> Batch:
-    """A (B, L) batch of B histories of equal length L: ``t`` (B, L) model times, ``xy`` (B, L, 2)."""
-    t = torch.as_tensor(np.asarray(t, dtype=np.float32))
-    xy = torch.as_tensor(np.asarray(xy, dtype=np.float32))
-    B, L = t.shape
-    dt = torch.zeros_like(t)
-    dt[:, 1:] = t[:, 1:] - t[:, :-1]
-    mask = torch.ones((B, L), dtype=torch.bool)
-    return Batch(time=t - t[:, :1], dt=dt, xy=xy, mask=mask, target=torch.zeros((B, L), dtype=torch.bool),
-                 lengths=torch.full((B,), L, dtype=torch.long))
 
 
 def history_of(past: pd.DataFrame, keep: int) -> tuple[np.ndarray, np.ndarray, dict]:

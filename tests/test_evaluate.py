@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipelines.ingest import run_ingest
-from stforecast.evaluate import evaluate_next_event, load_stream, next_event_targets, sample_scores
+from stforecast.evaluate import evaluate_next_event, next_event_targets, sample_scores
+from stforecast.ingested import IngestedCatalog
 from stforecast.model.registry import fit_baselines
 from stforecast.train import TrainConfig, load_model, train
 
@@ -31,7 +32,7 @@ def test_harness_on_ridgecrest(settings, tmp_path):
                       progress=False, out_dir=str(tmp_path / "run"))
     train(cfg)
     targets = next_event_targets(r.out_dir, "test")
-    events = load_stream(r.out_dir)
+    events = IngestedCatalog.open(r.out_dir).events
     # every test target has history rows before it (16 per chunk), so all of them are scored
     assert len(targets.truth) == r.manifest["counts"]["splits"]["test"]["targets"] == 73
     # the stream position and the DSTPP truth describe the same event

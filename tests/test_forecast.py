@@ -30,6 +30,9 @@ class Echo(Forecaster):
                 y = np.repeat(last[:, 1:2], n, 1)
                 return Samples(np.stack([dt, x, y], -1))
 
+            def nll(self, truth):
+                raise AssertionError("simulation never asks for a likelihood")
+
         return Draws()
 
 

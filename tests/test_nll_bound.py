@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from stforecast.forecast import history_batch
+from stforecast.batch import Batch
 from stforecast.model.dstpp import DSTPP, ModelConfig, Scaler
 
 CFG = ModelConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16, rnn_hidden=0, denoiser_width=8, steps=100, dropout=0.0)
@@ -44,6 +44,17 @@ def gaussian_model(time_transform: str, mean_phys, std_phys):
     mean_scaled = (torch.tensor(mean_phys, dtype=torch.float32) - torch.tensor(lo, dtype=torch.float32)) / half - 1
     model.denoiser = ExactGaussianDenoiser(model.schedule, mean_scaled, torch.tensor(std_phys, dtype=torch.float32) / half)
     return model
+
+
+def history_batch(t: np.ndarray, xy: np.ndarray) -> Batch:
+    """A (B, L) batch of B histories of equal length L: ``t`` (B, L) model times, ``xy`` (B, L, 2)."""
+    t = torch.as_tensor(np.asarray(t, dtype=np.float32))
+    xy = torch.as_tensor(np.asarray(xy, dtype=np.float32))
+    B, L = t.shape
+    dt = torch.zeros_like(t)
+    dt[:, 1:] = t[:, 1:] - t[:, :-1]
+    return Batch(time=t - t[:, :1], dt=dt, xy=xy, mask=torch.ones((B, L), dtype=torch.bool),
+                 target=torch.zeros((B, L), dtype=torch.bool), lengths=torch.full((B,), L, dtype=torch.long))
 
 
 def draw(time_transform, mean_phys, std_phys, n, seed):

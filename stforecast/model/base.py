@@ -15,6 +15,7 @@ calls these methods and never asks which model it holds.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,11 +74,6 @@ class Histories:
             return self
         return Histories(self.t[:, -k:], self.xy[:, -k:], {n: v[:, -k:] for n, v in self.marks.items()},
                          np.minimum(self.lengths, k), self.sequences)
-
-    def select(self, rows: np.ndarray) -> "Histories":
-        """Histories ``rows`` only (the sequence view is dropped: it is for whole evaluation sets)."""
-        return Histories(self.t[rows], self.xy[rows], {n: v[rows] for n, v in self.marks.items()},
-                         self.lengths[rows])
 
     @classmethod
     def from_stream(cls, t: np.ndarray, xy: np.ndarray, index: np.ndarray, length: int,
@@ -147,20 +143,21 @@ class NLL:
                 **self.extra}
 
 
-class NextEvent:
+class NextEvent(ABC):
     """The forecast distribution of the event after each of ``H`` histories."""
 
     kind = "exact"  # what :meth:`nll` returns: "exact" or "bound"
 
+    @abstractmethod
     def sample(self, n: int, rng: np.random.Generator) -> Samples:
-        raise NotImplementedError
+        """``n`` draws per history."""
 
+    @abstractmethod
     def nll(self, truth: np.ndarray) -> NLL:
         """``truth`` (H, 3) = (dt, x, y) of the events that happened."""
-        raise NotImplementedError
 
 
-class Forecaster:
+class Forecaster(ABC):
     """A next-event model. Subclasses set ``name``, ``context`` (how many recent events :meth:`forecast` reads:
     histories are built that long) and ``mark_names`` (marks its histories must carry, e.g. ``("magnitude",)``)."""
 
@@ -187,8 +184,9 @@ class Forecaster:
         """Sampler settings (DSTPP: ``steps``, ``bound_repeats``); models that sample exactly ignore them."""
         return self
 
+    @abstractmethod
     def forecast(self, histories: Histories) -> NextEvent:
-        raise NotImplementedError
+        """The next-event distribution after each history."""
 
     def describe(self) -> str:
         """One line for titles, logs and file attributes."""
