@@ -71,6 +71,13 @@ def run_demo(args) -> int:
                 "--horizon", "3d", "--lead-bins", "3", "--out", "reports/map-japan"]
     console.print("[bold]stforecast " + " ".join(rep_args) + "[/]")
     _run(rep_args)
+    from stforecast.model.registry import LABELS, REFERENCE
+
+    ref_args = [*rep_args[:4], REFERENCE, *rep_args[5:-1], f"reports/map-japan-{REFERENCE}"]
+    console.print("[bold]stforecast " + " ".join(ref_args) + f"[/]  (the same report from {LABELS[REFERENCE]})")
+    _run(ref_args)
+    print_report_comparison(console, {"DSTPP": Path("reports/map-japan"),
+                                      LABELS[REFERENCE]: Path(f"reports/map-japan-{REFERENCE}")})
     console.rule("stforecast demo 6/6: a scheduled batch forecast (data/batch.toml), so the risk map has one to show")
     console.print("[bold]stforecast batch[/]")
     status = _run(["batch"])
@@ -78,6 +85,26 @@ def run_demo(args) -> int:
     console.print("open the risk map:        stforecast serve   (then http://127.0.0.1:8765/)")
     console.print("open the Kumamoto report: reports/map-japan/map.html (works offline)")
     return status
+
+
+def print_report_comparison(console, reports: dict) -> None:
+    """The simulated count's 95 % interval beside the observed count, and the share of the observed events inside
+    each horizon region, for each model's report (``summary.json``)."""
+    import json
+
+    from rich.table import Table
+
+    table = Table(title="3 days after the Kumamoto foreshock: forecast vs what happened")
+    for col in ("model", "expected", "count 2.5-97.5 %", "observed", "inside 50 / 80 / 95 % regions"):
+        table.add_column(col)
+    for model, folder in reports.items():
+        s = json.loads((folder / "summary.json").read_text())
+        q = s.get("simulated_count_quantiles") or {}
+        inside = s.get("share_of_held_out_events_inside_horizon_regions") or {}
+        table.add_row(model, f"{s['expected_events']:.1f}", f"{q.get('0.025', float('nan')):.0f}-"
+                      f"{q.get('0.975', float('nan')):.0f}", str(s.get("observed_events_in_horizon")),
+                      " / ".join(f"{inside.get(k, float('nan')):.0%}" for k in ("0.50", "0.80", "0.95")))
+    console.print(table)
 
 
 def _run(argv: list[str]) -> int:

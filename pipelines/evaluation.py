@@ -47,7 +47,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str = "test",
                      max_targets: int | None = 1000, samples: int = SCORE_SAMPLES, steps: int = SAMPLER_STEPS,
                      seed: int = 0, bound_repeats: int = 4, out_dir: Path | None = None,
-                     baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print) -> Evaluation:
+                     baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print,
+                     ode_tolerance: float | None = None) -> Evaluation:
     """Score ``model`` (any loaded :class:`~stforecast.model.base.Forecaster`, or None) and the named baselines on
     ``split`` of ``catalog`` (an IngestedCatalog, folder or name). Baselines are fitted on events before the validation start; every model
     is offered the validation events to calibrate on (DSTPP's bound variances). Catalogs with the source's own
@@ -71,10 +72,11 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
         models.update(fit_baselines(events, catalog.split_start("val"), mc=catalog.completeness(),
                                     max_events=baseline_fit_events, names=baselines))
     for m in models.values():
-        m.configure(steps=steps, bound_repeats=bound_repeats)
+        m.configure(steps=steps, bound_repeats=bound_repeats, ode_tolerance=ode_tolerance)
     n_hdr = min(hdr_events, len(targets.truth))
-    log(f"scoring {len(targets.truth):,} held-out events x {samples} samples for {list(models)} (DDIM-{steps}; "
-        f"location coverage from a KDE per event on the first {n_hdr:,} of them) ...")
+    log(f"scoring {len(targets.truth):,} held-out events x {samples} samples for {list(models)} "
+        f"({'; '.join(m.describe() for m in models.values())}; location coverage from a KDE per event on the first "
+        f"{n_hdr:,} of them) ...")
     table, curves = evaluate_next_event(targets, events, models, n=samples, seed=seed, calibration=calibration,
                                         hdr_events=hdr_events)
     table["hdr_events"] = n_hdr
@@ -82,12 +84,15 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
     out = Path(out_dir or Path("reports") / f"{folder.name}-{split}")
     out.mkdir(parents=True, exist_ok=True)
     time_unit, space_unit = manifest["schema"]["time_unit"], manifest["schema"]["spatial_unit"]
+    describe = "; ".join(m.describe() for m in models.values())
     atomic_write_text(out / "next_event.csv", table.to_csv(index=False))
     header = (f"# Next-event forecasts: {manifest['name']}, {split} split\n\n{len(targets.truth)} held-out events, "
               f"{samples} samples each, seed {seed}. Units: waiting time in {time_unit}, distances in {space_unit}; "
-              "NLL in nats per event in those units (joint = waiting time + location; `nll_kind` says whether it "
-              "is exact or DSTPP's variational upper bound). Lower is better except coverage (nominal "
-              f"0.5/0.8/0.95). Reliability diagram: `reliability.png`. DSTPP is sampled with DDIM-{steps}; the "
+              "NLL in nats per event in those units (joint = waiting time + location; `nll_kind` says how it is "
+              "computed: exact for the baselines, `exact-ode` for DSTPP, the exact density of its probability-flow "
+              "ODE, joint only; `nll_bound` is DSTPP's variational upper bound, `nll_ode_solver_error` the change "
+              "when the ODE tolerance is halved). Lower is better except coverage (nominal "
+              f"0.5/0.8/0.95). Reliability diagram: `reliability.png`. Samplers: {describe}; the "
               f"location coverage (`cover_xy_*`) is computed on the first {n_hdr:,} events (a KDE per event).\n\n")
     text = header + markdown_table(table) + "\n"
     if not continuous and "paper_nll_dt_scaled" in table and table["paper_nll_dt_scaled"].notna().any():

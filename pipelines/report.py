@@ -66,6 +66,10 @@ def run_report(catalog, model, req: ReportRequest, out: Path, model_uri: str = "
     return summary
 
 
+#: quantiles of the simulated event count a report's summary gives
+COUNT_QUANTILES = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
+
+
 def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str = "", log=print) -> dict:
     """The report's files, written into the existing (empty) folder ``tmp``; returns the summary."""
     import folium
@@ -158,6 +162,9 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
                "reference_time": attrs["reference_time"],
                "horizon": req.horizon, "simulations": req.simulations, "samples": req.samples,
                "expected_events": float(hf.counts.mean()), "capped_simulations": int(hf.capped.sum()),
+               # the simulated count's distribution beside what happened: is the observed count inside its 95 %?
+               "simulated_count_quantiles": {f"{q:g}": float(v) for q, v in
+                                             zip(COUNT_QUANTILES, np.quantile(hf.counts, COUNT_QUANTILES))},
                "observed_events_in_horizon": int(len(truth)) if req.at else None,
                "share_of_held_out_events_inside_horizon_regions": covered or None,
                "files": sorted(p.name for p in tmp.iterdir())}

@@ -28,6 +28,8 @@ class Batch:
     * ``target``: ``(B, L)`` bool, rows the model predicts; row ``j`` is predicted from the history up to
       ``j - 1``, so ``target[:, 0]`` is always False
     * ``lengths``: ``(B,)`` int64, real rows per sequence
+    * ``mark``: ``(B, L)`` float32 numeric mark of each row (an earthquake's magnitude; 0 in padding), or None
+      where the catalog has none
     """
 
     time: torch.Tensor
@@ -36,6 +38,7 @@ class Batch:
     mask: torch.Tensor
     target: torch.Tensor
     lengths: torch.Tensor
+    mark: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         B, L = self.time.shape
@@ -44,22 +47,33 @@ class Batch:
         assert self.mask.dtype == torch.bool and self.target.dtype == torch.bool
         assert not bool(self.target[:, 0].any()), "the first row has no history to predict it from"
         assert not bool((self.target & ~self.mask).any()), "a padded row cannot be a target"
+        assert self.mark is None or self.mark.shape == (B, L), "mark must be (B, L)"
 
     @property
     def num_targets(self) -> int:
         return int(self.target.sum())
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
-        return Batch(*(getattr(self, f).to(device, non_blocking=non_blocking) for f in
-                       ("time", "dt", "xy", "mask", "target", "lengths")))
+        return Batch(*(None if getattr(self, f) is None else getattr(self, f).to(device, non_blocking=non_blocking)
+                       for f in ("time", "dt", "xy", "mask", "target", "lengths", "mark")))
+
+    def rows(self, index: torch.Tensor, length: int) -> "Batch":
+        """Sequences ``index`` cut to their first ``length`` columns."""
+        return Batch(*(None if getattr(self, f) is None else getattr(self, f)[index, :length]
+                       for f in ("time", "dt", "xy", "mask", "target")), self.lengths[index],
+                     None if self.mark is None else self.mark[index, :length])
 
 
 class SequenceSet:
-    """The sequences of one split, held as flat numpy arrays plus offsets (no per-event Python objects)."""
+    """The sequences of one split, held as flat numpy arrays plus offsets (no per-event Python objects);
+    ``mark`` (N,) the numeric mark of each row (magnitude) where the catalog has one."""
+
+    #: the numeric mark column sequences carry into batches (categorical marks are not read yet)
+    MARK = "magnitude"
 
     def __init__(self, t: np.ndarray, x: np.ndarray, y: np.ndarray, t_start: np.ndarray, is_target: np.ndarray,
-                 offsets: np.ndarray):
-        self.t, self.x, self.y, self.is_target = t, x, y, is_target
+                 offsets: np.ndarray, mark: np.ndarray | None = None):
+        self.t, self.x, self.y, self.is_target, self.mark = t, x, y, is_target, mark
         self.offsets = offsets  # (S + 1,): sequence s is rows offsets[s]:offsets[s + 1]
         self.lengths = np.diff(offsets)
         first = np.zeros(len(t), dtype=bool)
@@ -83,8 +97,9 @@ class SequenceSet:
         seq = seqs["sequence"].to_numpy()
         starts = np.flatnonzero(np.r_[True, seq[1:] != seq[:-1]])
         offsets = np.r_[starts, len(seq)].astype(np.int64)
+        mark = seqs[cls.MARK].to_numpy("float64") if cls.MARK in seqs else None
         return cls(seqs["t"].to_numpy("float64"), seqs["x"].to_numpy("float64"), seqs["y"].to_numpy("float64"),
-                   seqs["t_start"].to_numpy("float64")[starts], seqs["is_target"].to_numpy(bool), offsets)
+                   seqs["t_start"].to_numpy("float64")[starts], seqs["is_target"].to_numpy(bool), offsets, mark)
 
     def collate(self, index: np.ndarray) -> Batch:
         """Pad the sequences ``index`` into a :class:`Batch` (vectorised scatter; the loop-free way to pad)."""
@@ -102,7 +117,8 @@ class SequenceSet:
 
         xy = torch.stack([pad(self.x), pad(self.y)], -1)
         return Batch(time=pad(self.time_since_first), dt=pad(self.dt), xy=xy, mask=pad(np.ones(len(self.t), bool), bool),
-                     target=pad(self.predictable, bool), lengths=torch.from_numpy(lengths.astype(np.int64)))
+                     target=pad(self.predictable, bool), lengths=torch.from_numpy(lengths.astype(np.int64)),
+                     mark=None if self.mark is None else pad(np.nan_to_num(self.mark)))
 
     def prefixes(self, seq: np.ndarray, cut: np.ndarray) -> tuple["SequenceSet", np.ndarray]:
         """Histories made of the first ``cut`` rows of sequences ``seq`` (one history per pair), and the event
@@ -113,7 +129,8 @@ class SequenceSet:
         rows = np.concatenate([np.arange(self.offsets[s], self.offsets[s] + c) for s, c in zip(seq, cut)])
         offsets = np.r_[0, np.cumsum(cut)].astype(np.int64)
         t_start = self.t[self.offsets[seq]] - self.dt[self.offsets[seq]]
-        sub = SequenceSet(self.t[rows], self.x[rows], self.y[rows], t_start, self.is_target[rows], offsets)
+        sub = SequenceSet(self.t[rows], self.x[rows], self.y[rows], t_start, self.is_target[rows], offsets,
+                          None if self.mark is None else self.mark[rows])
         nxt = self.offsets[seq] + cut
         return sub, np.stack([self.dt[nxt], self.x[nxt], self.y[nxt]], -1)
 

@@ -8,12 +8,13 @@ functions, and every model reports a next-event negative log-likelihood in the c
 
 * baselines (exact densities): ``nll_dt`` = −log p(dt) = −(log λ(t) − ∫ λ) of the waiting time, ``nll_xy`` =
   −log p(x, y | t) of the location given the time, ``nll_joint`` their sum;
-* DSTPP (no tractable density): the full variational **upper bound** (all K terms, reverse variances fitted on
-  the validation split), converted from the scaled diffusion space with the normaliser's Jacobian.
-  ``nll_joint`` bounds −log p(dt, x, y); ``nll_dt`` / ``nll_xy`` are the waiting-time and location coordinates'
-  terms of that joint bound (the denoiser sees all three coordinates at once, so they are a split of one bound,
-  not a marginal and a conditional). ``nll_mc_se`` is the Monte-Carlo error of the bound alone;
-  ``nll_joint_se`` (all models) is the standard error of the mean over events.
+* DSTPP: the **exact** joint density of its probability-flow ODE (``nll_kind`` "exact-ode"; the density of the
+  ODE sampler its forecasts draw from), converted from the scaled diffusion space with the normaliser's Jacobian;
+  ``nll_dt`` / ``nll_xy`` are empty (the ODE gives the joint only). Beside it ``nll_bound`` is the full
+  variational upper bound (all K terms, reverse variances fitted on the validation split) and ``nll_bound_dt`` /
+  ``nll_bound_xy`` its coordinates' terms; ``nll_mc_se`` is the Monte-Carlo error of the bound alone;
+  ``nll_ode_solver_error`` the change when the ODE tolerance is halved. ``nll_joint_se`` (all models) is the
+  standard error of the mean over events.
 """
 
 from __future__ import annotations
@@ -114,8 +115,11 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: d
     for name, model in models.items():
         dist = model.forecast(histories)
         samples = dist.sample(n, np.random.default_rng(seed)).events
-        row = {"model": name, **dist.nll(targets.truth).row()}
+        nll = dist.nll(targets.truth)
+        row = {"model": name, **nll.row()}
         curves[name] = reliability(samples, targets.truth, hdr_max=hdr_events)
+        # per-event joint NLL: paired differences between models (the gap's standard error) need them
+        curves[name]["nll_joint"] = [float(v) for v in nll.joint_per_event]
         row.update(sample_scores(samples, targets.truth, curves=curves[name]))
         rows.append(row)
     return pd.DataFrame(rows), curves

@@ -53,7 +53,13 @@ def hdr_coverage(samples: np.ndarray, truth: np.ndarray, levels=(0.5, 0.8, 0.95)
     y = np.asarray(truth, dtype=float)
     hits = {level: 0 for level in levels}
     for s, t in zip(x, y):  # one KDE per forecast: H is the number of forecasts, not of events
-        kde = gaussian_kde(s.T, bw_method=bandwidth)
+        try:
+            kde = gaussian_kde(s.T, bw_method=bandwidth)
+        except (np.linalg.LinAlgError, ValueError):
+            # samples on a point or a line (a collapsed forecast): a KDE needs a spread, so give it a negligible
+            # one; the region is then that tiny neighbourhood, which a truth elsewhere misses, as it should
+            s = s + np.random.default_rng(0).normal(0, 1e-6 * (np.abs(s).max() + 1), s.shape)
+            kde = gaussian_kde(s.T, bw_method=bandwidth)
         dens_samples = kde(s.T)
         dens_truth = kde(t[:, None])[0]
         for level in levels:

@@ -186,8 +186,23 @@ def check_catalog(model, manifest: dict, allow_other: bool = False, warn=print) 
              "which has the same units and frame")
 
 
-def build_model(cfg: ModelConfig, manifest: dict) -> DSTPP:
-    return DSTPP(cfg, Scaler.from_stats(manifest["normalisation"], cfg.time_transform, cfg.range_margin))
+def build_model(cfg: ModelConfig, manifest: dict, train_set: SequenceSet | None = None) -> DSTPP:
+    """A new model scaled by the manifest's train statistics; with ``mark_inputs``, the magnitudes of
+    ``train_set`` (the train split) set their standardisation and the Gutenberg-Richter law simulated events draw."""
+    if cfg.mark_inputs:
+        marks = None if train_set is None or train_set.mark is None else train_set.mark[np.isfinite(train_set.mark)]
+        if marks is None or len(marks) < 2:
+            raise ValueError("mark_inputs needs a catalog with magnitudes (an earthquake catalog)")
+        from stforecast.baselines.etas import aki_b_value
+
+        mc = float(marks.min())
+        cfg = dataclasses.replace(cfg, mark_center=float(marks.mean()), mark_scale=float(marks.std()) or 1.0,
+                                  mark_mc=mc, mark_b=float(aki_b_value(marks, mc)))
+    if cfg.location == "parent":  # Omori's c: a tenth of the typical (geometric-mean) waiting time
+        cfg = dataclasses.replace(cfg, parent_c=0.1 * math.exp(manifest["normalisation"]["log_dt"]["mean"]))
+    scaler = Scaler.from_stats(manifest["normalisation"], cfg.time_transform, cfg.range_margin, cfg.location,
+                               cfg.location_scale)
+    return DSTPP(cfg, scaler)
 
 
 def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
@@ -315,7 +330,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     model_cfg = cfg.model_config()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(model_cfg, manifest).to(device)
+    model = build_model(model_cfg, manifest, train_set).to(device)
+    model_cfg = model.cfg  # with the statistics build_model filled in (magnitudes), as the checkpoint stores it
     torch.manual_seed(cfg.seed + rank)
     amp = cfg.amp and device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -332,7 +348,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
              "loss_sum": 0.0, "loss_n": 0, "finished": False, "stopped_early": False, "history": []}
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location="cpu")
-        if json.loads(ckpt["model_config"]) != model_cfg.to_dict():
+        # settings added since the checkpoint was written count as their defaults
+        if {**ModelConfig().to_dict(), **json.loads(ckpt["model_config"])} != model_cfg.to_dict():
             raise ValueError(f"{last} was written with another model configuration; not resuming it")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -462,7 +479,12 @@ def load_model(checkpoint: str | os.PathLike, map_location="cpu") -> DSTPP:
     try:
         cfg = ModelConfig(**json.loads(ckpt["model_config"]))
         state = ckpt["model"]
-        scaler = Scaler(state["scaler.lo"], state["scaler.hi"], bool(state["scaler.log_time"]))
+        # checkpoints written before the relative location carry no r0 / absolute-position range
+        state.setdefault("scaler.r0", torch.tensor(0.0))
+        state.setdefault("scaler.xy_lo", state["scaler.lo"][1:])
+        state.setdefault("scaler.xy_hi", state["scaler.hi"][1:])
+        scaler = Scaler(state["scaler.lo"], state["scaler.hi"], bool(state["scaler.log_time"]), float(state["scaler.r0"]),
+                        state["scaler.xy_lo"], state["scaler.xy_hi"])
         model = DSTPP(cfg, scaler)
         model.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:

@@ -29,7 +29,9 @@ def test_hawkes_mle_recovers_the_simulated_parameters(catalog):
     assert p["alpha"] == pytest.approx(TRUE["alpha"], rel=0.15)
     assert p["beta"] == pytest.approx(TRUE["beta"], rel=0.25)
     assert p["sigma"] == pytest.approx(TRUE["sigma"], rel=0.1)
-    assert model.max_neglected_weight < 1e-6
+    # the past it conditions on: the lag where 1 % of an event's offspring is left, at the fitted decay
+    assert model.cutoff == pytest.approx(math.log(100) / TRUE["beta"], rel=0.25)
+    assert model.mass_beyond_cutoff == pytest.approx(0.01, rel=0.1) and model.cap_binds == 0.0
 
 
 def test_hawkes_next_event_density_integrates_to_one_and_sampling_agrees(catalog):

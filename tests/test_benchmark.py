@@ -25,9 +25,21 @@ def test_quick_benchmark_on_the_three_primary_catalogs(tmp_path, monkeypatch):
     models = table.groupby("catalog", sort=False)["model"].apply(list).to_dict()
     assert models == {"japan": ["dstpp", "poisson_kde", "hawkes", "etas"],  # ETAS only where there are magnitudes
                       "chicago": ["dstpp", "poisson_kde", "hawkes"], "wmaze": ["dstpp", "poisson_kde", "hawkes"]}
-    assert table[["nll_joint", "nll_dt", "nll_xy", "crps_dt", "energy_xy", "cover_dt_80", "cover_xy_80"]
-                 ].notna().all().all()
+    assert table[["nll_joint", "crps_dt", "energy_xy", "cover_dt_80", "cover_xy_80"]].notna().all().all()
+    baselines = table[table.model != "dstpp"]
+    assert baselines[["nll_dt", "nll_xy"]].notna().all().all() and set(baselines.nll_kind) == {"exact"}
+    dstpp = table[table.model == "dstpp"]
+    assert set(dstpp.nll_kind) == {"exact-ode"} and dstpp[["nll_bound", "nll_ode_nfe"]].notna().all().all()
     record = json.loads((out / "benchmark.json").read_text())
+    # the ablations: every variant that applies, scored on validation with the baselines beside them
+    ablations = pd.read_csv(out / "japan" / "ablations.csv")
+    assert "issue-10 model" in set(ablations.variant) and "all three" in set(ablations.variant)
+    assert set(pd.read_csv(out / "wmaze" / "ablations.csv").variant) == {"issue-10 model", "+ relative location",
+                                                                        "baseline"}
+    gap = record["per_catalog"]["japan"]["gap"]
+    assert gap["best_baseline"] in {"poisson_kde", "hawkes", "etas"} and gap["se"] > 0
+    text = (out / "benchmark.md").read_text()
+    assert "exact NLL gap to" in text and "Ablations on japan" in text
     assert record["quick"] and record["config"]["seed"] == 0
     for name in ("japan", "chicago", "wmaze"):
         assert record["per_catalog"][name]["train"]["seed"] == 1234
@@ -70,3 +82,21 @@ def test_unknown_catalog_is_a_clear_error(bad, tmp_path, capsys):
 
     rc = main(["benchmark", "--quick", "--catalogs", bad, "--out", str(tmp_path), "--no-track"])
     assert rc == 2 and bad in capsys.readouterr().err
+
+
+def test_likelihood_gap_is_the_paired_difference_with_its_standard_error():
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.benchmark import likelihood_gap
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(12, 3, 400)
+    dstpp = base + 0.5 + rng.normal(0, 0.2, 400)  # worse by 0.5 on every event, with little noise of its own
+    table = pd.DataFrame({"model": ["dstpp", "hawkes", "etas"], "nll_joint": [dstpp.mean(), base.mean() + 1, base.mean()]})
+    curves = {"dstpp": {"nll_joint": list(dstpp)}, "etas": {"nll_joint": list(base)}, "hawkes": {"nll_joint": list(base + 1)}}
+    gap = likelihood_gap(table, curves)
+    assert gap["best_baseline"] == "etas" and gap["gap"] == pytest.approx(0.5, abs=0.05)
+    # paired: the shared per-event spread (3 nats) cancels, so the error is that of the 0.2-nat noise alone
+    assert 0.005 < gap["se"] < 0.02
+    assert likelihood_gap(table[table.model != "dstpp"], curves) is None

@@ -231,3 +231,50 @@ def test_paper_configuration_has_the_published_sizes():
     den = sum(p.numel() for p in m.denoiser.parameters())
     assert enc == 1_463_170 - 12_608 - 2
     assert abs(den - 121_159) < 0.05 * 121_159
+
+
+# ------------------------------------------------------------------------------- issue 11: conditioning options
+def test_relative_location_round_trips_and_its_jacobian_is_the_derivative():
+    sc = Scaler.from_stats(STATS, "log", 0.05, location="relative", location_scale=0.01)
+    assert sc.relative and float(sc.r0) == pytest.approx(0.01 * 200)  # a fraction of the wider side, x
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.cat([torch.rand(64, 1, generator=gen) * 3 + 0.01, (torch.rand(64, 2, generator=gen) - 0.5) * 150], 1)
+    ref = (torch.rand(64, 2, generator=gen) - 0.5) * 150
+    ref[:8] = truth[:8, 1:]  # displacement 0: where asinh is steepest
+    u = sc(truth[:, 0], truth[:, 1:], ref)
+    assert torch.allclose(sc.inverse(u, ref), truth, rtol=1e-4, atol=1e-3)
+    assert u[:, 1:].abs().max() < 1  # any displacement inside the region lands inside [-1, 1]
+    # the log-Jacobian per coordinate is the log of the derivative of the map (checked by autograd, in float64)
+    t64 = truth.double().requires_grad_(True)
+    v = sc.double()(t64[:, 0], t64[:, 1:], ref.double())
+    grads = torch.stack([torch.autograd.grad(v[:, i].sum(), t64, retain_graph=True)[0][:, i] for i in range(3)], 1)
+    assert torch.allclose(sc.log_jacobian(truth, ref), grads.abs().log(), atol=1e-6)
+    with pytest.raises(ValueError, match="reference"):
+        sc(truth[:, 0], truth[:, 1:])
+
+
+def test_conditioning_inputs_reach_the_encoder_and_magnitudes_are_forecast():
+    import dataclasses
+
+    data = toy_set()
+    data.mark = np.random.default_rng(1).uniform(2.5, 6, len(data.t))
+    batch = data.collate(np.arange(len(data)))
+    assert batch.mark is not None and batch.mark.shape == batch.time.shape
+    cfg = dataclasses.replace(TINY, mark_inputs=True, time_features=True, location="relative", mark_mc=2.5, mark_b=1.0)
+    torch.manual_seed(0)
+    m = DSTPP(cfg, Scaler.from_stats(STATS, "log", 0.05, "relative")).eval()
+    assert m.mark_names == ("magnitude",)
+    h = m.encode(batch)
+    other = data.collate(np.arange(len(data)))
+    other.mark[:, 0] += 2.0  # a bigger first shock changes what the model expects next
+    assert not torch.allclose(m.encode(other)[:, -1], h[:, -1])
+    plain = model()
+    assert plain.mark_names == () and torch.equal(plain.encode(other), plain.encode(batch))  # marks ignored
+    from stforecast.model.base import Histories
+
+    drawn = m.configure(sampler="ddim", steps=5).forecast(Histories.from_sequences(data)).sample(
+        7, np.random.default_rng(0))
+    assert drawn.events.shape == (len(data), 7, 3) and drawn.marks["magnitude"].shape == (len(data), 7)
+    assert (drawn.marks["magnitude"] >= 2.5).all()
+    with pytest.raises(ValueError, match="magnitudes"):
+        m.encode(model().history_batch(Histories.from_sequences(toy_set())))

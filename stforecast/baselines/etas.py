@@ -1,29 +1,74 @@
 """Space-time ETAS (Ogata 1998; Zhuang et al. 2002 form), fitted by maximum likelihood. No ETAS package is on the
 registries these machines reach, so it is implemented here and checked on catalogs simulated with known parameters.
 
-    λ(t, s) = μ f0(s) + Σ_{t_j < t} κ(m_j) g(t − t_j) f(s − s_j | m_j)
+    λ(t, s) = μ f0(s) + Σ_{j ∈ P(t)} κ(m_j) g(t − t_j) f(s − s_j | m_j)
     κ(m) = A e^{α (m − Mc)}                                  productivity (expected direct aftershocks)
     g(τ) = (p − 1)/c · (1 + τ/c)^{−p}                          normalised Omori-Utsu decay (p > 1)
-    f(r | m) = (q − 1)/(π σ²(m)) · (1 + r²/σ²(m))^{−q},  σ²(m) = D² e^{γ (m − Mc)}   normalised spatial kernel (q > 1)
 
-Units are the model's (days, km). The log-likelihood on [t_start, t_end) is Σ log λ(t_i, s_i) − μ (t_end − t_start)
-− Σ_j κ(m_j) (1 − (1 + (t_end − t_j)/c)^{1−p}) (the spatial integrals are taken as 1: events near the region's
-edge lose a little offspring mass). The sum over the past keeps the latest ``max_lag`` events, as in
-:mod:`stforecast.baselines.hawkes`.
+**Spatial kernels (Ogata 1998's comparison), chosen on validation.** σ²(m) = D² e^{γ (m − Mc)}:
+
+* ``"power-law"``: f(r | m) = (q − 1)/(π σ²(m)) · (1 + r²/σ²(m))^{−q}, its own magnitude scaling γ;
+* ``"power-law-alpha"``: the same with the spatial scale tied to the productivity exponent, γ = α;
+* ``"gaussian"``: f(r | m) = exp(−r²/(2 σ²(m))) / (2π σ²(m)) with γ = α (Ogata's magnitude-scaled variance).
+
+:meth:`ETAS.fit` fits each of ``variants`` on the training events and keeps the one with the lowest next-event
+NLL (nats/event, joint) on the validation events it is given (events in [t_end, val_end); never the test period);
+the chosen variant and every variant's validation score are in :meth:`ETAS.state` (the fit cache's JSON) and
+:meth:`ETAS.describe`. Without validation events only the first variant is fitted.
+
+The power laws' q is bounded to (1, 3] (as q grows the power law tends to the Gaussian, which is a variant of its
+own: the choice is then between heavy and light tails).
+
+**Which past counts (the time cut-off).** The parents P(t) of the interval after the newest event t_n are the past
+events whose Omori kernel still matters at t_n: age t_n − t_j ≤ T, where T leaves ε = ``cutoff_mass`` (1 %) of an
+event's offspring beyond it, (1 + T/c)^{1−p} = ε; plus a hard safety cap of the newest ``max_lag`` events (3,000,
+also the model's ``context``: the histories the evaluation builds, 1,000 × 3,000 arrays ≈ 100 MB). With the
+Omori decay of real catalogs T is astronomically long (p = 1.25 gives ≈ 10^6 days; on Japan the fit goes to
+p ≈ 1, T = ∞), so there **the cap is what binds**: ETAS conditions on the newest 3,000 events (about three years
+of the Japan catalog); ``cap_binds`` in the state is the share of training events where it did. Parents are fixed
+over the waiting interval, so the next-event density and the sampler are exact for this conditioning.
+
+**Fit.** Maximum likelihood with the analytic gradient, vectorised over (event, parent) pairs (no loop over
+events): log λ at each training event sums over that event's parents by the rule above (the same past its
+next-event density reads), and the compensator charges every event's whole offspring mass until ``t_end``,
+κ_j (1 − (1 + (t_end − t_j)/c)^{1−p}), the spatial integrals taken as 1 (events near the region's edge lose a
+little offspring mass): it is the full-past ETAS likelihood with the rate's sum cut to the window (a lower bound of it),
+so where the cap binds the fit still pays for the offspring it cannot see; the charged mass the windows leave out is
+reported (``mass_left_out``: 7.5 % on Japan). On Japan the fitted p sits at its bound (p − 1 = e^{−6}) all the
+same: the catalog's long-range clustering (Mc 2.5 while it is complete only well above M4, a background that
+changes over the decades) is absorbed as a 1/τ memory. Per variant: a pilot on the newest 50
+events per history; the fit with the generous window (the cap alone); then, where T from that fit drops any
+pair, a refit with T. For speed the fit's sums leave out pairs farther apart than where the parent's spatial kernel
+(at the pilot's parameters) is below 1e-5 of its peak; the exact log-likelihood with every pair is computed after
+the fit (``loglik``), and if the two differ by more than 1e-3 nats/event the radius is widened and the fit
+repeated (``pruning_gap``). Densities, validation scores and forecasts always use every parent of the window.
+On Japan (17,237 training events, 4,976 validation events, 2 CPU cores) the three variants and their validation
+scores take about 90 s, about 4.7 M (event, parent) pairs each (≈ 1 GB peak memory).
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 from scipy.optimize import minimize
 
-from stforecast.baselines.hawkes import UniformBox, _lagged
+from stforecast.baselines.hawkes import (CELL_BLOCK, PILOT_LAG, PRUNE_DENSITY, PRUNE_TOLERANCE, UniformBox, dot,
+                                         needed_length, pair_blocks, parent_until, pick_columns, recent,
+                                         stream_pairs, window_starts)
 from stforecast.baselines.poisson_kde import GaussianKDE2D
 from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
 
 NAMES = ("mu", "A", "alpha", "c", "p", "D", "q", "gamma")
+VARIANTS = ("power-law", "power-law-alpha", "gaussian")
+#: free entries of the unconstrained 8-vector per variant (γ is tied to α outside "power-law"; no q for "gaussian")
+FREE = {"power-law": (0, 1, 2, 3, 4, 5, 6, 7), "power-law-alpha": (0, 1, 2, 3, 4, 5, 6), "gaussian": (0, 1, 2, 3, 4, 5)}
+BOUNDS = [(None, None), (-12, 3), (0, 4), (-12, 3), (-6, 1.5), (-8, 6), (-6, math.log(2)), (0, 4)]
+#: the sampler's first window, as a fraction of the mean background wait 1/μ (:meth:`ETASNextEvent.sample`)
+FIRST_WINDOW = 1e-4
+#: fit diagnostics kept in the state (module docstring)
+INFO = ("mass_beyond_cutoff", "mass_left_out", "omori_lag_1pct", "cap_binds", "pruning_gap", "pairs")
 
 
 def _unpack(theta):
@@ -32,48 +77,204 @@ def _unpack(theta):
     return np.exp(mu), np.exp(A), alpha, np.exp(c), 1 + np.exp(pm1), np.exp(D), 1 + np.exp(qm1), gamma
 
 
+def _tied(theta, variant: str) -> np.ndarray:
+    theta = np.array(theta, dtype=float)
+    if variant != "power-law":
+        theta[7] = theta[2]  # γ = α
+    return theta
+
+
+def omori_cutoff(c: float, p: float, mass: float) -> float:
+    """T with (1 + T/c)^{1−p} = mass: the lag beyond which a fraction ``mass`` of the offspring is left (inf for
+    mass 0, or when T overflows)."""
+    if mass <= 0:
+        return math.inf
+    log_ratio = math.log(1 / mass) / (p - 1)
+    return math.inf if log_ratio > 700 else c * math.expm1(log_ratio)
+
+
+def log_spatial(r2, log_sig2, q, variant: str):
+    """log f(r | m) of the variant's spatial kernel, its derivative in log σ²(m), and log(1 + r²/σ²) (power laws;
+    None for the Gaussian)."""
+    u = r2 * np.exp(-log_sig2)
+    if variant == "gaussian":
+        return -math.log(2 * math.pi) - log_sig2 - u / 2, u / 2 - 1, None
+    l2 = np.log1p(u)
+    return math.log((q - 1) / math.pi) - log_sig2 - q * l2, q * u / (1 + u) - 1, l2
+
+
 class ETAS(Forecaster):
     name = "etas"
     mark_names = ("magnitude",)  # its histories carry magnitudes; its samples forecast them
 
-    def __init__(self, mc: float, background: str | tuple = "kde", max_lag: int = 300):
+    def __init__(self, mc: float, background: str | tuple = "kde", max_lag: int = 3000,
+                 variants: tuple = VARIANTS, cutoff_mass: float = 0.01):
+        unknown = set(variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown ETAS variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
         self.mc, self.background_spec, self.max_lag = mc, background, max_lag
+        self.variants, self.cutoff_mass = tuple(variants), cutoff_mass
         self.context = max_lag
+        self.variant, self.cutoff = self.variants[0], math.inf
+        self.validation, self.selected_on, self.summary = {}, "none", {}
 
-    def _kernel(self, dt, r2, mj, A, alpha, c, p, D, q, gamma):
-        sig2 = D**2 * np.exp(gamma * (mj - self.mc))
-        with np.errstate(over="ignore", invalid="ignore"):
-            k = (A * np.exp(alpha * (mj - self.mc)) * (p - 1) / c * (1 + dt / c) ** (-p)
-                 * (q - 1) / (math.pi * sig2) * (1 + r2 / sig2) ** (-q))
-        return np.where(np.isfinite(dt), k, 0.0)
+    # -------------------------------------------------------------------------------- likelihood
+    def _pairs(self, data, cap, horizon, radius2=None):
+        """(event, parent) pairs under the cut-off rule, leaving out those farther apart than ``radius2`` (per
+        parent) when given; with the parents' compensator spans."""
+        t = data["t"]
+        i, j, r2 = stream_pairs(t, data["xy"], cap, horizon, radius2)
+        return {"i": i, "dt": t[i] - t[j], "r2": r2, "dm": data["dm"][j]}
 
-    def _neg_loglik(self, theta, t, m, dt, r2, mj, log_f0, t_start, t_end):
+    @staticmethod
+    def _objective(x, variant, pairs, data):
+        """Negative log-likelihood and its gradient in the variant's free entries of the unconstrained vector."""
+        theta = np.zeros(8)
+        theta[list(FREE[variant])] = x
+        theta = _tied(theta, variant)
         mu, A, alpha, c, p, D, q, gamma = _unpack(theta)
-        lam = mu * np.exp(log_f0) + self._kernel(dt, r2, mj, A, alpha, c, p, D, q, gamma).sum(1)
-        expected = A * np.exp(alpha * (m - self.mc)) * (1 - (1 + (t_end - t) / c) ** (1 - p))
-        value = -(np.sum(np.log(lam + 1e-300)) - mu * (t_end - t_start) - expected.sum())
-        return value if np.isfinite(value) else 1e300
+        dt, r2, dm, i = pairs["dt"], pairs["r2"], pairs["dm"], pairs["i"]
+        f0, n, period = data["f0"], data["n"], data["period"]
+        l1 = np.log1p(dt / c)
+        log_sig2 = 2 * math.log(D) + gamma * dm
+        log_f, dlf, l2 = log_spatial(r2, log_sig2, q, variant)
+        k = np.exp(math.log(A) + alpha * dm + math.log((p - 1) / c) - p * l1 + log_f)
+        lam = mu * f0 + np.bincount(i, k, minlength=n) + 1e-300
+        # compensator: κ_j G(t_end − t_j), G the Omori CDF: each event's whole offspring mass until t_end
+        kappa = A * np.exp(alpha * data["dm_all"])
+        span = data["span"]
+        log1_span = np.log1p(span / c)
+        surv = np.exp((1 - p) * log1_span)
+        comp = kappa * (1 - surv)
+        ll = np.log(lam).sum() - mu * period - comp.sum()
+        if not np.isfinite(ll):
+            return 1e300, np.zeros(len(x))
+        w = k / lam[i]
+        wdm = w * dm
+        grad = np.array([
+            (mu * f0 / lam).sum() - mu * period,
+            w.sum() - comp.sum(),
+            wdm.sum() - dot(comp, data["dm_all"]),
+            p * dot(w, dt / (c + dt)) - w.sum() + (p - 1) * dot(kappa, span / c * np.exp(-p * log1_span)),
+            w.sum() - (p - 1) * dot(w, l1) - (p - 1) * dot(kappa, log1_span * surv),
+            2 * dot(w, dlf),
+            0.0 if variant == "gaussian" else w.sum() - (q - 1) * dot(w, l2),
+            dot(wdm, dlf),
+        ])
+        if variant != "power-law":
+            grad[2] += grad[7]
+        return -ll, -grad[list(FREE[variant])]
 
-    def fit(self, t, xy, m, t_end: float, t_start: float | None = None, init: dict | None = None) -> "ETAS":
+    def _optimise(self, theta, variant, pairs, data):
+        free = list(FREE[variant])
+        res = minimize(self._objective, _tied(theta, variant)[free], args=(variant, pairs, data), jac=True,
+                       method="L-BFGS-B", bounds=[BOUNDS[k] for k in free])
+        out = np.array(theta, dtype=float)
+        out[free] = res.x
+        return _tied(out, variant), -float(res.fun), bool(res.success)
+
+    def _exact_loglik(self, theta, variant, data, horizon) -> float:
+        """The log-likelihood with every pair of the window (no pruning), summed in blocks."""
+        mu, A, alpha, c, p, D, q, gamma = _unpack(theta)
+        t, xy, dm, n = data["t"], data["xy"], data["dm_all"], data["n"]
+        trig = np.zeros(n)
+        for i, j in pair_blocks(window_starts(t, self.max_lag, horizon)):
+            d = dm[j]
+            log_f, _, _ = log_spatial(((xy[i] - xy[j]) ** 2).sum(1), 2 * math.log(D) + gamma * d, q, variant)
+            trig += np.bincount(i, np.exp(math.log(A) + alpha * d + math.log((p - 1) / c)
+                                          - p * np.log1p((t[i] - t[j]) / c) + log_f), minlength=n)
+        comp = A * np.exp(alpha * dm) * (1 - (1 + data["span"] / c) ** (1 - p))
+        return float(np.log(mu * data["f0"] + trig + 1e-300).sum() - mu * data["period"] - comp.sum())
+
+    def _fit_variant(self, variant, data, start) -> dict:
+        began = time.perf_counter()
+        theta, _, _ = self._optimise(start, variant, self._pairs(data, min(PILOT_LAG, self.max_lag), math.inf), data)
+        _, _, _, _, _, D, q, gamma = _unpack(theta)
+        rho2 = 2 * math.log(1 / PRUNE_DENSITY) if variant == "gaussian" else PRUNE_DENSITY ** (-1 / q) - 1
+        sig2 = D**2 * np.exp(gamma * data["dm_all"])  # the pilot's spatial scales
+        horizon, gap = math.inf, math.nan  # the generous window: the cap alone
+        for _ in range(3):
+            pairs = self._pairs(data, self.max_lag, horizon, rho2 * sig2)
+            theta, loglik, converged = self._optimise(theta, variant, pairs, data)
+            mu, A, alpha, c, p, D, q, gamma = _unpack(theta)
+            cutoff = omori_cutoff(c, p, self.cutoff_mass)
+            t = data["t"]
+            if cutoff < horizon and np.any(window_starts(t, self.max_lag, cutoff)
+                                           != window_starts(t, self.max_lag, horizon)):
+                horizon = cutoff  # the fitted kernel fades within the window: refit with its cut-off
+                pairs = self._pairs(data, self.max_lag, horizon, rho2 * sig2)
+                theta, loglik, converged = self._optimise(theta, variant, pairs, data)
+            exact = self._exact_loglik(theta, variant, data, horizon)
+            gap = (exact - loglik) / data["n"]
+            if gap <= PRUNE_TOLERANCE:
+                break
+            rho2 *= 16  # the pruned pairs mattered: widen the radius four-fold and refit
+        mu, A, alpha, c, p, D, q, gamma = _unpack(theta)
+        lo = window_starts(data["t"], data["n"], horizon)
+        # the share of the offspring mass the fit charged whose rate the windows leave out (cut-off and cap)
+        kappa = A * np.exp(alpha * data["dm_all"])
+        until = parent_until(data["t"], self.max_lag, horizon, data["t_end"]) - data["t"]
+        charged = kappa * (1 - (1 + data["span"] / c) ** (1 - p))
+        windowed = kappa * (1 - (1 + until / c) ** (1 - p))
+        return {"variant": variant, "theta": theta, "loglik": exact, "converged": converged,
+                "cutoff": horizon, "mass_beyond_cutoff": float((1 + horizon / c) ** (1 - p)),
+                "mass_left_out": float(1 - windowed.sum() / charged.sum()),
+                "omori_lag_1pct": omori_cutoff(c, p, self.cutoff_mass),
+                "cap_binds": float(np.mean(np.arange(data["n"]) - lo > self.max_lag)),
+                "pruning_gap": float(gap), "pairs": int(len(pairs["i"])), "fit_seconds": time.perf_counter() - began}
+
+    def _adopt(self, fit: dict) -> None:
+        self.variant, self.theta, self.cutoff = fit["variant"], np.asarray(fit["theta"], float), fit["cutoff"]
+        self.loglik, self.converged = fit["loglik"], fit["converged"]
+        self.fit_info = {k: fit[k] for k in INFO}
+
+    def fit(self, t, xy, m, t_end: float, t_start: float | None = None, init: dict | None = None,
+            val_end: float | None = None) -> "ETAS":
+        """Fit on the events before ``t_end``; where the (time-sorted) events continue into [t_end, val_end), fit
+        every variant and keep the one with the best next-event NLL on those validation events."""
         t, xy, m = np.asarray(t, float), np.asarray(xy, float), np.asarray(m, float)
-        t_start = t[0] if t_start is None else t_start
+        train = t < t_end
+        tt, xyt, mt = t[train], xy[train], m[train]
+        t_start = tt[0] if t_start is None else t_start
         self.background = UniformBox(self.background_spec) if isinstance(self.background_spec, tuple) \
-            else GaussianKDE2D(xy)
-        log_f0 = self.background.logpdf(xy)
-        dt, r2, mj = _lagged(t, xy, self.max_lag, marks=m)
-        start = {"mu": 0.5 * len(t) / (t_end - t_start), "A": 0.2, "alpha": 1.0, "c": 0.01, "p": 1.2, "D": 1.0,
-                 "q": 1.5, "gamma": 0.5, **(init or {})}
-        x0 = np.array([math.log(start["mu"]), math.log(start["A"]), start["alpha"], math.log(start["c"]),
-                       math.log(start["p"] - 1), math.log(start["D"]), math.log(start["q"] - 1), start["gamma"]])
-        args = (t, m, dt, r2, mj, log_f0, t_start, t_end)
-        res = minimize(self._neg_loglik, x0, args=args, method="L-BFGS-B",
-                       bounds=[(None, None), (-12, 3), (0, 4), (-12, 3), (-6, 1.5), (-8, 6), (-6, 2), (0, 4)])
-        self.theta, self.loglik, self.converged = res.x, -res.fun, bool(res.success)
+            else GaussianKDE2D(xyt)
+        data = {"t": tt, "xy": xyt, "dm_all": mt - self.mc, "dm": mt - self.mc, "n": len(tt), "t_end": t_end,
+                "period": t_end - t_start, "span": t_end - tt, "f0": np.exp(self.background.logpdf(xyt))}
+        s = {"mu": 0.5 * len(tt) / (t_end - t_start), "A": 0.2, "alpha": 1.0, "c": 0.01, "p": 1.2, "D": 1.0,
+             "q": 1.5, "gamma": 0.5, **(init or {})}
+        start = np.array([math.log(s["mu"]), math.log(s["A"]), s["alpha"], math.log(s["c"]), math.log(s["p"] - 1),
+                          math.log(s["D"]), math.log(s["q"] - 1), s["gamma"]])
+        val = np.flatnonzero(~train & (t < (val_end if val_end is not None else -math.inf)))
+        val = val[val >= 1]
+        select = len(val) > 0 and len(self.variants) > 1
+        fits, self.validation, self.summary = {}, {}, {}
+        for variant in self.variants if select else self.variants[:1]:
+            fits[variant] = self._fit_variant(variant, data, start)
+            self._adopt(fits[variant])
+            if len(val):
+                self.validation[variant] = self.mean_nll(t, xy, m, val)
+            self.summary[variant] = {"train_loglik": fits[variant]["loglik"],
+                                     "fit_seconds": round(fits[variant]["fit_seconds"], 2),
+                                     **({"validation_nll": self.validation[variant]} if len(val) else {})}
+        best = min(self.validation, key=self.validation.get) if select else self.variants[0]
+        self._adopt(fits[best])
+        self.selected_on = f"validation ({len(val)} events)" if select else "none"
         return self
+
+    def mean_nll(self, t, xy, m, index, block: int = 500) -> float:
+        """Mean next-event NLL (nats/event, joint) of events ``index`` of one stream given their pasts."""
+        total = 0.0
+        for a in range(0, len(index), block):
+            lt, ls = self.next_event_logpdf(t, xy, m, index[a:a + block])
+            total -= float((lt + ls).sum())
+        return total / len(index)
 
     @property
     def params(self) -> dict:
-        return dict(zip(NAMES, (float(v) for v in _unpack(self.theta))))
+        values = dict(zip(NAMES, (float(v) for v in _unpack(self.theta))))
+        if self.variant == "gaussian":
+            del values["q"]
+        return values
 
     def branching_ratio(self, b_value: float = 1.0) -> float:
         """Expected direct aftershocks per event for Gutenberg-Richter magnitudes above Mc with this b-value."""
@@ -81,135 +282,170 @@ class ETAS(Forecaster):
         p = self.params
         return p["A"] * beta / (beta - p["alpha"]) if beta > p["alpha"] else math.inf
 
-    def fit_events(self, events, fit_end: float) -> "ETAS":
+    def fit_events(self, events, fit_end: float, val_end: float | None = None) -> "ETAS":
         """The :class:`~stforecast.model.base.Forecaster` face: fit on the catalog's events above Mc before
-        ``fit_end``; the Gutenberg-Richter b of the simulated magnitudes is Aki's estimate on the same events."""
-        past = events[(events["t"] < fit_end) & (events["magnitude"] >= self.mc - 1e-9)]
-        m = past["magnitude"].to_numpy()
-        self.b_value = aki_b_value(m, self.mc)
-        return self.fit(past["t"].to_numpy(), past[["x", "y"]].to_numpy(), m, fit_end)
+        ``fit_end``, choosing the spatial kernel on its events in [fit_end, val_end) where given; the
+        Gutenberg-Richter b of the simulated magnitudes is Aki's estimate on the training events."""
+        stream = events[(events["t"] < (fit_end if val_end is None else val_end))
+                        & (events["magnitude"] >= self.mc - 1e-9)]
+        self.b_value = aki_b_value(stream.loc[stream["t"] < fit_end, "magnitude"].to_numpy(), self.mc)
+        return self.fit(stream["t"].to_numpy(), stream[["x", "y"]].to_numpy(), stream["magnitude"].to_numpy(),
+                        fit_end, val_end=val_end)
 
     def state(self) -> dict:
-        return {"theta": [float(v) for v in self.theta], "params": self.params, "mc": self.mc,
-                "b_value": float(getattr(self, "b_value", 1.0)), "loglik": float(self.loglik),
-                "converged": self.converged}
+        return {"variant": self.variant, "theta": [float(v) for v in self.theta], "params": self.params,
+                "mc": self.mc, "b_value": float(getattr(self, "b_value", 1.0)), "loglik": float(self.loglik),
+                "converged": self.converged, "cutoff": None if math.isinf(self.cutoff) else float(self.cutoff),
+                "cutoff_mass": self.cutoff_mass, "max_lag": self.max_lag, "selected_on": self.selected_on,
+                "validation_nll": dict(self.validation), "variants": self.summary,
+                **{k: (None if math.isinf(v) else float(v)) for k, v in getattr(self, "fit_info", {}).items()}}
 
     def restore(self, state: dict, events, fit_end: float) -> "ETAS":
         past = events[(events["t"] < fit_end) & (events["magnitude"] >= self.mc - 1e-9)]
         self.background = (UniformBox(self.background_spec) if isinstance(self.background_spec, tuple)
                            else GaussianKDE2D(past[["x", "y"]].to_numpy()))
-        self.theta = np.asarray(state["theta"], dtype=float)
+        self.variant, self.theta = state["variant"], np.asarray(state["theta"], dtype=float)
+        self.cutoff = math.inf if state["cutoff"] is None else float(state["cutoff"])
         self.b_value, self.loglik, self.converged = state["b_value"], state["loglik"], state["converged"]
+        self.selected_on, self.validation = state["selected_on"], dict(state["validation_nll"])
+        self.summary = state["variants"]
+        self.fit_info = {k: state[k] for k in INFO if k in state}
         return self
 
+    def describe(self) -> str:
+        scores = ", ".join(f"{v} {s:.3f}" for v, s in self.validation.items())
+        chosen = (f"chosen on validation NLL/event: {scores}" if len(self.validation) > 1
+                  else f"validation NLL/event {scores}" if scores else "not selected: no validation events")
+        cut = f"newest {self.max_lag} events" + ("" if math.isinf(self.cutoff) else f" within {self.cutoff:.4g}")
+        return f"etas ({self.variant} spatial kernel, {chosen}; conditions on the {cut})"
+
     def forecast(self, histories: Histories) -> "ETASNextEvent":
-        return ETASNextEvent(self, histories.newest(self.max_lag))
+        return ETASNextEvent(self, histories)
 
     def next_event_logpdf(self, t, xy, m, index):
         """(temporal, spatial) log density of events ``index`` of one stream given their past: the waiting time's
         density λ(t) exp(−∫λ) and the location's density given the time."""
         t, xy, index = np.asarray(t, float), np.asarray(xy, float), np.asarray(index)
-        h = Histories.from_stream(t, xy, index, self.max_lag, {"magnitude": m})
+        h = Histories.from_stream(t, xy, index, needed_length(t, index, self.max_lag, self.cutoff),
+                                  {"magnitude": m})
         return self.forecast(h).log_terms(np.column_stack([t[index] - t[index - 1], xy[index]]))
 
-    def sample_next(self, t, xy, m, index, n: int, rng: np.random.Generator, b_value: float | None = None,
-                    iterations: int = 60) -> np.ndarray:
+    def sample_next(self, t, xy, m, index, n: int, rng: np.random.Generator,
+                    b_value: float | None = None) -> np.ndarray:
         """(H, n, 4) exact draws of (τ, x, y, magnitude) for the event after each ``index`` of one stream."""
-        index = np.atleast_1d(index)
-        h = Histories.from_stream(t, xy, index, self.max_lag, {"magnitude": m})
-        s = self.forecast(h).sample(n, rng, b_value, iterations)
+        t, index = np.asarray(t, float), np.atleast_1d(index)
+        h = Histories.from_stream(t, xy, index, needed_length(t, index, self.max_lag, self.cutoff),
+                                  {"magnitude": m})
+        s = self.forecast(h).sample(n, rng, b_value)
         return np.concatenate([s.events, s.marks["magnitude"][..., None]], -1)
 
 
 class ETASNextEvent(NextEvent):
-    """The exact next-event distribution after each history (its magnitudes are marks of the samples)."""
+    """The exact next-event distribution after each history (its parents: the model's cut-off rule; its
+    magnitudes are marks of the samples)."""
 
     def __init__(self, model: ETAS, h: Histories):
         if "magnitude" not in h.marks:
             raise ValueError("ETAS forecasts need the magnitudes of the history")
         self.model = model
-        self.theta = _unpack(model.theta)
-        self.valid = h.valid[:, ::-1]  # parents newest first
-        self.parent_xy = np.where(self.valid[..., None], h.xy[:, ::-1], 0.0)
-        self.parent_m = np.where(self.valid, h.marks["magnitude"][:, ::-1], model.mc)
-        self.age = np.where(self.valid, h.last_t[:, None] - h.t[:, ::-1], 0.0)  # since each parent, at t_n
+        self.theta = _unpack(_tied(model.theta, model.variant))
+        self.valid, self.parent_xy, marks, self.age = recent(h, model.max_lag, model.cutoff)
+        self.parent_m = np.where(self.valid, marks["magnitude"], model.mc)
         mu, A, alpha, c, p, D, q, gamma = self.theta
         self.kappa = np.where(self.valid, A * np.exp(alpha * (self.parent_m - model.mc)), 0.0)
+        self.log_sig2 = 2 * math.log(D) + gamma * (self.parent_m - model.mc)
 
     def log_terms(self, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, A, alpha, c, p, D, q, gamma = self.theta
         tau, xy = truth[:, 0], truth[:, 1:3]
-        age_now = self.age + tau[:, None]  # since each parent, at the event
-        lam_t = mu + (self.kappa * (p - 1) / c * (1 + age_now / c) ** (-p)).sum(1)
-        # ∫ over (t_n, t_n + τ] of the triggered rate: difference of Omori CDFs
-        integral = mu * tau + (self.kappa * ((1 + self.age / c) ** (1 - p) - (1 + age_now / c) ** (1 - p))).sum(1)
-        r2 = ((xy[:, None, :] - self.parent_xy) ** 2).sum(-1)
-        lam_ts = mu * np.exp(self.model.background.logpdf(xy)) + self.model._kernel(
-            np.where(self.valid, age_now, np.inf), r2, self.parent_m, A, alpha, c, p, D, q, gamma).sum(1)
+        H, W = self.age.shape
+        lam_t, integral, trig = np.empty(H), np.empty(H), np.empty(H)
+        step = max(1, CELL_BLOCK // W)
+        for a in range(0, H, step):
+            b = slice(a, a + step)
+            age, kappa = self.age[b], self.kappa[b]
+            rate = kappa * (p - 1) / c * np.exp(-p * np.log1p((age + tau[b, None]) / c))  # κ g at the event
+            lam_t[b] = mu + rate.sum(1)
+            # ∫ over (t_n, t_n + τ] of the triggered rate: κ (S(age) − S(age + τ)), S(a) = (1 + a/c)^{1−p}
+            surv = np.exp((1 - p) * np.log1p(age / c))
+            integral[b] = mu * tau[b] - (kappa * surv * np.expm1((1 - p) * np.log1p(tau[b, None] / (c + age)))).sum(1)
+            r2 = ((xy[b, None, :] - self.parent_xy[b]) ** 2).sum(-1)
+            log_f, _, _ = log_spatial(r2, self.log_sig2[b], q, self.model.variant)
+            trig[b] = (rate * np.exp(log_f)).sum(1)
+        lam_ts = mu * np.exp(self.model.background.logpdf(xy)) + trig
         return np.log(lam_t) - integral, np.log(lam_ts + 1e-300) - np.log(lam_t)
 
     def nll(self, truth: np.ndarray) -> NLL:
         lt, ls = self.log_terms(np.asarray(truth, float))
         return NLL(-np.column_stack([lt, ls]), "exact")
 
-    def sample(self, n: int, rng: np.random.Generator, b_value: float | None = None,
-               iterations: int = 60) -> Samples:
-        """Exact draws: the earliest of a background event (Exp(μ)) and a triggered one, whose waiting time solves
-        Λ_trig(τ) = E, E ~ Exp(1), by bisection (no triggered event when E exceeds the parents' remaining
-        productivity); a triggered event's parent is drawn ∝ its rate at that time, its offset from the power-law
-        kernel of the parent's magnitude; magnitudes are Gutenberg-Richter with ``b_value`` (default: the
-        fitted one, else 1)."""
+    def sample(self, n: int, rng: np.random.Generator, b_value: float | None = None) -> Samples:
+        """Exact draws. The triggered part after t_n is a Poisson process (the superposition of each parent's
+        remaining offspring) that competes with a background event at τ_bg ~ Exp(μ). It is drawn window by window,
+        (0, τ_1], (τ_1, 2τ_1], (2τ_1, 4τ_1], ... (independent counts of a Poisson process): in a window each
+        unresolved draw gets Poisson(Σ_j M_j) offspring, M_j = κ_j (S(age_j + lo) − S(age_j + hi)) the window's mass
+        of parent j, S(a) = (1 + a/c)^{1−p}; each from parent j ∝ M_j at a time from its Omori law within the window
+        (closed-form inverse). A draw is resolved by its first offspring, or by its background event once τ_bg
+        falls in the window, whichever is earlier; work grows with the windows and the offspring drawn before the
+        first, not with the remaining offspring mass (which for p near 1 is huge and nearly all far in the future).
+        The winner's location is the parent's kernel draw or the background density's; magnitudes are
+        Gutenberg-Richter with ``b_value`` (default: the fitted one, else 1)."""
         mu, A, alpha, c, p, D, q, gamma = self.theta
         b_value = b_value or getattr(self.model, "b_value", None) or 1.0
-        age, kappa = self.age, self.kappa
-        H = len(age)
-
-        def cum(tau):  # (H, n) triggered expected count in (t_n, t_n + τ]
-            a = age[:, None, :]
-            return (kappa[:, None, :] * ((1 + a / c) ** (1 - p) - (1 + (a + tau[..., None]) / c) ** (1 - p))).sum(-1)
-
-        remaining = (kappa * (1 + age / c) ** (1 - p)).sum(1)[:, None]  # Λ_trig(∞)
-        e = rng.exponential(1.0, (H, n))
-        has = e < remaining
-        lo, hi = np.zeros((H, n)), np.ones((H, n))
-        for _ in range(60):  # grow the bracket until Λ(hi) ≥ E where an event exists
-            grow = has & (cum(hi) < e)
-            if not grow.any():
-                break
-            hi = np.where(grow, hi * 4, hi)
-        for _ in range(iterations):
-            mid = (lo + hi) / 2
-            below = cum(mid) < e
-            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-        tau_tr = np.where(has, (lo + hi) / 2, np.inf)
-        tau_bg = rng.exponential(1 / mu, (H, n))
-        triggered = tau_tr < tau_bg
-        tau = np.minimum(tau_tr, tau_bg)
-        # parent ∝ κ_j g(age_j + τ)
-        rate = kappa[:, None, :] * (1 + (age[:, None, :] + tau[..., None]) / c) ** (-p)
-        cdf = np.cumsum(rate, -1)
-        u = rng.random((H, n, 1)) * cdf[..., -1:]
-        pick = (u > cdf).sum(-1).clip(max=rate.shape[-1] - 1)  # (H, n) column of the parent
-        parent_m = np.take_along_axis(self.parent_m, pick, 1)
-        parent_xy = np.take_along_axis(self.parent_xy, pick[..., None], 1)
-        sig2 = D**2 * np.exp(gamma * (parent_m - self.model.mc))
-        r = np.sqrt(sig2 * ((1 - rng.random((H, n))) ** (1 / (1 - q)) - 1))
-        angle = rng.uniform(0, 2 * math.pi, (H, n))
-        child = parent_xy + np.stack([r * np.cos(angle), r * np.sin(angle)], -1)
+        H, W = self.age.shape
+        tau = rng.exponential(1 / mu, (H, n))  # the background event; replaced by an earlier offspring
+        parent = np.full((H, n), -1, dtype=np.int64)
+        open_ = np.ones((H, n), dtype=bool)
+        lo, hi = 0.0, FIRST_WINDOW / mu
+        while open_.any():
+            rows = np.flatnonzero(open_.any(1))
+            age = self.age[rows]
+            drop = -np.expm1((1 - p) * np.log1p((hi - lo) / (c + age + lo)))  # 1 − S(age + hi) / S(age + lo)
+            mass = self.kappa[rows] * np.exp((1 - p) * np.log1p((age + lo) / c)) * drop  # (rows, W)
+            counts = rng.poisson(mass.sum(1)[:, None] * open_[rows])  # (rows, n) offspring in the window
+            cell = np.repeat(np.arange(counts.size), counts.ravel())
+            if len(cell):
+                row = cell // n
+                j = pick_columns(mass, rng.random(len(cell)), rows=row)
+                base = c + age[row, j] + lo
+                with np.errstate(over="ignore"):
+                    t = lo + base * np.expm1(np.log1p(-rng.random(len(cell)) * drop[row, j]) / (1 - p))
+                order = np.lexsort((t, cell))
+                first = order[np.r_[True, cell[order][1:] != cell[order][:-1]]]
+                h, k = rows[row[first]], cell[first] % n
+                earlier = t[first] < tau[h, k]
+                tau[h[earlier], k[earlier]] = t[first][earlier]
+                parent[h[earlier], k[earlier]] = j[first][earlier]
+                open_[h, k] = False
+            open_ &= tau > hi  # a background event inside this window wins unless an offspring came first
+            lo, hi = hi, 2 * hi
+        triggered = parent >= 0
+        parent = np.maximum(parent, 0)
+        parent_xy = np.take_along_axis(self.parent_xy, parent[..., None], 1)
+        sig = np.exp(0.5 * np.take_along_axis(self.log_sig2, parent, 1))
+        if self.model.variant == "gaussian":
+            offset = sig[..., None] * rng.normal(size=(H, n, 2))
+        else:
+            r = sig * np.sqrt((1 - rng.random((H, n))) ** (1 / (1 - q)) - 1)
+            angle = rng.uniform(0, 2 * math.pi, (H, n))
+            offset = np.stack([r * np.cos(angle), r * np.sin(angle)], -1)
         background = self.model.background.sample(H * n, rng).reshape(H, n, 2)
         out = np.empty((H, n, 3))
         out[..., 0] = tau
-        out[..., 1:3] = np.where(triggered[..., None], child, background)
+        out[..., 1:3] = np.where(triggered[..., None], parent_xy + offset, background)
         magnitude = self.model.mc + rng.exponential(1 / (b_value * math.log(10)), (H, n))
         return Samples(out, {"magnitude": magnitude})
 
 
 def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float, rng: np.random.Generator,
-                  max_events: int = 500_000):
+                  max_events: int = 500_000, variant: str = "power-law"):
     """A catalog from the ETAS branching structure: background events uniform in the box, Gutenberg-Richter
-    magnitudes, Poisson(κ(m)) direct aftershocks with Omori waiting times and power-law distances.
-    Returns (t, xy, m) sorted by time."""
-    mu, A, alpha, c, p, D, q, gamma = (params[k] for k in NAMES)
+    magnitudes, Poisson(κ(m)) direct aftershocks with Omori waiting times and the ``variant``'s spatial kernel
+    (``params`` needs ``q`` only for the power laws and ``gamma`` only for ``"power-law"``; otherwise γ = α).
+    The process has no cut-off: every event keeps triggering. Returns (t, xy, m) sorted by time."""
+    mu, A, alpha, c, p, D = (params[k] for k in NAMES[:6])
+    q = params.get("q")
+    gamma = params["gamma"] if variant == "power-law" else alpha
     beta = b_value * math.log(10)
     x0, y0, x1, y1 = bounds
     n0 = rng.poisson(mu * t_end)
@@ -223,9 +459,13 @@ def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float,
         u = rng.random(len(parent))
         t = t[parent] + c * ((1 - u) ** (1 / (1 - p)) - 1)  # inverse CDF of the normalised Omori law
         sig2 = D**2 * np.exp(gamma * (m[parent] - mc))
-        r = np.sqrt(sig2 * ((1 - rng.random(len(parent))) ** (1 / (1 - q)) - 1))
-        angle = rng.uniform(0, 2 * math.pi, len(parent))
-        xy = xy[parent] + np.column_stack([r * np.cos(angle), r * np.sin(angle)])
+        if variant == "gaussian":
+            offset = np.sqrt(sig2)[:, None] * rng.normal(size=(len(parent), 2))
+        else:
+            r = np.sqrt(sig2 * ((1 - rng.random(len(parent))) ** (1 / (1 - q)) - 1))
+            angle = rng.uniform(0, 2 * math.pi, len(parent))
+            offset = np.column_stack([r * np.cos(angle), r * np.sin(angle)])
+        xy = xy[parent] + offset
         m = mc + rng.exponential(1 / beta, len(parent))
         keep = t < t_end
         t, xy, m = t[keep], xy[keep], m[keep]

@@ -124,15 +124,22 @@ class Samples:
 @dataclass
 class NLL:
     """Negative log-likelihood of the true next events, nats per event in model units: ``per_event`` (H, 2) =
-    (waiting-time term, location term), summing to the joint; ``kind`` "exact" or "bound" (an upper bound);
+    (waiting-time term, location term), summing to the joint; ``kind`` "exact", "exact-ode" (DSTPP: the probability-flow ODE, joint only) or
+    "bound" (an upper bound);
     ``extra``: further columns for the evaluation row (Monte-Carlo error of a bound, the paper's protocol)."""
 
     per_event: np.ndarray
     kind: str
     extra: dict = field(default_factory=dict)
+    joint: np.ndarray | None = None  # (H,) where the joint is known but not its split (DSTPP's ODE: NaN terms)
+
+    @property
+    def joint_per_event(self) -> np.ndarray:
+        """(H,) joint NLL of each event."""
+        return self.per_event.sum(1) if self.joint is None else np.asarray(self.joint, float)
 
     def row(self) -> dict:
-        joint = self.per_event.sum(1)
+        joint = self.joint_per_event
         return {"nll_dt": float(self.per_event[:, 0].mean()), "nll_xy": float(self.per_event[:, 1].mean()),
                 "nll_joint": float(joint.mean()),
                 "nll_joint_se": float(joint.std(ddof=1) / np.sqrt(len(joint))) if len(joint) > 1 else float("nan"),
@@ -140,13 +147,16 @@ class NLL:
                 # the same columns for every model: an exact value has no Monte-Carlo error, and only DSTPP has
                 # the paper's scaled-space protocol
                 "nll_mc_se": 0.0, "paper_nll_dt_scaled": float("nan"), "paper_nll_xy_scaled": float("nan"),
-                **self.extra}
+                # DSTPP's bound beside its exact ODE value, and the ODE solver's figures
+                **{k: float("nan") for k in ("nll_bound", "nll_bound_dt", "nll_bound_xy", "nll_ode_nfe",
+                                             "nll_ode_solver_error", "nll_ode_tolerance")},
+                "nll_bound_kind": "", "sampler": "", **self.extra}
 
 
 class NextEvent(ABC):
     """The forecast distribution of the event after each of ``H`` histories."""
 
-    kind = "exact"  # what :meth:`nll` returns: "exact" or "bound"
+    kind = "exact"  # what :meth:`nll` returns: "exact", "exact-ode" or "bound"
 
     @abstractmethod
     def sample(self, n: int, rng: np.random.Generator) -> Samples:

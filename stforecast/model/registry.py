@@ -3,7 +3,7 @@
 ``load_forecaster(spec, catalog)`` turns what a user types after ``--model`` (a baseline's name, a
 checkpoint path, an MLflow URI) into a :class:`~stforecast.model.base.Forecaster`. Baselines are fitted by maximum
 likelihood on the catalog's events before its validation start (the same rule as the evaluation) and their fits
-are kept as JSON (parameters, the catalog's input hash and the fit settings; no pickle) under
+are kept as JSON (parameters, the catalog's input hash and the fitting rule; no pickle) under
 ``runs/baselines/<catalog>/``, so a second report or batch job reuses the fit instead of redoing it.
 """
 
@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from stforecast.model.base import Forecaster
 
@@ -30,8 +32,16 @@ BASELINES = {
 }
 #: a baseline applies to a catalog only if the catalog has these event columns
 REQUIRES = {"etas": ("magnitude",)}
+#: baselines that choose among their variants on the validation split (ETAS's spatial kernels): their
+#: ``fit_events`` also takes the validation events and ``val_end``
+SELECT_ON_VALIDATION = ("etas",)
+#: bumped when a baseline's fitting rule changes (Hawkes and ETAS: the time cut-off; ETAS: kernel variants), so
+#: fits cached under the old rule are not reused
+FIT_RULES = {"hawkes": 2, "etas": 2}
 DESCRIPTIONS = {"poisson_kde": "Poisson x KDE (no memory)", "hawkes": "spatio-temporal Hawkes",
                 "etas": "ETAS (Ogata 1998)", "dstpp": "DSTPP (diffusion)"}
+#: the classical model the demo sets beside DSTPP on an earthquake catalog (the reference of aftershock forecasting)
+REFERENCE = "etas"
 #: short names for pickers and legends (the risk map's Model select)
 LABELS = {"dstpp": "DSTPP", "etas": "ETAS", "hawkes": "Hawkes", "poisson_kde": "Poisson x KDE"}
 
@@ -50,9 +60,20 @@ def applies(name: str, events: pd.DataFrame) -> bool:
     return all(c in events for c in REQUIRES.get(name, ()))
 
 
+def validation_end(events: pd.DataFrame, fit_end: float) -> float | None:
+    """Just after the last validation event (``split == "val"``, at or after ``fit_end``) of an ingested catalog's
+    events; None where there are none (or no ``split`` column)."""
+    if "split" not in events:
+        return None
+    val = events.loc[(events["split"] == "val") & (events["t"] >= fit_end), "t"]
+    return float(np.nextafter(val.max(), np.inf)) if len(val) else None
+
+
 def fit_baseline(name: str, events: pd.DataFrame, fit_end: float, mc: float | None = None,
                  max_events: int | None = None) -> Forecaster:
-    """A baseline fitted on events before ``fit_end`` (the latest ``max_events`` of them, for quick runs)."""
+    """A baseline fitted on events before ``fit_end`` (the latest ``max_events`` of them, for quick runs). A
+    baseline that chooses among its variants on validation (ETAS's spatial kernels) is also handed the catalog's
+    validation events (``split == "val"``, never the test split) to score them on."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     if not applies(name, events):
@@ -60,7 +81,14 @@ def fit_baseline(name: str, events: pd.DataFrame, fit_end: float, mc: float | No
     past = events[events["t"] < fit_end]
     if max_events is not None:
         past = past.iloc[-max_events:]
-    return BASELINES[name](mc).fit_events(past, fit_end)
+    model = BASELINES[name](mc)
+    val_end = validation_end(events, fit_end) if name in SELECT_ON_VALIDATION else None
+    if val_end is None:
+        return model.fit_events(past, fit_end)
+    import pandas as pd
+
+    later = events[(events["t"] >= fit_end) & (events["t"] < val_end)]
+    return model.fit_events(pd.concat([past, later]), fit_end, val_end=val_end)
 
 
 def fit_baselines(events: pd.DataFrame, fit_end: float, mc: float | None = None, max_events: int | None = None,
@@ -81,7 +109,8 @@ def cached_baseline(name: str, catalog: IngestedCatalog, cache_root: Path | None
     from stforecast.io.atomic import atomic_write_text
 
     events, fit_end, mc = catalog.events, catalog.split_start("val"), catalog.completeness()
-    key = hashlib.sha256(json.dumps([name, catalog.input_hash, fit_end, mc], sort_keys=True).encode()
+    rule = [FIT_RULES[name]] if name in FIT_RULES else []  # a new fitting rule refits
+    key = hashlib.sha256(json.dumps([name, catalog.input_hash, fit_end, mc] + rule, sort_keys=True).encode()
                          ).hexdigest()[:16]
     root = cache_root or os.environ.get("STFORECAST_BASELINE_CACHE") or REPO_ROOT / "runs" / "baselines"
     path = Path(root) / catalog.name / f"{name}-{key}.json"
@@ -93,7 +122,7 @@ def cached_baseline(name: str, catalog: IngestedCatalog, cache_root: Path | None
     model = fit_baseline(name, events, fit_end, mc)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"name": name, "catalog": catalog.name, "catalog_input_hash": catalog.input_hash,
-              "fit_end_model_time": fit_end, "mc": mc, "state": model.state()}
+              "fit_end_model_time": fit_end, "mc": mc, "fit_rule": FIT_RULES.get(name, 1), "state": model.state()}
     atomic_write_text(path, json.dumps(record, indent=1))
     if track:
         import mlflow
