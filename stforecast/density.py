@@ -104,7 +104,8 @@ def mass_contours(grid: DensityGrid, levels=(0.5, 0.8, 0.95), to_crs: str | None
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=grid.crs if grid.crs else None)
     if to_crs is not None and grid.crs:
         frame = frame.to_crs(to_crs)
-        # reprojecting a region hundreds of km wide can fold its rings (an invalid polygon answers
-        # point-in-polygon wrongly: the 95 % region of a Kumamoto report "held" none of the events in its 80 %)
+        # reprojecting a region hundreds of km wide can fold its rings, and an invalid polygon answers
+        # point-in-polygon wrongly. (Not handled yet: a region that crosses the antimeridian, e.g. Japan's 95 %
+        # horizon region, wraps around the globe in lon/lat and then holds none of the events it contains.)
         frame = frame.set_geometry(shapely.make_valid(frame.geometry.to_numpy()), crs=frame.crs)
     return frame
