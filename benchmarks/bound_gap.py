@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     # draws of the ODE sampler, taken to the diffusion's coordinates, where the density is smooth enough for a KDE
     model.configure(sampler="ode")
     draws = model.forecast(Histories.from_sequences(test.histories)).sample(a.samples, np.random.default_rng(a.seed))
-    ref = model.newest_location(batch)
+    ref = model.reference_location(batch)
     u = model.scaler(torch.as_tensor(draws.events[..., 0]), torch.as_tensor(draws.events[..., 1:3]),
                      ref.unsqueeze(1)).double().numpy()
     u_true = model.scaler(truth[:, 0], truth[:, 1:3], ref).double().numpy()

@@ -340,7 +340,7 @@ class DSTPP(nn.Module, Forecaster):
         self.schedule = NoiseSchedule(cfg.steps, cfg.schedule)
         # the Forecaster face: forecasts sample the probability-flow ODE whose exact density they report (a DDIM
         # sampler can be chosen for speed: then the density belongs to the ODE that DDIM discretises)
-        self.sampler, self.ode_tolerance = "ode", ODE_TOLERANCE
+        self.sampler, self.ode_tolerance, self._flows = "ode", ODE_TOLERANCE, {}
         self.ddim = make_sampler(self.schedule, "ddim", min(SAMPLER_STEPS, cfg.steps))
         self.bound_repeats, self.x0_mse = 4, None
         self.mark_names = ("magnitude",) if cfg.mark_inputs else ()
@@ -363,9 +363,13 @@ class DSTPP(nn.Module, Forecaster):
         return self
 
     def flow(self, tolerance: float | None = None) -> ProbabilityFlow:
-        """The probability-flow ODE of this model's schedule (adaptive Dormand-Prince, rtol = atol = tolerance)."""
+        """The probability-flow ODE of this model's schedule (adaptive Dormand-Prince, rtol = atol = tolerance).
+        Kept per tolerance and device: a horizon simulation asks for it at every simulated event."""
         tol = tolerance or self.ode_tolerance
-        return ProbabilityFlow(self.schedule, rtol=tol, atol=tol)
+        key = (tol, self.schedule.betas.device)
+        if key not in self._flows:
+            self._flows[key] = ProbabilityFlow(self.schedule, rtol=tol, atol=tol)
+        return self._flows[key]
 
     def continuous_denoiser(self, ctx: dict):
         """``denoise(x, s)`` for the ODE: float64 in and out, the network in its own precision, evaluated at
@@ -445,7 +449,7 @@ class DSTPP(nn.Module, Forecaster):
         score = score.masked_fill(cols.view(1, 1, L) > rows.unsqueeze(2), -math.inf)
         return score.argmax(-1)
 
-    def newest_location(self, batch: Batch) -> torch.Tensor:
+    def reference_location(self, batch: Batch) -> torch.Tensor:
         """(B, 2) each history's reference location for a forecast (its newest event, or its chosen parent)."""
         b = torch.arange(batch.xy.shape[0], device=batch.xy.device)
         return batch.xy[b, self.parents(batch, (batch.lengths - 1).unsqueeze(1))[:, 0]]
@@ -471,7 +475,7 @@ class DSTPP(nn.Module, Forecaster):
         self.eval()
         try:
             return self.sample_from_condition(self.last_states(batch), n, sampler, steps, eta, generator,
-                                              self.newest_location(batch))
+                                              self.reference_location(batch))
         finally:
             self.train(was_training)
 
@@ -529,7 +533,7 @@ class DSTPP(nn.Module, Forecaster):
         self.eval()
         try:
             cond = self.last_states(histories)
-            ref = self.newest_location(histories)
+            ref = self.reference_location(histories)
             truth = truth.to(cond.device)
             x0 = self.scaler(truth[:, 0], truth[:, 1:3], ref).double()
             flow = self.flow(tolerance)
@@ -557,7 +561,7 @@ class DSTPP(nn.Module, Forecaster):
             cond = self.last_states(histories)
             ctx = self.denoiser.prepare(cond)
             truth = truth.to(cond.device)
-            x0 = self.scaler(truth[:, 0], truth[:, 1:3], self.newest_location(histories))
+            x0 = self.scaler(truth[:, 0], truth[:, 1:3], self.reference_location(histories))
 
             def denoise(x_k, k):
                 return self.denoiser(x_k.to(cond.dtype), torch.tensor(k, device=x_k.device), ctx)
@@ -574,7 +578,7 @@ class DSTPP(nn.Module, Forecaster):
         draws = self._bound_draws(histories, truth, repeats, x0_mse, generator)
         scaled = torch.stack([bound for bound, _ in draws])  # (R, H, 3)
         return NLLBound(scaled=scaled, log_jacobian=self.log_jacobian(truth.to(scaled.device),
-                                                                      self.newest_location(histories)))
+                                                                      self.reference_location(histories)))
 
     def reverse_variance_fit(self, histories: Batch, truth: torch.Tensor, repeats: int = 2,
                              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -629,7 +633,7 @@ class DiffusionNextEvent(NextEvent):
         try:
             cond = model.last_states(self.batch)
             sampler = model.flow() if model.sampler == "ode" else model.ddim
-            draws = model.sample_from_condition_with(cond, n, sampler, gen, model.newest_location(self.batch))
+            draws = model.sample_from_condition_with(cond, n, sampler, gen, model.reference_location(self.batch))
         finally:
             model.train(was_training)
         marks = {}
