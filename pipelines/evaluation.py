@@ -201,7 +201,8 @@ def print_scores(console, ev) -> None:
     for _, row in ev.table.iterrows():
         view.add_row(*[row["model"]] + [("–" if row.get(c) != row.get(c) else f"{row[c]:.4g}") for c in cols[1:]])
     console.print(view)
-    console.print("NLL: nats per event, exact (DSTPP: its probability-flow ODE, joint only; its bound in nll_bound); CRPS/energy: sample scores; "
+    console.print("NLL: nats per event, exact (DSTPP: its probability-flow ODE, joint only; its bound in "
+                  "nll_bound); CRPS/energy: sample scores; "
                   "|dt| err: median waiting-time error; xy err: distance of the sample mean; cov: share of truths "
                   "inside the 80 % interval/region (nominal 0.80; location coverage on the first "
                   f"{int(ev.table['hdr_events'].iloc[0]):,} events, --hdr-events to change)")
