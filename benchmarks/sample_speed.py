@@ -1,43 +1,87 @@
-"""Next-event sampling throughput of DSTPP: DDPM (all K steps) and DDIM (50 and 20 steps).
+"""Next-event sampling throughput of DSTPP, end to end (encoder included) and sampler only, for DDPM (all K
+steps), DDIM-50 and DPM-Solver++(2M) with 10 evaluations (and the adaptive probability-flow ODE on request).
 
-    python -m benchmarks.sample_speed [--preset paper] [--histories 1000] [--samples 100] [--checkpoint best.pt]
+    python -m benchmarks.sample_speed [--preset paper] [--shapes 256x1,1000x100] [--checkpoint best.pt]
+                                      [--samplers ddpm,ddim50,dpm10,ode] [--quality]
 
-Draws ``samples`` next events for each of ``histories`` histories (prefixes of the DSTPP Japan test windows,
-chosen at random with a fixed seed) as one batched call per sampler, and prints samples/s (wall time, encoder
-included), peak memory (CUDA: per sampler; CPU: the process peak so far, so run one sampler per call to
-separate them), and — with a trained ``--checkpoint`` — how the samplers differ in quality against the
-held-out next events: mean absolute error of the sample mean and median waiting time (days), distance of the
-sample mean location (degrees, as the paper), and the spread (std) of the samples.
+For each shape H x n it draws ``n`` next events for each of ``H`` histories (prefixes of the DSTPP Japan test
+windows, chosen at random with a fixed seed) and prints:
+
+* **encoder**: seconds to compute the H history states by one causal pass per window (what evaluation does) and,
+  beside it, by encoding every prefix as its own sequence (what it did before issue 12);
+* **sampler**: seconds for the H x n draws from those states, one batched call per sampler;
+* **end to end**: encoder (one pass) + sampler, as samples/s, and its ratio to the public DSTPP code's 500-step
+  figure measured on this machine in issue 12 (51.7 samples/s at 256 x 1; a constant here, not re-measured).
+
+``--quality`` (needs ``--checkpoint``) scores each sampler's draws against the held-out next events (CRPS of the
+waiting time, energy score of the location, with their standard errors over histories) and measures how far each
+sampler's draws land from the adaptive ODE solution started from the **same** noise (mean |Δ| in the scaled
+[-1, 1] coordinates): DDIM and DPM-Solver both discretise that ODE, whose exact density is the NLL DSTPP reports.
+Timings are wall-clock, best of ``--repeats``, after one warm-up call, on ``torch.get_num_threads()`` threads.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import numpy as np
 import torch
 
 from stforecast.batch import load_manifest, load_split
+from stforecast.model.base import Histories
+from stforecast.model.schedule import make_sampler
 from stforecast.train import TrainConfig, build_model, load_model, pick_device
 
 from benchmarks.prepare import ensure_ingested, require_checkpoint
 
+#: the public DSTPP code, paper configuration, 500 DDPM steps, 256 histories x 1 sample, encoder included, on this
+#: 2-core machine (measured in issue 12, same Japan windows)
+PUBLIC_DSTPP_SAMPLES_PER_S = 51.7
 
-def main() -> None:
+
+def sampler_for(model, name: str):
+    if name == "ode":
+        return model.flow()
+    if name == "ddpm":
+        return make_sampler(model.schedule, "ddpm")
+    kind, steps = name[:4], int(name[4:])  # ddim50, dpm10 ...
+    if kind.startswith("dpm"):
+        return make_sampler(model.schedule, "dpm", int(name[3:]))
+    return make_sampler(model.schedule, "ddim", min(steps, model.cfg.steps))
+
+
+def timed(fn, device, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="paper", choices=["paper", "default"])
     ap.add_argument("--checkpoint", help="a trained best.pt (its own configuration is used)")
-    ap.add_argument("--histories", type=int, default=1000)
-    ap.add_argument("--samples", type=int, default=100)
-    ap.add_argument("--samplers", default="ddpm,ddim50,ddim20")
+    ap.add_argument("--shapes", default="256x1,1000x100", help="histories x samples, comma-separated")
+    ap.add_argument("--samplers", default="ddpm,ddim50,dpm10")
+    ap.add_argument("--skip-ddpm-above", type=int, default=10_000,
+                    help="skip DDPM for shapes with more draws than this (500 steps x 100,000 draws is minutes)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quality", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data", default="dstpp_japan", help="catalog name (under the processed directory) or folder")
     ap.add_argument("--split", default="test")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.checkpoint:
         require_checkpoint(args.checkpoint, args.data, "--checkpoint")
+    if args.quality and not args.checkpoint:
+        ap.error("--quality needs --checkpoint (an untrained model's draws say nothing about quality)")
     args.data = str(ensure_ingested(args.data))
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -47,38 +91,73 @@ def main() -> None:
         model = build_model(TrainConfig(preset=args.preset).model_config(), load_manifest(args.data)).to(device)
     model.eval()
     data = load_split(args.data, args.split)
-    rng = np.random.default_rng(0)
-    seq = rng.integers(0, len(data), args.histories)
-    cut = 1 + (rng.random(args.histories) * (data.lengths[seq] - 1)).astype(int)
-    hist, truth = data.prefixes(seq, cut)
-    batch = hist.collate(np.arange(len(hist))).to(device)
-    print(f"device {device}; model K={model.cfg.steps} ({'trained: ' + args.checkpoint if args.checkpoint else 'untrained ' + args.preset}); "
-          f"{args.histories} histories x {args.samples} samples = {args.histories * args.samples:,} next events per call")
-    for name in args.samplers.split(","):
-        kind, steps = ("ddpm", model.cfg.steps) if name == "ddpm" else ("ddim", int(name[4:]))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        gen = torch.Generator(device=device).manual_seed(1)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model.sample_next(batch, args.samples, sampler=kind, steps=steps, generator=gen)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        s = out.float().cpu().numpy()
-        mean = s.mean(1)
-        line = (f"{name:>7} ({steps:>3} steps): {s.shape[0] * s.shape[1] / seconds:9,.0f} samples/s  "
-                f"({seconds:6.1f} s, peak memory {peak:,.0f} MB)")
-        if args.checkpoint:
-            dt_mae = np.abs(mean[:, 0] - truth[:, 0]).mean()
-            dt_med = np.abs(np.median(s[:, :, 0], 1) - truth[:, 0]).mean()
-            dist = np.hypot(mean[:, 1] - truth[:, 1], mean[:, 2] - truth[:, 2]).mean()
-            line += (f" | dt MAE mean {dt_mae:.3f} median {dt_med:.3f}; sample dt std {s[:, :, 0].std(1).mean():.3f}; "
-                     f"location error of mean {dist:.2f}; spread {np.hypot(s[:, :, 1].std(1), s[:, :, 2].std(1)).mean():.2f}")
-        print(line)
+    print(f"device {device}, {torch.get_num_threads()} threads; model K={model.cfg.steps} "
+          f"({'trained: ' + args.checkpoint if args.checkpoint else 'untrained ' + args.preset}); "
+          f"best of {args.repeats} after a warm-up")
+    for shape in args.shapes.split(","):
+        H, n = (int(v) for v in shape.lower().split("x"))
+        rng = np.random.default_rng(0)
+        seq = rng.integers(0, len(data), H)
+        cut = 1 + (rng.random(H) * (data.lengths[seq] - 1)).astype(int)
+        prefixes, truth = data.prefixes(seq, cut)
+        hist = Histories.from_sequences(prefixes)
+        batch = model.history_batch(hist).to(device)
+        with torch.no_grad():
+            model.history_states(hist, batch)  # warm-up
+            enc_s, cond = timed(lambda: model.history_states(hist, batch), device, args.repeats)
+            each_s, _ = timed(lambda: model.last_states(batch), device, 1)
+        ref = model.reference_location(batch)
+        windows = len(np.unique(seq))
+        print(f"\n{H} histories x {n} samples = {H * n:,} draws; encoder: one pass over {windows} windows "
+              f"{enc_s:.3f} s (each prefix as its own sequence: {each_s:.3f} s, {each_s / enc_s:.1f}x)")
+        odes = None
+        for name in args.samplers.split(","):
+            if name == "ddpm" and H * n > args.skip_ddpm_above:
+                print(f"  {name:>7}: skipped ({H * n:,} draws > --skip-ddpm-above)")
+                continue
+            sampler = sampler_for(model, name)
+            nfe = "adaptive" if name == "ode" else len(sampler.timesteps)
+
+            def draw(seed=1):
+                gen = torch.Generator(device=device).manual_seed(seed)
+                with torch.no_grad():
+                    return model.sample_from_condition_with(cond, n, sampler, gen, ref)
+
+            draw()  # warm-up
+            samp_s, out = timed(draw, device, args.repeats if name != "ddpm" else 1)
+            e2e = H * n / (enc_s + samp_s)
+            line = (f"  {name:>7} ({nfe:>8} evals): sampler {samp_s:7.3f} s = {H * n / samp_s:11,.0f} draws/s | "
+                    f"end to end {enc_s + samp_s:7.3f} s = {e2e:11,.0f} samples/s "
+                    f"({e2e / PUBLIC_DSTPP_SAMPLES_PER_S:,.0f}x the public code's {PUBLIC_DSTPP_SAMPLES_PER_S}/s)")
+            if args.quality:
+                from stforecast.metrics import crps_from_samples, energy_score
+
+                s = out.double().cpu().numpy()
+                crps = crps_from_samples(s[..., 0], truth[:, 0])
+                energy = energy_score(s[..., 1:3], truth[:, 1:3])
+                line += (f"\n           CRPS dt {crps.mean():.4f} ± {crps.std(ddof=1) / np.sqrt(H):.4f}, "
+                         f"energy xy {energy.mean():.2f} ± {energy.std(ddof=1) / np.sqrt(H):.2f}")
+                if odes is None:  # the adaptive ODE from the same noise, once per shape
+                    odes = draw_scaled(model, cond, n, model.flow(1e-5), device)
+                mine = draw_scaled(model, cond, n, sampler, device)
+                line += f"; mean |x0 - x0_ODE| (scaled) {(mine - odes).abs().mean():.4f}"
+            print(line)
+
+
+def draw_scaled(model, cond, n, sampler, device) -> torch.Tensor:
+    """(H, n, 3) draws in the scaled coordinates from noise seeded 7 (the same noise for every sampler)."""
+    from stforecast.model.dstpp import OUTSIDE
+    from stforecast.model.ode import ProbabilityFlow
+    from stforecast.model.schedule import sample_loop
+
+    gen = torch.Generator(device=device).manual_seed(7)
+    with torch.no_grad():
+        ctx = model.denoiser.prepare(cond.unsqueeze(1))
+        x = torch.randn((cond.shape[0], n, 3), device=device, generator=gen)
+        if isinstance(sampler, ProbabilityFlow):
+            return sampler.sample(model.continuous_denoiser(ctx), x).clamp(-OUTSIDE, OUTSIDE).float()
+        out = sample_loop(sampler, lambda x_k, k: model.denoiser(x_k, torch.tensor(k, device=device), ctx), x)
+        return out.clamp(-OUTSIDE, OUTSIDE).float()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ COMMANDS = {
     "benchmark": ("pipelines.benchmark", "train, fit and score DSTPP and the baselines on several catalogs"),
     "report": ("pipelines.report", "forecast map (offline HTML), gridded forecast (NetCDF + PNG), logged to MLflow"),
     "batch": ("pipelines.batch_forecast", "scheduled forecasts for the jobs in a config (idempotent, atomic, on Dask)"),
+    "csep-eval": ("pipelines.csep_eval", "daily CSEP forecasts over a period with pyCSEP's tests, DSTPP beside ETAS"),
     "serve": ("pipelines.serve", "the interactive risk map of the latest batch forecasts (local server or static file)"),
     "demo": (__name__, "run the main job on embedded defaults"),
 }

@@ -92,54 +92,41 @@ def run_forecast(catalog, model, req: ForecastRequest, out: Path, log=print) -> 
 
 def csep_days(catalog, model, req: ForecastRequest, t_at: float, out: Path, log) -> dict:
     """``req.days`` daily catalog forecasts from ``at``: each day conditions on every event before its start,
-    simulates ``req.simulations`` catalogs for 24 h and writes them as pyCSEP CSV."""
-    from stforecast.baselines.etas import aki_b_value, max_curvature_mc
+    simulates ``req.simulations`` catalogs for 24 h (streamed to a pyCSEP CSV, :func:`stforecast.csep.forecast_day`)
+    with the model's own magnitudes where it forecasts them, else a Gutenberg–Richter fill-in (said in the log)."""
     from stforecast.catalog import SECONDS_PER
-    from stforecast.csep import catalog_forecast_frame, run_csep_tests, write_catalog_forecast
+    from stforecast.csep import completeness, forecast_day, run_csep_tests
 
     units, events = catalog.units, catalog.events
     if not units.calendar or "magnitude" not in events:
         raise ValueError("--format csep needs an earthquake catalog with calendar times and magnitudes")
-    # The catalog's magnitude threshold is not its completeness (Japan: threshold 2.5, mode of the counts 4.4), so
-    # b is fitted above the completeness estimated on the training period, and magnitudes are drawn from there.
-    train = catalog.train_events
-    mc = max_curvature_mc(train["magnitude"].to_numpy())
-    above = train["magnitude"].to_numpy()
-    above = above[above >= mc - 1e-9]
-    b = aki_b_value(above, mc)
-    log(f"magnitudes: Gutenberg-Richter with b = {b:.3f} above Mc = {mc:.1f} (maximum curvature + 0.2; Aki MLE on "
-        f"{len(above):,} events before the validation start), for every model's simulated catalogs")
+    mc, b = completeness(catalog)
+    magnitudes = "model" if model_forecasts_magnitudes(model) else "gutenberg-richter"
+    log(f"magnitudes: {'the model' + chr(39) + 's own' if magnitudes == 'model' else 'Gutenberg-Richter fill-in'}; "
+        f"tests count events above Mc = {mc:.1f} (maximum curvature + 0.2; b = {b:.3f} by Aki's MLE on the "
+        "training period)")
     day = SECONDS_PER["days"] / units.seconds
-    result = {"gutenberg_richter": {"b": b, "mc": mc}, "days": []}
+    result = {"gutenberg_richter": {"b": b, "mc": mc}, "magnitudes": magnitudes, "days": []}
     for d in range(req.days):
-        t0, t1 = t_at + d * day, t_at + (d + 1) * day
-        keep = req.max_history or model.context
-        t_hist, xy_hist, marks = history_of(events[events["t"] < t0], keep)
-        hf = simulate_horizon(model, t_hist, xy_hist, t1, req.simulations, marks=marks, max_events=req.max_events,
-                              max_history=keep, steps=req.steps, seed=req.seed + d)
-        start = units.time_of(t0)
-        end = start + pd.Timedelta(days=1)
-        sims = units.to_original(hf.events) if len(hf.events) else pd.DataFrame(
-            columns=["simulation", "time", "lon", "lat"])
-        sims = sims[sims["time"] >= start]  # the simulation starts at the last observed event, before the day
-        path = write_catalog_forecast(catalog_forecast_frame(sims, mc, b, seed=req.seed + d), out,
-                                      catalog.name, start)
-        entry = {"start": str(start), "file": str(path), "n_catalogs": req.simulations,
-                 "mean_events": float(sims.groupby("simulation").size().reindex(range(req.simulations),
-                                                                                fill_value=0).mean()),
-                 "observed_events": int(((events["t"] >= t0) & (events["t"] < t1)).sum()),
-                 "note": "events of any magnitude above the catalog threshold; pyCSEP tests count those >= Mc",
-                 "capped": int(hf.capped.sum())}
+        start = units.time_of(t_at + d * day)
+        entry = forecast_day(catalog, model, start, req.simulations, out, magnitudes=magnitudes,
+                             max_events=req.max_events, max_history=req.max_history, seed=req.seed + d, gr=(mc, b))
         if req.csep_test:
             lonlat = units.to_original(events[["t", "x", "y"]])
             observed = events.assign(lon=lonlat["lon"], lat=lonlat["lat"])
-            bbox = catalog.region_lonlat()
-            entry["csep"] = run_csep_tests(path, req.simulations, observed, start, end, mc, tuple(bbox),
-                                           out_dir=out)
-        log(f"{start:%Y-%m-%d}: {entry['mean_events']:.2f} events per simulated catalog (observed "
-            f"{entry['observed_events']}) -> {path}")
+            entry["csep"] = run_csep_tests(entry["file"], req.simulations, observed, entry["start"], entry["end"], mc,
+                                           tuple(catalog.region_lonlat()), out_dir=out)
+        log(f"{pd.Timestamp(entry['start']):%Y-%m-%d}: {entry['mean_events']:.2f} events per simulated catalog "
+            f"(observed {entry['observed_events']}) -> {entry['file']}")
         result["days"].append(entry)
     return result
+
+
+def model_forecasts_magnitudes(model) -> bool:
+    """Whether the model's simulated events carry its own magnitudes (ETAS; DSTPP with a magnitude head)."""
+    if getattr(model, "magnitudes", None) == "model":
+        return True
+    return model.name == "etas"
 
 
 # -------------------------------------------------------------------------------- the `stforecast forecast` command
@@ -171,7 +158,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", dest="fmt", default="parquet", choices=["parquet", "csv", "csep"],
                    help="output files: parquet (default), csv, or csep (daily pyCSEP catalog forecasts)")
     p.add_argument("--days", type=int, default=1, help="csep: consecutive daily forecasts from --at")
-    p.add_argument("--csep-test", action="store_true", help="csep: run pyCSEP's number and spatial tests per day")
+    p.add_argument("--csep-test", action="store_true", help="csep: run pyCSEP's number, magnitude, spatial and pseudo-likelihood tests per day")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default reports/forecast-<data>)")
     add_model_guard(p)

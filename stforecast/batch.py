@@ -83,6 +83,7 @@ class SequenceSet:
         self.dt = t - np.where(first, starts, prev)  # waiting time before each row
         self.time_since_first = t - np.repeat(t[offsets[:-1]], self.lengths)
         self.predictable = is_target & ~first  # a target needs at least one earlier row
+        self.origin = None  # (source set, seq, cut) for prefixes of a source's windows
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -131,8 +132,15 @@ class SequenceSet:
         t_start = self.t[self.offsets[seq]] - self.dt[self.offsets[seq]]
         sub = SequenceSet(self.t[rows], self.x[rows], self.y[rows], t_start, self.is_target[rows], offsets,
                           None if self.mark is None else self.mark[rows])
+        sub.origin = (self, seq, cut)  # one causal pass over each source window gives every prefix's state
         nxt = self.offsets[seq] + cut
         return sub, np.stack([self.dt[nxt], self.x[nxt], self.y[nxt]], -1)
+
+    def next_marks(self, seq: np.ndarray, cut: np.ndarray) -> np.ndarray | None:
+        """(H,) the mark of the row after each prefix (the held-out magnitude), or None without marks."""
+        if self.mark is None:
+            return None
+        return self.mark[self.offsets[np.asarray(seq)] + np.asarray(cut)]
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                 max_tokens: int | None = None) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ functions, and every model reports a next-event negative log-likelihood in the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class Targets:
     histories: SequenceSet
     truth: np.ndarray
     stream_index: np.ndarray
+    truth_marks: dict = field(default_factory=dict)  # {name: (H,)} the true events' marks (magnitudes)
 
     def histories_for(self, events: pd.DataFrame | None, length: int) -> Histories:
         """What every model conditions on: the ``length`` events before each target in the whole catalog (with
@@ -60,7 +61,8 @@ def next_event_targets(processed_dir, split: str = "test", max_targets: int | No
     if max_targets is not None and len(rows) > max_targets:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_targets, replace=False))
     histories, truth = data.prefixes(seq_index[rows], frame["position"].to_numpy()[rows])
-    return Targets(histories, truth, frame["event_index"].to_numpy()[rows])
+    marks = {c: frame[c].to_numpy(float)[rows] for c in MARK_COLUMNS if c in frame}
+    return Targets(histories, truth, frame["event_index"].to_numpy()[rows], marks)
 
 
 def sample_scores(samples: np.ndarray, truth: np.ndarray, hdr_max: int = 300, curves: dict | None = None) -> dict:
@@ -116,7 +118,10 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: d
         dist = model.forecast(histories)
         samples = dist.sample(n, np.random.default_rng(seed)).events
         nll = dist.nll(targets.truth)
-        row = {"model": name, **nll.row()}
+        row = {"model": name, **nll.row(), "nll_magnitude": float("nan"), "nll_magnitude_gr": float("nan")}
+        # the magnitude's NLL where the model forecasts magnitudes (DSTPP's head, ETAS's Gutenberg-Richter law)
+        for mark, values in dist.mark_nll(targets.truth_marks).items():
+            row[f"nll_{mark}"] = float(np.mean(values))
         curves[name] = reliability(samples, targets.truth, hdr_max=hdr_events)
         # per-event joint NLL: paired differences between models (the gap's standard error) need them
         curves[name]["nll_joint"] = [float(v) for v in nll.joint_per_event]

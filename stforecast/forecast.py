@@ -67,83 +67,43 @@ def next_event(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, n: in
 @torch.no_grad()
 def simulate_horizon(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, t_end: float, m: int = 100, *,
                      marks: dict | None = None, max_events: int = 1000, max_history: int | None = None,
-                     steps: int | None = None, seed: int = 0, progress: bool = False) -> HorizonForecast:
+                     steps: int | None = None, seed: int = 0, progress: bool = False,
+                     chunk: int = 1000) -> HorizonForecast:
     """``m`` simulated continuations of a history from its last event ``t_hist[-1]`` to ``t_end``, from any
     :class:`~stforecast.model.base.Forecaster` (``marks``: the history's marks, {name: (L,)}; the model's own
     ``mark_names`` must be among them, and simulated events carry the marks the model samples, e.g. ETAS's
     magnitudes, which its next steps then condition on).
 
-    Each simulation conditions on its most recent ``max_history`` events (default: the model's context; observed,
-    then its own simulated ones). A cap of ``max_events`` per simulation bounds runaway (explosive) simulations;
-    hitting it warns.
+    Each model simulates its own way (:meth:`~stforecast.model.base.Forecaster.simulate_catalogs`, ``chunk``
+    simulations at a time): by default each simulation conditions on its most recent ``max_history`` events
+    (default: the model's context; observed, then its own simulated ones); DSTPP carries its encoder state forward
+    from the observed history, ETAS runs its branching process. A cap of ``max_events`` per simulation bounds
+    runaway (explosive) simulations; hitting it warns.
     """
     if steps is not None:
         model.configure(steps=steps)
     t_hist, xy_hist = np.asarray(t_hist, float), np.asarray(xy_hist, float)
     if len(t_hist) == 0:
         raise ValueError("a horizon forecast needs at least one observed event")
-    marks = {k: np.asarray(v, float) for k, v in (marks or {}).items()}
-    missing = [k for k in model.mark_names if k not in marks]
-    if missing:
-        raise ValueError(f"{model.describe()} needs the history's {missing}")
     t0 = float(t_hist[-1])
-    context = _context(model, max_history)
-    keep = min(len(t_hist), context)
-    # buffers: row = simulation (fixed id), columns = its event sequence (observed tail, then simulated)
-    width = keep + max_events
-    times = np.empty((m, width))
-    locs = np.empty((m, width, 2))
-    times[:, :keep] = t_hist[-keep:]
-    locs[:, :keep] = xy_hist[-keep:]
-    mark_buf = {k: np.full((m, width), np.nan) for k in marks}
-    for k, v in marks.items():
-        mark_buf[k][:, :keep] = v[-keep:]
-    length = keep  # every live simulation has this many events so far
-    counts = np.zeros(m, dtype=int)
-    alive = np.ones(m, dtype=bool)
-    capped = np.zeros(m, dtype=bool)
-    rows = []
-    rng = np.random.default_rng(seed)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=m, desc="simulations finished", unit="sim")
-    while alive.any():
-        ids = np.flatnonzero(alive)  # simulation ids: every array below is indexed by these, never by position
-        lo = max(0, length - context)
-        h = Histories(times[ids, lo:length], locs[ids, lo:length], {k: v[ids, lo:length] for k, v in mark_buf.items()})
-        drawn = model.forecast(h).sample(1, rng)
-        draw = drawn.events[:, 0]
-        new_t = times[ids, length - 1] + draw[:, 0]
-        inside = new_t < t_end
-        done = ids[~inside]
-        alive[done] = False
-        go = ids[inside]
-        times[go, length] = new_t[inside]
-        locs[go, length] = draw[inside, 1:]
-        drawn_marks = {k: v[inside, 0] for k, v in drawn.marks.items()}
-        for k, v in drawn_marks.items():
-            if k in mark_buf:
-                mark_buf[k][go, length] = v
-        counts[go] += 1
-        rows.append(pd.DataFrame({"simulation": go, "index": counts[go] - 1, "t": new_t[inside],
-                                  "dt": draw[inside, 0], "x": draw[inside, 1], "y": draw[inside, 2], **drawn_marks}))
-        length += 1
-        full = go[counts[go] >= max_events]
-        if len(full):
-            capped[full] = True
-            alive[full] = False
-        if bar is not None:
-            bar.update(int((~inside).sum()) + len(full))
-    if bar is not None:
-        bar.close()
+    chunks = list(model.simulate_catalogs(t_hist, xy_hist, marks or {}, float(t_end), m, np.random.default_rng(seed),
+                                          chunk=chunk, max_events=max_events, max_history=_context(model, max_history),
+                                          progress=progress))
+    counts = np.concatenate([c.counts for c in chunks]) if chunks else np.zeros(0, int)
+    capped = np.concatenate([c.capped for c in chunks]) if chunks else np.zeros(0, bool)
     if capped.any():
         warnings.warn(f"{int(capped.sum())} of {m} simulations hit max_events={max_events} before t_end={t_end}: "
                       "their counts are lower bounds (the model may be explosive here)", RuntimeWarning, stacklevel=2)
-    events = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["simulation", "index", "t", "dt", "x", "y"])
-    events = events.sort_values(["simulation", "index"], kind="stable").reset_index(drop=True)
+    frames = [c.events for c in chunks if len(c.events)]
+    if frames:
+        events = pd.concat(frames, ignore_index=True).sort_values(["simulation", "t"], kind="stable")
+        events["simulation"] = events["simulation"].astype(int)
+        events.insert(1, "index", events.groupby("simulation").cumcount())
+        prev = events.groupby("simulation")["t"].shift(1).fillna(t0)
+        events.insert(3, "dt", events["t"] - prev)
+        events = events.reset_index(drop=True)
+    else:
+        events = pd.DataFrame(columns=["simulation", "index", "t", "dt", "x", "y"])
     return HorizonForecast(events=events, counts=counts, capped=capped, t_start=t0, t_end=float(t_end))
 
 

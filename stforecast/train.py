@@ -187,12 +187,12 @@ def check_catalog(model, manifest: dict, allow_other: bool = False, warn=print) 
 
 
 def build_model(cfg: ModelConfig, manifest: dict, train_set: SequenceSet | None = None) -> DSTPP:
-    """A new model scaled by the manifest's train statistics; with ``mark_inputs``, the magnitudes of
+    """A new model scaled by the manifest's train statistics; with ``mark_inputs`` or ``mark_head``, the magnitudes of
     ``train_set`` (the train split) set their standardisation and the Gutenberg-Richter law simulated events draw."""
-    if cfg.mark_inputs:
+    if cfg.mark_inputs or cfg.mark_head:
         marks = None if train_set is None or train_set.mark is None else train_set.mark[np.isfinite(train_set.mark)]
         if marks is None or len(marks) < 2:
-            raise ValueError("mark_inputs needs a catalog with magnitudes (an earthquake catalog)")
+            raise ValueError("mark_inputs and mark_head need a catalog with magnitudes (an earthquake catalog)")
         from stforecast.baselines.etas import aki_b_value
 
         mc = float(marks.min())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -73,6 +74,8 @@ def test_forecast_cli_writes_pycsep_catalog_forecasts(ridgecrest, tmp_path):
     for f, day in zip(files, summary["days"]):
         frame = pd.read_csv(f)
         assert list(frame.columns) == COLUMNS
+        assert frame["catalog_id"].max() == 29  # the last catalog is listed (pyCSEP's explicit empty catalog row)
+        frame = frame.dropna(subset=["mag"])
         assert frame["catalog_id"].is_monotonic_increasing and frame["catalog_id"].between(0, 29).all()
         assert (frame["mag"] >= mc).all() and (frame["mag"] < 9.5).all()
         start = pd.Timestamp(day["start"]).tz_localize(None)
@@ -105,7 +108,8 @@ def test_max_curvature_finds_the_completeness_of_a_ramped_catalog():
 
 
 def test_pycsep_number_and_spatial_tests_run_offline(ridgecrest, tmp_path):
-    pytest.importorskip("csep")  # the optional `csep` extra
+    if not os.environ.get("CI"):  # CI installs the `csep` extra (through `dev`): there a missing pyCSEP fails
+        pytest.importorskip("csep")
     from pipelines.forecasting import ForecastRequest, run_forecast
     from stforecast.train import load_model
 

@@ -52,13 +52,14 @@ import math
 import time
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize
 
 from stforecast.baselines.hawkes import (CELL_BLOCK, PILOT_LAG, PRUNE_DENSITY, PRUNE_TOLERANCE, UniformBox, dot,
                                          needed_length, pair_blocks, parent_until, pick_columns, recent,
                                          stream_pairs, window_starts)
 from stforecast.baselines.poisson_kde import GaussianKDE2D
-from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
+from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples, SimulatedChunk
 
 NAMES = ("mu", "A", "alpha", "c", "p", "D", "q", "gamma")
 VARIANTS = ("power-law", "power-law-alpha", "gaussian")
@@ -339,6 +340,91 @@ class ETAS(Forecaster):
         s = self.forecast(h).sample(n, rng, b_value)
         return np.concatenate([s.events, s.marks["magnitude"][..., None]], -1)
 
+    def simulate_catalogs(self, t, xy, marks, t_end: float, n: int, rng: np.random.Generator, *,
+                          t_start: float | None = None, chunk: int = 2000, max_events: int = 5000,
+                          max_history: int | None = None, progress: bool = False, b_value: float | None = None,
+                          m_max: float = 9.5):
+        """``n`` simulated catalogs of the events in [t_start, t_end) (CSEP-style catalog forecasts: thousands per
+        window) from the ETAS branching process, vectorised over the catalogs of a chunk and the events of a
+        generation. It is :meth:`Forecaster.simulate_catalogs` for ETAS (what
+        :func:`stforecast.forecast.simulate_horizon` calls); the generic version draws one next event per catalog
+        and step (:meth:`ETASNextEvent.sample`), far slower.
+
+        ``t`` (L,), ``xy`` (L, 2), ``marks`` {"magnitude": (L,)} (or the (L,) magnitudes): the observed history,
+        time-sorted, every event at or before ``t_start`` (default: its newest event); pass the events above Mc the
+        model was fitted on. Its parents are those the next-event density reads after its newest event: the cut-off
+        rule (:func:`recent`), the newest ``max_history`` (default ``max_lag``) within ``cutoff``. The history is
+        everything known up to ``t_start``: nothing is simulated between its newest event and ``t_start``.
+
+        * Generation 0: each catalog gets Poisson(μ (t_end − t_start) + Σ_j Λ_j) events, each a background event
+          (uniform time, location from ``background.sample``) with probability ∝ μ (t_end − t_start), else an
+          offspring of observed parent j ∝ Λ_j = κ_j (S(a0_j) − S(a1_j)), S(a) = (1 + a/c)^{1−p}, with
+          a0_j = t_start − t_j and a1_j = min(t_end − t_j, cutoff) its ages at the window's ends: its time from the
+          Omori law truncated to those ages (closed-form inverse), its location from the variant's spatial kernel
+          around the parent, σ²(m_j) = D² e^{γ (m_j − Mc)}.
+        * Generation g + 1: every event i of generation g triggers Poisson(κ(m_i) (1 − S(min(t_end − t_i, cutoff))))
+          offspring in the rest of the window, drawn the same way; the loop (one pass per generation, none per
+          catalog or event) ends when a generation is empty.
+        * Magnitudes: Gutenberg-Richter above Mc with ``b_value`` (default: the fitted one, else 1), truncated at
+          ``m_max``.
+
+        Every event triggers over ages up to ``cutoff`` (the whole window when it is infinite, as on real
+        catalogs). Unlike the generic lock-step sampler, simulated events do not push the oldest observed parents
+        out at the ``max_history`` cap: the two sample the same process when the cut-off is infinite and the observed
+        parents plus a catalog's events stay within the cap.
+
+        A catalog whose events would pass ``max_events`` keeps ``max_events`` of them, stops triggering and is
+        flagged ``capped`` (its count is a lower bound): an explosive fit costs at most ``chunk × max_events``
+        events per chunk (about 40 bytes each) however large its expected offspring. Memory is bounded by the
+        chunk, not by ``n``.
+
+        Returns a generator (the simulation runs as it is consumed) of one
+        :class:`~stforecast.model.base.SimulatedChunk` per ``chunk`` catalogs: ``first`` its first catalog id,
+        ``counts`` (c,) int64 events per catalog, ``capped`` (c,) bool, and ``events`` a DataFrame with columns
+        ``simulation`` (int64, the global catalog id ``first`` .. ``first + c − 1``), ``t``, ``x``, ``y``,
+        ``magnitude`` (model units), sorted by (simulation, t); catalogs without events have no rows. Stream the
+        chunks to a file and keep the counts: ``for c in model.simulate_catalogs(...): c.events.to_csv(...)``.
+        ``progress``: a tqdm bar over the catalogs.
+        """
+        t, xy = np.asarray(t, float), np.asarray(xy, float).reshape(-1, 2)
+        m = np.asarray(marks["magnitude"] if isinstance(marks, dict) else marks, float)
+        if len(m) != len(t):
+            raise ValueError(f"ETAS catalogs need the history's magnitudes: {len(m)} for {len(t)} events")
+        t_start = float(t[-1]) if t_start is None else float(t_start)
+        t_end, n = float(t_end), int(n)
+        if not t_end > t_start:
+            raise ValueError(f"the window needs t_end > t_start, not [{t_start}, {t_end})")
+        if len(t) and t[-1] > t_start:
+            raise ValueError(f"the history must end by t_start={t_start} (its newest event is at {t[-1]})")
+        if n < 0 or chunk < 1 or max_events < 1:
+            raise ValueError("n must be ≥ 0, chunk and max_events ≥ 1")
+        if not m_max > self.mc:
+            raise ValueError(f"m_max={m_max} must exceed Mc={self.mc}")
+        b_value = float(b_value or getattr(self, "b_value", None) or 1.0)
+        parents = self._window_parents(t, xy, m, t_start, t_end, int(max_history or self.max_lag))
+        return _catalog_chunks(self, parents, t_start, t_end, n, rng, b_value, m_max, int(chunk), int(max_events),
+                               progress)
+
+    def _window_parents(self, t, xy, m, t_start: float, t_end: float, cap: int) -> dict:
+        """The observed parents of the window [t_start, t_end) (the cut-off rule at the history's newest event):
+        locations, log σ², and each one's expected offspring in the window with its ages at the window's ends."""
+        mu, A, alpha, c, p, D, q, gamma = _unpack(_tied(self.theta, self.variant))
+        L = min(len(t), cap)
+        if L == 0:
+            pm, pxy, a0 = np.empty(0), np.empty((0, 2)), np.empty(0)
+        else:
+            h = Histories(t[None, -L:], xy[None, -L:], {"magnitude": m[None, -L:]})
+            valid, parent_xy, marks, age = recent(h, cap, self.cutoff)
+            keep = valid[0]
+            pm, pxy = marks["magnitude"][0][keep], parent_xy[0][keep]
+            a0 = age[0][keep] + (t_start - t[-1])
+        a1 = np.minimum(a0 + (t_end - t_start), self.cutoff)
+        width = np.maximum(a1 - a0, 0.0)
+        drop = -np.expm1((1 - p) * np.log1p(width / (c + a0)))  # 1 − S(a1) / S(a0)
+        mass = A * np.exp(alpha * (pm - self.mc)) * np.exp((1 - p) * np.log1p(a0 / c)) * drop
+        return {"xy": pxy, "log_sig2": 2 * math.log(D) + gamma * (pm - self.mc), "a0": a0, "a1": a1,
+                "drop": drop, "mass": mass}
+
 
 class ETASNextEvent(NextEvent):
     """The exact next-event distribution after each history (its parents: the model's cut-off rule; its
@@ -378,6 +464,14 @@ class ETASNextEvent(NextEvent):
     def nll(self, truth: np.ndarray) -> NLL:
         lt, ls = self.log_terms(np.asarray(truth, float))
         return NLL(-np.column_stack([lt, ls]), "exact")
+
+    def mark_nll(self, marks: dict) -> dict:
+        """{"magnitude": (H,)}: −log of ETAS's magnitude law, Gutenberg-Richter with the fitted b above Mc (scored
+        like DSTPP's head: from half a 0.1 bin below Mc)."""
+        if "magnitude" not in marks:
+            return {}
+        b = float(getattr(self.model, "b_value", None) or 1.0)
+        return {"magnitude": -gutenberg_richter_log_prob(marks["magnitude"], self.model.mc, b)}
 
     def sample(self, n: int, rng: np.random.Generator, b_value: float | None = None) -> Samples:
         """Exact draws. The triggered part after t_n is a Poisson process (the superposition of each parent's
@@ -437,6 +531,104 @@ class ETASNextEvent(NextEvent):
         return Samples(out, {"magnitude": magnitude})
 
 
+# ------------------------------------------------------------------------------ many catalogs of one window
+def _kernel_offsets(log_sig2: np.ndarray, q: float, variant: str, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2) displacements from the variant's spatial kernel with scales σ² = exp(``log_sig2``)."""
+    n = len(log_sig2)
+    sig = np.exp(0.5 * log_sig2)
+    if variant == "gaussian":
+        return sig[:, None] * rng.normal(size=(n, 2))
+    with np.errstate(over="ignore"):
+        r = sig * np.sqrt((1 - rng.random(n)) ** (1 / (1 - q)) - 1)  # P(R > r) = (1 + r²/σ²)^{1−q}
+    angle = rng.uniform(0, 2 * math.pi, n)
+    return np.column_stack([r * np.cos(angle), r * np.sin(angle)])
+
+
+def _gr_magnitudes(n: int, mc: float, b_value: float, m_max: float, rng: np.random.Generator) -> np.ndarray:
+    """Gutenberg-Richter magnitudes above ``mc`` truncated at ``m_max`` (inverse CDF)."""
+    beta = b_value * math.log(10)
+    return mc - np.log1p(-rng.random(n) * -np.expm1(-beta * (m_max - mc))) / beta
+
+
+def _fit_in_room(cat: np.ndarray, k: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """``k`` offspring counts of events grouped by catalog (``cat`` sorted), cut so that no catalog gets more than
+    its ``room``: earlier events of a catalog fill it first."""
+    before = np.cumsum(k) - k
+    starts = np.r_[0, np.flatnonzero(np.diff(cat)) + 1] if len(cat) else np.zeros(0, np.int64)
+    within = before - np.repeat(before[starts], np.diff(np.r_[starts, len(cat)]))
+    return np.clip(room[cat] - within, 0, k)
+
+
+def _catalog_chunks(model: ETAS, parents: dict, t_start: float, t_end: float, n_catalogs: int,
+                    rng: np.random.Generator, b_value: float, m_max: float, chunk: int, max_events: int,
+                    progress: bool):
+    """The generator behind :meth:`ETAS.simulate_catalogs`: one :class:`SimulatedChunk` per ``chunk`` catalogs."""
+    mu, A, alpha, c, p, D, q, gamma = _unpack(_tied(model.theta, model.variant))
+    mc, variant, cutoff = model.mc, model.variant, model.cutoff
+    last = np.nextafter(t_end, -math.inf)  # the latest time inside [t_start, t_end)
+    # a Poisson mean this far above max_events overflows the room all the same: cap it (numpy refuses huge means)
+    lam_cap = 10.0 * max_events + 1000.0
+    cum = np.cumsum(np.r_[mu * (t_end - t_start), parents["mass"]])
+    total, cum = cum[-1], cum / cum[-1]
+    W = len(parents["mass"])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_catalogs, desc="ETAS catalogs", unit="catalog")
+    try:
+        for first in range(0, n_catalogs, chunk):
+            n = min(chunk, n_catalogs - first)
+            drawn = rng.poisson(min(total, lam_cap), n)
+            capped = drawn > max_events
+            counts = np.minimum(drawn, max_events)
+            # generation 0: background events and the observed parents' offspring (grouped by catalog)
+            cat = np.repeat(np.arange(n), counts)
+            source = np.minimum(np.searchsorted(cum, rng.random(len(cat)), side="right"), W)  # 0: background
+            tt, xy = np.empty(len(cat)), np.empty((len(cat), 2))
+            bg = source == 0
+            tt[bg] = rng.uniform(t_start, t_end, int(bg.sum()))
+            xy[bg] = model.background.sample(int(bg.sum()), rng)
+            j = source[~bg] - 1
+            a0 = parents["a0"][j]
+            with np.errstate(over="ignore"):
+                age = a0 + (c + a0) * np.expm1(np.log1p(-rng.random(len(j)) * parents["drop"][j]) / (1 - p))
+            tt[~bg] = t_start + np.minimum(age, parents["a1"][j]) - a0
+            xy[~bg] = parents["xy"][j] + _kernel_offsets(parents["log_sig2"][j], q, variant, rng)
+            mm = _gr_magnitudes(len(cat), mc, b_value, m_max, rng)
+            parts = []
+            while len(cat):
+                tt = np.minimum(tt, last)
+                parts.append((cat, tt, xy, mm))
+                live = ~capped[cat]  # a capped catalog's events trigger no more
+                cat, tt, xy, mm = cat[live], tt[live], xy[live], mm[live]
+                a1 = np.minimum(t_end - tt, cutoff)
+                drop = -np.expm1((1 - p) * np.log1p(a1 / c))  # 1 − S(a1): the offspring share left in the window
+                k = rng.poisson(np.minimum(A * np.exp(alpha * (mm - mc)) * drop, lam_cap))
+                kept = _fit_in_room(cat, k, max_events - counts)
+                capped[cat[kept < k]] = True
+                parent = np.repeat(np.arange(len(cat)), kept)
+                with np.errstate(over="ignore"):
+                    age = c * np.expm1(np.log1p(-rng.random(len(parent)) * drop[parent]) / (1 - p))
+                new_t = tt[parent] + np.minimum(age, a1[parent])
+                new_xy = xy[parent] + _kernel_offsets(2 * math.log(D) + gamma * (mm[parent] - mc), q, variant, rng)
+                cat, tt, xy = cat[parent], new_t, new_xy
+                mm = _gr_magnitudes(len(cat), mc, b_value, m_max, rng)
+                counts += np.bincount(cat, minlength=n)
+            if parts:
+                cat, tt, xy, mm = (np.concatenate(a) for a in zip(*parts))
+            else:
+                cat, tt, xy, mm = np.empty(0, np.int64), np.empty(0), np.empty((0, 2)), np.empty(0)
+            order = np.lexsort((tt, cat))
+            events = pd.DataFrame({"simulation": cat[order].astype(np.int64) + first, "t": tt[order],
+                                   "x": xy[order, 0], "y": xy[order, 1], "magnitude": mm[order]})
+            if bar is not None:
+                bar.update(n)
+            yield SimulatedChunk(events, first, counts, capped)
+    finally:
+        if bar is not None:
+            bar.close()
+
 def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float, rng: np.random.Generator,
                   max_events: int = 500_000, variant: str = "power-law"):
     """A catalog from the ETAS branching structure: background events uniform in the box, Gutenberg-Richter
@@ -475,6 +667,13 @@ def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float,
     m = np.concatenate([a[2] for a in parts])
     order = np.argsort(t)
     return t[order], xy[order], m[order]
+
+
+def gutenberg_richter_log_prob(m: np.ndarray, mc: float, b: float) -> np.ndarray:
+    """log of the Gutenberg-Richter density β e^{−β (m − lo)}, β = b ln 10, lo = Mc − 0.05 (half a 0.1 reporting
+    bin below Mc; DSTPP's magnitude head is scored from the same point)."""
+    beta = b * math.log(10)
+    return math.log(beta) - beta * np.maximum(np.asarray(m, float) - (mc - 0.05), 0)
 
 
 def aki_b_value(m: np.ndarray, mc: float, bin_width: float = 0.1) -> float:

@@ -153,6 +153,19 @@ class NLL:
                 "nll_bound_kind": "", "sampler": "", **self.extra}
 
 
+@dataclass
+class SimulatedChunk:
+    """Simulated catalogs ``first`` .. ``first + len(counts) − 1`` of a horizon forecast: ``events`` one row per
+    simulated event in the scored window (``simulation`` the catalog id, ``t``, ``x``, ``y`` in model units, and
+    the marks the model forecasts), ``counts`` (c,) events per catalog in the window, ``capped`` (c,) True where
+    ``max_events`` cut a catalog (its count is then a lower bound)."""
+
+    events: object  # pandas DataFrame
+    first: int
+    counts: np.ndarray
+    capped: np.ndarray
+
+
 class NextEvent(ABC):
     """The forecast distribution of the event after each of ``H`` histories."""
 
@@ -165,6 +178,11 @@ class NextEvent(ABC):
     @abstractmethod
     def nll(self, truth: np.ndarray) -> NLL:
         """``truth`` (H, 3) = (dt, x, y) of the events that happened."""
+
+    def mark_nll(self, marks: dict) -> dict:
+        """{name: (H,)} NLL of the true marks ({name: (H,)}, e.g. magnitudes) of those events, for the marks the
+        model forecasts (nats per mark unit); {} where it forecasts none."""
+        return {}
 
 
 class Forecaster(ABC):
@@ -201,3 +219,74 @@ class Forecaster(ABC):
     def describe(self) -> str:
         """One line for titles, logs and file attributes."""
         return self.name
+
+    def simulate_catalogs(self, t: np.ndarray, xy: np.ndarray, marks: dict, t_end: float, n: int,
+                          rng: np.random.Generator, *, t_start: float | None = None, chunk: int = 1000,
+                          max_events: int = 1000, max_history: int | None = None, progress: bool = False):
+        """``n`` simulated continuations of one history (``t`` (L,), ``xy`` (L, 2), ``marks`` {name: (L,)}, newest
+        last) from its newest event to ``t_end``; yields a :class:`SimulatedChunk` per ``chunk`` catalogs, with
+        the events in [``t_start`` (default: the newest event), ``t_end``).
+
+        This generic version runs the catalogs of a chunk in lock-step through :meth:`forecast`: at each step
+        every live simulation draws its next event conditioned on its newest ``max_history`` (default:
+        ``context``) events, observed then its own. Models override it where they can do better (ETAS: its
+        branching process; DSTPP: an encoder state carried forward)."""
+        import pandas as pd
+
+        t, xy = np.asarray(t, float), np.asarray(xy, float)
+        marks = {k: np.asarray(v, float) for k, v in (marks or {}).items()}
+        missing = [k for k in self.mark_names if k not in marks]
+        if missing:
+            raise ValueError(f"{self.describe()} needs the history's {missing}")
+        context = int(max_history or self.context)
+        keep = min(len(t), context)
+        t_start = float(t[-1]) if t_start is None else float(t_start)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="catalogs simulated", unit="catalog")
+        for first in range(0, n, chunk):
+            size = min(chunk, n - first)
+            width = keep + max_events
+            times, locs = np.empty((size, width)), np.empty((size, width, 2))
+            times[:, :keep], locs[:, :keep] = t[-keep:], xy[-keep:]
+            mark_buf = {k: np.full((size, width), np.nan) for k in marks}
+            for k, v in marks.items():
+                mark_buf[k][:, :keep] = v[-keep:]
+            length, drawn = keep, np.zeros(size, np.int64)
+            counts, capped = np.zeros(size, np.int64), np.zeros(size, bool)
+            alive = np.ones(size, bool)
+            parts = []
+            while alive.any():
+                ids = np.flatnonzero(alive)
+                lo = max(0, length - context)
+                h = Histories(times[ids, lo:length], locs[ids, lo:length],
+                              {k: v[ids, lo:length] for k, v in mark_buf.items()})
+                s = self.forecast(h).sample(1, rng)
+                d = s.events[:, 0]
+                new_t = times[ids, length - 1] + d[:, 0]
+                inside = new_t < t_end
+                record = inside & (new_t >= t_start)
+                counts[ids[record]] += 1
+                if record.any():
+                    parts.append(pd.DataFrame({"simulation": first + ids[record], "t": new_t[record],
+                                               "x": d[record, 1], "y": d[record, 2],
+                                               **{k: v[record, 0] for k, v in s.marks.items()}}))
+                go = ids[inside]
+                times[go, length], locs[go, length] = new_t[inside], d[inside, 1:]
+                for k, v in s.marks.items():
+                    if k in mark_buf:
+                        mark_buf[k][go, length] = v[inside, 0]
+                drawn[go] += 1
+                alive[ids[~inside]] = False
+                full = go[drawn[go] >= max_events]
+                capped[full], alive[full] = True, False
+                length += 1
+                if bar is not None:
+                    bar.update(int((~inside).sum()) + len(full))
+            events = (pd.concat(parts, ignore_index=True) if parts
+                      else pd.DataFrame(columns=["simulation", "t", "x", "y"]))
+            yield SimulatedChunk(events, first, counts, capped)
+        if bar is not None:
+            bar.close()

@@ -22,15 +22,18 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stforecast.baselines.etas import gutenberg_richter_log_prob
 from stforecast.batch import Batch
 from stforecast.defaults import SAMPLER_STEPS
 from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
 from stforecast.model.ode import ProbabilityFlow, clamp_steps, solver_error
-from stforecast.model.schedule import NoiseSchedule, make_sampler, sample_loop, variational_bound
+from stforecast.model.schedule import (DPMSolverSampler, NoiseSchedule, make_sampler, sample_loop,
+                                       variational_bound)
 
 
 @dataclass
@@ -55,6 +58,11 @@ class ModelConfig:
     location: str = "absolute"  # "absolute": diffuse the scaled (x, y); "relative": asinh of the displacement
     # from the newest event; "parent": from the past event an Omori-Utsu weight 10^m / (lag + c)^1.1 picks
     location_scale: float = 0.002  # relative: asinh's linear scale r0 as a fraction of the region's width
+    # issue 12: magnitude as a forecast mark, p(m | h) a mixture of exponentials above Mc (Gutenberg-Richter is one
+    # exponential), read from the history state, trained beside the denoising loss; exact NLL in closed form
+    mark_head: bool = False
+    mark_components: int = 3
+    mark_weight: float = 1.0  # weight of the magnitude NLL in the training loss
     # filled from the train split by stforecast.train.build_model (so a checkpoint carries them)
     mark_center: float = 0.0
     mark_scale: float = 1.0
@@ -69,6 +77,9 @@ class ModelConfig:
 #: rtol = atol of the probability-flow ODE: on the Japan model, 1e-4 changes the validation NLL by < 0.001 nats
 #: from 1e-5 at a sixth of the function evaluations (1,166 vs 6,872)
 ODE_TOLERANCE = 1e-4
+
+#: network evaluations of the fast sampler (DPM-Solver++(2M)): `python -m benchmarks.sample_speed --quality`
+FAST_STEPS = 10
 
 #: |scaled value| beyond which an ODE sample is clamped (the training data span [-1, 1])
 OUTSIDE = 2.0
@@ -154,6 +165,18 @@ class Scaler(nn.Module):
             xy = ref + self.r0 * torch.sinh(xy)
         return torch.cat([dt.unsqueeze(-1), xy], -1)
 
+    @torch.no_grad()
+    def sample_magnitudes(self, cond: torch.Tensor, n: int, rng: np.random.Generator,
+                          generator: torch.Generator | None = None) -> dict:
+        """{"magnitude": (B, n)} numpy magnitudes for ``n`` events after each state ``cond`` (B, 3 d), from the
+        head or the Gutenberg-Richter fill-in (``self.magnitudes``); {} for a model without magnitudes."""
+        if self.magnitudes == "model":
+            return {"magnitude": self.magnitude_head.sample(cond, n, generator).double().cpu().numpy()}
+        if self.magnitudes == "gutenberg-richter":
+            cfg = self.cfg
+            return {"magnitude": cfg.mark_mc + rng.exponential(1 / (cfg.mark_b * math.log(10)), (len(cond), n))}
+        return {}
+
     def log_jacobian(self, truth: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """(H, 3) log |d scaled / d model units| per coordinate at ``truth`` (H, 3) = (dt, x, y): a density in
         scaled units times this is the density in model units (days, km, ...). −log p(model) = −log p(scaled) −
@@ -191,15 +214,101 @@ class EncoderLayer(nn.Module):
         nn.init.xavier_uniform_(self.qkv.weight)
         nn.init.xavier_uniform_(self.proj.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep_kv: list | None = None) -> torch.Tensor:
         """``x`` (B, L, d), right-padded. Row i attends to rows 0..i: since padding only follows the real rows of
-        a sequence, the causal mask alone keeps every real row from seeing padding (and the future)."""
+        a sequence, the causal mask alone keeps every real row from seeing padding (and the future).
+        ``keep_kv``: a list the keys and values (each (B, heads, L, d/heads)) are appended to (an encoder cache)."""
         B, L, d = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if keep_kv is not None:
+            keep_kv.append((k, v))
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
+        return self._finish(x, a)
+
+    def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        B, L, d = x.shape
         x = self.ln1(x + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, d))))
         return self.ln2(x + self.drop(self.ff(x)))
+
+    def step(self, x: torch.Tensor, cache: "LayerCache") -> torch.Tensor:
+        """One new row per sequence: ``x`` (B, 1, d) attends to the cached rows and itself; its key and value
+        join the cache. Equal to :meth:`forward` on the whole sequence, at that row (eval mode)."""
+        B, _, d = x.shape
+        q, k, v = self.qkv(x).view(B, 1, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        cache.append(k, v)
+        scale = (d // self.heads) ** -0.5
+        # scores against the shared prefix (broadcast, never copied per sequence) and each sequence's own rows
+        scores = [q @ key.transpose(-1, -2) * scale for key in cache.keys()]
+        w = torch.softmax(torch.cat(scores, -1), -1).split([sc.shape[-1] for sc in scores], -1)
+        a = sum(wi @ vi for wi, vi in zip(w, cache.values()))
+        return self._finish(x, a)
+
+
+class LayerCache:
+    """Keys and values of the rows one attention layer has seen: a ``prefix`` (k, v) each (1 or B, heads, P, dh)
+    shared by every sequence (the observed history of lock-step simulations), then each sequence's own rows in a
+    buffer that grows by doubling (B, heads, capacity, dh), ``n`` of them filled."""
+
+    def __init__(self, prefix: tuple[torch.Tensor, torch.Tensor]):
+        self.prefix = prefix
+        self.own: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.n = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.own is None or self.n == self.own[0].shape[2]:
+            cap = max(8, 2 * self.n)
+            grown = [t.new_empty((t.shape[0], t.shape[1], cap, t.shape[3])) for t in (k, v)]
+            if self.own is not None:
+                for g, old in zip(grown, self.own):
+                    g[:, :, :self.n] = old[:, :, :self.n]
+            self.own = tuple(grown)
+        self.own[0][:, :, self.n:self.n + 1] = k
+        self.own[1][:, :, self.n:self.n + 1] = v
+        self.n += 1
+
+    def keys(self) -> list[torch.Tensor]:
+        return [self.prefix[0]] + ([self.own[0][:, :, :self.n]] if self.n else [])
+
+    def values(self) -> list[torch.Tensor]:
+        return [self.prefix[1]] + ([self.own[1][:, :, :self.n]] if self.n else [])
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep sequences ``index`` (retired simulations leave the batch)."""
+        if self.prefix[0].shape[0] > 1:
+            self.prefix = tuple(t[index] for t in self.prefix)
+        if self.own is not None:
+            self.own = tuple(t[index, :, :max(self.n, 1)] for t in self.own)
+
+    def expand(self, batch: int) -> "LayerCache":
+        """A fresh cache for ``batch`` sequences that all start from this one's prefix (nothing of their own)."""
+        assert self.n == 0, "expand a cache before any sequence has rows of its own"
+        return LayerCache(self.prefix)
+
+
+@dataclass
+class EncoderCache:
+    """What :meth:`HistoryEncoder.advance` needs to add a row to B sequences: per stream, each attention layer's
+    :class:`LayerCache` and the recurrent head's (h, c) (each (1, B, hidden)); and ``state`` (B, 3 d), the encoder
+    state after the newest row."""
+
+    layers: list  # [stream][layer] -> LayerCache
+    rnn: list  # [stream] -> (h, c) or None
+    state: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> None:
+        for stream in self.layers:
+            for cache in stream:
+                cache.select(index)
+        self.rnn = [None if hc is None else tuple(t[:, index] for t in hc) for hc in self.rnn]
+        self.state = self.state[index]
+
+    def expand(self, batch: int) -> "EncoderCache":
+        """``batch`` copies of a one-sequence cache (the shared observed history of ``batch`` simulations)."""
+        assert self.state.shape[0] == 1
+        return EncoderCache([[c.expand(batch) for c in stream] for stream in self.layers],
+                            [None if hc is None else tuple(t.expand(-1, batch, -1).contiguous() for t in hc)
+                             for hc in self.rnn], self.state.expand(batch, -1))
 
 
 class Stream(nn.Module):
@@ -212,14 +321,30 @@ class Stream(nn.Module):
         self.rnn = nn.LSTM(cfg.d_model, cfg.rnn_hidden, batch_first=True) if cfg.rnn_hidden else None
         self.out = nn.Linear(cfg.rnn_hidden, cfg.d_model) if cfg.rnn_hidden else nn.Identity()
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, cache: list | None = None) -> torch.Tensor:
+        """``x`` (B, L, d) → (B, L, d). ``cache``: a list that receives [layer caches, (h, c)] for sequences
+        without padding (their last row is row L − 1)."""
+        kv = [] if cache is not None else None
         for layer in self.layers:
-            x = layer(x) * keep
+            x = layer(x, kv) * keep
+        hc = None
         if self.rnn is not None:
             # Right padding only follows the real rows and the LSTM runs forwards, so outputs at real rows are
             # exactly those of a packed run; length bucketing keeps the wasted padded steps few.
-            x = self.out(self.rnn(x)[0])
+            y, hc = self.rnn(x)
+            x = self.out(y)
+        if cache is not None:
+            cache.extend([[LayerCache(p) for p in kv], hc])
         return x * keep
+
+    def step(self, x: torch.Tensor, layers: list, hc):
+        """One new row (B, 1, d) → its output (B, 1, d) and the new recurrent state."""
+        for layer, cache in zip(self.layers, layers):
+            x = layer.step(x, cache)
+        if self.rnn is not None:
+            y, hc = self.rnn(x, hc)
+            x = self.out(y)
+        return x, hc
 
 
 class HistoryEncoder(nn.Module):
@@ -251,6 +376,37 @@ class HistoryEncoder(nn.Module):
         B, L = time.shape
         # which rows are real comes from the lengths, never from coordinate values
         keep = (torch.arange(L, device=time.device) < lengths.unsqueeze(1)).unsqueeze(-1).to(xy_scaled.dtype)
+        e_t, e_s = self.embed(time, xy_scaled, wait, step, mark)
+        e_t, e_s = e_t * keep, e_s * keep
+        h = [stream(x, keep) for stream, x in zip(self.streams, (e_t, e_s, e_t + e_s))]
+        return torch.cat(h, -1)
+
+    def start(self, time: torch.Tensor, xy_scaled: torch.Tensor, wait: torch.Tensor | None = None,
+              step: torch.Tensor | None = None, mark: torch.Tensor | None = None) -> EncoderCache:
+        """Encode B unpadded histories (B, L) in one pass and keep what :meth:`advance` needs to extend them."""
+        B, L = time.shape
+        keep = torch.ones((B, L, 1), dtype=xy_scaled.dtype, device=xy_scaled.device)
+        e_t, e_s = self.embed(time, xy_scaled, wait, step, mark)
+        caches = [[] for _ in self.streams]
+        h = [stream(x, keep, c) for stream, x, c in zip(self.streams, (e_t, e_s, e_t + e_s), caches)]
+        return EncoderCache([c[0] for c in caches], [c[1] for c in caches], torch.cat(h, -1)[:, -1])
+
+    def advance(self, cache: EncoderCache, time: torch.Tensor, xy_scaled: torch.Tensor,
+             wait: torch.Tensor | None = None, step: torch.Tensor | None = None,
+             mark: torch.Tensor | None = None) -> torch.Tensor:
+        """Add one row to each of the cache's B sequences (inputs as :meth:`forward`'s, shaped (B,) and (B, 2)):
+        the cost of one row, not of re-encoding the history. Returns and stores the new state (B, 3 d)."""
+        add = (lambda v: None if v is None else v.unsqueeze(1))
+        e_t, e_s = self.embed(add(time), add(xy_scaled), add(wait), add(step), add(mark))
+        out = []
+        for i, (stream, x) in enumerate(zip(self.streams, (e_t, e_s, e_t + e_s))):
+            y, cache.rnn[i] = stream.step(x, cache.layers[i], cache.rnn[i])
+            out.append(y[:, 0])
+        cache.state = torch.cat(out, -1)
+        return cache.state
+
+    def embed(self, time, xy_scaled, wait=None, step=None, mark=None):
+        """(B, L) inputs → the temporal and spatial stream inputs e_t, e_s (B, L, d)."""
         e_t = sinusoid(time, self.d)
         e_s = self.spatial(xy_scaled)
         if self.wait is not None:
@@ -260,9 +416,7 @@ class HistoryEncoder(nn.Module):
         if self.mark is not None:  # a magnitude changes both how long and how far the triggering reaches
             e_m = self.mark(mark.unsqueeze(-1))
             e_t, e_s = e_t + e_m, e_s + e_m
-        e_t, e_s = e_t * keep, e_s * keep
-        h = [stream(x, keep) for stream, x in zip(self.streams, (e_t, e_s, e_t + e_s))]
-        return torch.cat(h, -1)
+        return e_t, e_s
 
 
 # -------------------------------------------------------------------------------------------------- denoiser
@@ -326,6 +480,62 @@ class CoAttentionDenoiser(nn.Module):
         return torch.cat([self.head_t(o_t), self.head_s(o_s)], -1)
 
 
+def length_buckets(lengths: np.ndarray, max_rows: int, spread: float = 1.5) -> np.ndarray:
+    """Bucket ids for sequences sorted by length (ascending): a bucket closes when its padded rows (count ×
+    longest) would pass ``max_rows`` or its longest would pass ``spread`` × its shortest, so padding stays
+    under a third of the work whatever the mix of lengths (one long window does not pad a hundred short ones)."""
+    out = np.empty(len(lengths), dtype=np.int64)
+    bucket, first, count = 0, None, 0
+    for i, n in enumerate(np.asarray(lengths)):
+        n = max(int(n), 1)
+        if first is not None and ((count + 1) * n > max_rows or n > spread * first):
+            bucket, first, count = bucket + 1, None, 0
+        if first is None:
+            first = n
+        out[i] = bucket
+        count += 1
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- magnitudes
+class MagnitudeHead(nn.Module):
+    """p(m | h): the next event's magnitude above ``lo`` = Mc − 0.05 (half a 0.1 reporting bin) as a mixture of
+    ``J`` exponentials whose weights and rates the history state sets. One exponential with the catalog's b is
+    Gutenberg-Richter (ETAS's magnitude law); the mixture can put more weight on large magnitudes after a large
+    shock, or less in a quiet spell. Rates start at b ln 10 (the Aki b of the train split)."""
+
+    def __init__(self, d_state: int, cfg: ModelConfig):
+        super().__init__()
+        self.lo = cfg.mark_mc - 0.05
+        self.base = math.log(cfg.mark_b * math.log(10))
+        self.net = nn.Sequential(nn.Linear(d_state, 64), nn.GELU(), nn.Linear(64, 2 * cfg.mark_components))
+        nn.init.zeros_(self.net[-1].weight)
+        with torch.no_grad():  # rates spread around G-R's at start (0.7x, 1x, 1.4x)
+            self.net[-1].bias.zero_()
+            self.net[-1].bias[cfg.mark_components:] = torch.linspace(-0.35, 0.35, cfg.mark_components)
+
+    def params(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cond`` (..., 3 d) → log mixture weights and log rates (..., J)."""
+        logits, log_rate = self.net(cond.float()).chunk(2, -1)
+        return torch.log_softmax(logits, -1), log_rate.clamp(-5, 5) + self.base
+
+    def log_prob(self, cond: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """log p(m | h) (...) in nats per magnitude unit; magnitudes below ``lo`` are scored at ``lo``."""
+        log_w, log_rate = self.params(cond)
+        excess = (m.float() - self.lo).clamp(min=0).unsqueeze(-1)
+        return torch.logsumexp(log_w + log_rate - log_rate.exp() * excess, -1)
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               m_max: float = 9.5) -> torch.Tensor:
+        """``cond`` (B, 3 d) → (B, n) magnitudes (capped at ``m_max``)."""
+        log_w, log_rate = self.params(cond)
+        j = torch.multinomial(log_w.exp(), n, replacement=True, generator=generator)  # (B, n)
+        rate = torch.gather(log_rate.exp(), 1, j)
+        u = torch.rand(rate.shape, generator=generator, device=rate.device)
+        return (self.lo - torch.log1p(-u) / rate).clamp(max=m_max)
+
+
 # -------------------------------------------------------------------------------------------------- the model
 class DSTPP(nn.Module, Forecaster):
     name = "dstpp"
@@ -343,24 +553,45 @@ class DSTPP(nn.Module, Forecaster):
         self.sampler, self.ode_tolerance, self._flows = "ode", ODE_TOLERANCE, {}
         self.ddim = make_sampler(self.schedule, "ddim", min(SAMPLER_STEPS, cfg.steps))
         self.bound_repeats, self.x0_mse = 4, None
+        self.fast = make_sampler(self.schedule, "dpm", min(FAST_STEPS, cfg.steps))
         self.mark_names = ("magnitude",) if cfg.mark_inputs else ()
+        self.magnitude_head = MagnitudeHead(3 * cfg.d_model, cfg) if cfg.mark_head else None
+        # where simulated events' magnitudes come from: the model's head, or (an explicit option, and what a model
+        # that reads magnitudes without forecasting them needs) Gutenberg-Richter above Mc
+        self.magnitudes = "model" if cfg.mark_head else ("gutenberg-richter" if cfg.mark_inputs else "none")
 
     # ------------------------------------------------------------------------------------ forecaster interface
     def configure(self, *, steps: int | None = None, bound_repeats: int | None = None, sampler: str | None = None,
-                  ode_tolerance: float | None = None) -> "DSTPP":
+                  ode_tolerance: float | None = None, fast_steps: int | None = None,
+                  magnitudes: str | None = None) -> "DSTPP":
         """How forecasts sample: ``sampler`` "ode" (the probability-flow ODE, adaptive, ``ode_tolerance`` as rtol
-        and atol; the default) or "ddim" with ``steps`` steps (capped at K); Monte-Carlo draws of the bound."""
+        and atol; the default), "dpm" (DPM-Solver++(2M) on the same ODE, ``fast_steps`` network evaluations) or
+        "ddim" with ``steps`` steps (capped at K); Monte-Carlo draws of the bound; ``magnitudes`` of simulated
+        events: "model" (the magnitude head) or "gutenberg-richter" (the fill-in, an explicit option)."""
         if sampler is not None:
-            if sampler not in ("ode", "ddim"):
-                raise ValueError(f"sampler must be 'ode' or 'ddim', not {sampler!r}")
+            if sampler not in ("ode", "ddim", "dpm"):
+                raise ValueError(f"sampler must be 'ode', 'dpm' or 'ddim', not {sampler!r}")
             self.sampler = sampler
         if steps is not None:
             self.ddim = make_sampler(self.schedule, "ddim", min(steps, self.cfg.steps))
+        if fast_steps is not None:
+            self.fast = make_sampler(self.schedule, "dpm", min(fast_steps, self.cfg.steps))
+        if magnitudes is not None:
+            if magnitudes not in ("model", "gutenberg-richter"):
+                raise ValueError(f"magnitudes must be 'model' or 'gutenberg-richter', not {magnitudes!r}")
+            if magnitudes == "model" and self.magnitude_head is None:
+                raise ValueError("this model has no magnitude head (train it with mark_head = true); "
+                                 "use magnitudes='gutenberg-richter'")
+            self.magnitudes = magnitudes
         if ode_tolerance is not None:
             self.ode_tolerance = ode_tolerance
         if bound_repeats is not None:
             self.bound_repeats = bound_repeats
         return self
+
+    def sampler_object(self):
+        """What forecasts sample with: the ProbabilityFlow, the DPM-Solver or the DDIM sampler."""
+        return {"ode": self.flow, "dpm": lambda: self.fast, "ddim": lambda: self.ddim}[self.sampler]()
 
     def flow(self, tolerance: float | None = None) -> ProbabilityFlow:
         """The probability-flow ODE of this model's schedule (adaptive Dormand-Prince, rtol = atol = tolerance).
@@ -379,14 +610,14 @@ class DSTPP(nn.Module, Forecaster):
 
         return clamp_steps(denoise)
 
-    def history_batch(self, histories: Histories) -> Batch:
+    def history_batch(self, histories: Histories, context: int | None = None) -> Batch:
         """The histories as a padded batch: the catalog's own sequences where they come with them (evaluation
         of its windows), else each history's newest ``context`` events, times since its oldest one."""
         from stforecast.batch import SequenceSet
 
         if histories.sequences is not None:
             return histories.sequences.collate(np.arange(len(histories.sequences)))
-        h = histories.newest(self.context)
+        h = histories.newest(context or self.context)
         valid = h.valid
         first = h.t[np.arange(len(h)), h.t.shape[1] - h.lengths]
         mark = h.marks[SequenceSet.MARK][valid] if SequenceSet.MARK in h.marks else None
@@ -396,19 +627,24 @@ class DSTPP(nn.Module, Forecaster):
 
     def calibrate(self, histories: Histories, truth: np.ndarray, seed: int = 1) -> None:
         """Fit the reverse variances of the likelihood bound on these (validation, never test) events."""
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=self.scaler.lo.device).manual_seed(seed)
         self.x0_mse = self.reverse_variance_fit(self.history_batch(histories), torch.as_tensor(truth), generator=gen)
 
     def forecast(self, histories: Histories) -> "DiffusionNextEvent":
-        return DiffusionNextEvent(self, self.history_batch(histories))
+        return DiffusionNextEvent(self, self.history_batch(histories), histories=histories)
 
     def describe(self) -> str:
-        how = (f"the probability-flow ODE (tolerance {self.ode_tolerance:g})" if self.sampler == "ode"
-               else f"DDIM-{len(self.ddim.timesteps)}")
+        how = {"ode": f"the probability-flow ODE (tolerance {self.ode_tolerance:g})",
+               "dpm": f"DPM-Solver++(2M), {len(self.fast.timesteps)} evaluations",
+               "ddim": f"DDIM-{len(self.ddim.timesteps)}"}[self.sampler]
         return f"DSTPP (K = {self.cfg.steps}, sampled with {how})"
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """(B, L, 3 d) history states."""
+        return self.encoder(batch.time, self.scaler.position(batch.xy), batch.lengths, *self.row_features(batch))
+
+    def row_features(self, batch: Batch) -> tuple:
+        """The optional encoder inputs (wait, step, mark) of every row, each (B, L[, 2]) or None."""
         cfg, sc = self.cfg, self.scaler
         wait = sc.time_coordinate(batch.dt) if cfg.time_features else None
         step = None
@@ -420,7 +656,7 @@ class DSTPP(nn.Module, Forecaster):
             if batch.mark is None:
                 raise ValueError("this model reads magnitudes (mark_inputs) and the histories carry none")
             mark = (batch.mark - cfg.mark_center) / cfg.mark_scale
-        return self.encoder(batch.time, sc.position(batch.xy), batch.lengths, wait, step, mark)
+        return wait, step, mark
 
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Condition (N, 3 d) and scaled target x0 (N, 3) for the N target rows: row j conditioned on h_{j-1}."""
@@ -461,10 +697,17 @@ class DSTPP(nn.Module, Forecaster):
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean squared error of the noise estimate over all target events and the 3 dimensions."""
         cond, x0 = self.targets(batch)
-        k = torch.randint(0, self.schedule.steps, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        draw = {} if generator is None else {"generator": generator}  # an explicit None breaks torch.compile
+        k = torch.randint(0, self.schedule.steps, (x0.shape[0],), device=x0.device, **draw)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, **draw)
         eps = self.denoiser(self.schedule.add_noise(x0, noise, k), k, self.denoiser.prepare(cond))
-        return F.mse_loss(eps.float(), noise.float())
+        loss = F.mse_loss(eps.float(), noise.float())
+        if self.magnitude_head is not None:
+            if batch.mark is None:
+                raise ValueError("this model forecasts magnitudes (mark_head) and the sequences carry none")
+            b, j = batch.target.nonzero(as_tuple=True)
+            loss = loss - self.cfg.mark_weight * self.magnitude_head.log_prob(cond, batch.mark[b, j]).mean()
+        return loss
 
     @torch.no_grad()
     def sample_next(self, batch: Batch, n: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
@@ -484,7 +727,7 @@ class DSTPP(nn.Module, Forecaster):
         """(B, 3 d) encoder state after each history's newest event. Histories are encoded in chunks of similar
         length (at most ``max_rows`` padded rows each), so one long history does not pad a thousand short ones."""
         order = torch.argsort(batch.lengths)
-        chunk = torch.cumsum(batch.lengths[order], 0) // max_rows  # sorted, so a chunk's rows are alike in length
+        chunk = torch.as_tensor(length_buckets(batch.lengths[order].cpu().numpy(), max_rows), device=order.device)
         out = torch.empty((len(order), 3 * self.cfg.d_model), device=batch.time.device)
         for c in torch.unique(chunk):
             idx = order[chunk == c]
@@ -492,6 +735,147 @@ class DSTPP(nn.Module, Forecaster):
             sub = batch.rows(idx, L)
             h = self.encode(sub)
             out[idx] = h[torch.arange(len(idx), device=h.device), sub.lengths - 1].to(out.dtype)
+        return out
+
+    @torch.no_grad()
+    def simulate_catalogs(self, t: np.ndarray, xy: np.ndarray, marks: dict, t_end: float, n: int,
+                          rng: np.random.Generator, *, t_start: float | None = None, chunk: int = 1000,
+                          max_events: int = 1000, max_history: int | None = None, progress: bool = False):
+        """``n`` simulated continuations of one history (``t`` (L,), ``xy`` (L, 2), ``marks`` {name: (L,)}) from its
+        newest event to ``t_end``, in lock-step, ``chunk`` simulations at a time; yields a
+        :class:`~stforecast.model.base.SimulatedChunk` per chunk (events in [``t_start``, ``t_end``)).
+
+        The observed history is encoded **once**; every simulation then carries its own encoder state forward
+        (attention keys/values and recurrent state, :class:`EncoderCache`), so a simulated event costs one row of
+        encoding, not a re-encoding of the whole history: the simulations' context grows from the newest
+        ``max_history`` observed events (default: ``context``) by their own events instead of sliding. Each step
+        samples with ``self.sampler`` (``configure(sampler="dpm")`` for the fast one) and the magnitudes with
+        ``self.magnitudes``. An Omori-chosen reference (``location = "parent"``) takes the generic path."""
+        from stforecast.model.base import SimulatedChunk
+
+        if self.cfg.location == "parent":
+            yield from Forecaster.simulate_catalogs(self, t, xy, marks, t_end, n, rng, t_start=t_start, chunk=chunk,
+                                                    max_events=max_events, max_history=max_history,
+                                                    progress=progress)
+            return
+        keep = int(max_history or self.context)
+        t, xy = np.asarray(t, float)[-keep:], np.asarray(xy, float)[-keep:]
+        marks = {k: np.asarray(v, float)[-keep:] for k, v in (marks or {}).items()}
+        missing = [k for k in self.mark_names if k not in marks]
+        if missing:
+            raise ValueError(f"{self.describe()} needs the history's {missing}")
+        t_start = float(t[-1]) if t_start is None else float(t_start)
+        device = self.scaler.lo.device
+        was_training = self.training
+        self.eval()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="catalogs simulated", unit="catalog")
+        try:
+            batch = self.history_batch(Histories(t[None], xy[None], {k: v[None] for k, v in marks.items()}),
+                                       keep).to(device)
+            start = self.encoder.start(batch.time, self.scaler.position(batch.xy), *self.row_features(batch))
+            sampler = self.sampler_object()
+            gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+            dtype = batch.time.dtype
+            for first in range(0, n, chunk):
+                size = min(chunk, n - first)
+                cache = start.expand(size)
+                ids = np.arange(first, first + size)  # global simulation ids of the live rows
+                last_t = np.full(size, t[-1])
+                last_xy = torch.tensor(np.array(xy[-1]), dtype=dtype, device=device).expand(size, 2).clone()
+                counts, capped = np.zeros(size, np.int64), np.zeros(size, bool)
+                drawn_all = np.zeros(size, np.int64)
+                parts = []
+                while len(ids):
+                    cond = cache.state
+                    draw = self.sample_from_condition_with(cond, 1, sampler, gen, last_xy)[:, 0]  # (B, 3)
+                    mags = self.sample_magnitudes(cond, 1, rng, gen)
+                    d = draw.double().cpu().numpy()
+                    new_t = last_t + d[:, 0]
+                    inside = new_t < t_end
+                    record = inside & (new_t >= t_start)
+                    local = ids - first
+                    counts[local[record]] += 1
+                    drawn_all[local[inside]] += 1
+                    if record.any():
+                        parts.append(pd.DataFrame({"simulation": ids[record], "t": new_t[record],
+                                                   "x": d[record, 1], "y": d[record, 2],
+                                                   **{k: v[record, 0] for k, v in mags.items()}}))
+                    full = inside & (drawn_all[local] >= max_events)
+                    capped[local[full]] = True
+                    go = inside & ~full
+                    if bar is not None:
+                        bar.update(int((~go).sum()))
+                    if not go.any():
+                        break
+                    sel = torch.as_tensor(np.flatnonzero(go), device=device)
+                    if not go.all():
+                        cache.select(sel)
+                    new = draw[sel].to(dtype)
+                    dt_new = new[:, 0]
+                    xy_new = new[:, 1:]
+                    prev_xy = last_xy[sel]
+                    ids, last_t = ids[go], new_t[go]
+                    self._extend(cache, torch.as_tensor(last_t - t[0], dtype=dtype, device=device), dt_new, xy_new,
+                                 prev_xy, {k: v[go, 0] for k, v in mags.items()})
+                    last_xy = xy_new
+                events = (pd.concat(parts, ignore_index=True) if parts else
+                          pd.DataFrame(columns=["simulation", "t", "x", "y", *self.sample_magnitudes(
+                              start.state, 1, rng, gen).keys()]))
+                yield SimulatedChunk(events, first, counts, capped)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.train(was_training)
+
+    def _extend(self, cache: EncoderCache, time: torch.Tensor, dt: torch.Tensor, xy: torch.Tensor,
+                prev_xy: torch.Tensor, marks: dict) -> None:
+        """Add one row (time since the history's first row (B,), waiting time (B,), location (B, 2), the previous
+        row's location (B, 2), marks {name: (B,)}) to every sequence of ``cache``: the features :meth:`encode`
+        gives a row, computed for that row alone."""
+        cfg, sc = self.cfg, self.scaler
+        wait = sc.time_coordinate(dt) if cfg.time_features else None
+        step = sc(dt, xy, prev_xy)[..., 1:] if cfg.location in ("relative", "parent") else None
+        mark = None
+        if cfg.mark_inputs:
+            m = torch.as_tensor(marks["magnitude"], dtype=time.dtype, device=time.device)
+            mark = (m - cfg.mark_center) / cfg.mark_scale
+        self.encoder.advance(cache, time, sc.position(xy), wait, step, mark)
+
+    @torch.no_grad()
+    def history_states(self, histories: Histories, batch: Batch | None = None, max_rows: int = 32768) -> torch.Tensor:
+        """(H, 3 d) encoder state after each history. Histories that are prefixes of a catalog's windows (the
+        evaluation's targets) take it from **one causal pass per window**: row j of the window's encoding is the
+        state after its first j + 1 rows, so H prefixes of W windows cost W sequences, not H. Otherwise each
+        history is encoded (:meth:`last_states`)."""
+        origin = getattr(histories.sequences, "origin", None)
+        if origin is None:
+            return self.last_states(self.history_batch(histories) if batch is None else batch, max_rows)
+        source, seq, cut = origin
+        windows, which = np.unique(seq, return_inverse=True)
+        need = np.zeros(len(windows), dtype=np.int64)
+        np.maximum.at(need, which, cut)  # each window encoded as far as its longest prefix
+        device = self.scaler.lo.device
+        out = torch.empty((len(seq), 3 * self.cfg.d_model), device=device)
+        order = np.argsort(need, kind="stable")
+        chunk = length_buckets(need[order], max_rows)
+        was_training = self.training
+        self.eval()
+        try:
+            for c in np.unique(chunk):
+                idx = order[chunk == c]
+                sub, _ = source.prefixes(windows[idx], need[idx])
+                h = self.encode(sub.collate(np.arange(len(idx))).to(device))  # (w, L, 3 d)
+                local = np.full(len(windows), -1)
+                local[idx] = np.arange(len(idx))
+                rows = np.flatnonzero(np.isin(which, idx))
+                out[torch.as_tensor(rows, device=device)] = h[torch.as_tensor(local[which[rows]], device=device),
+                                                               torch.as_tensor(cut[rows] - 1, device=device)].to(out.dtype)
+        finally:
+            self.train(was_training)
         return out
 
     @torch.no_grad()
@@ -520,19 +904,21 @@ class DSTPP(nn.Module, Forecaster):
                 return self.denoiser(x_k, torch.tensor(k, device=x_k.device), ctx)
 
             x0 = sample_loop(sampler, denoise, x, generator)
+            if isinstance(sampler, DPMSolverSampler):  # unclipped like the ODE it solves: the same far clamp
+                x0 = x0.clamp(-OUTSIDE, OUTSIDE)
         return self.scaler.inverse(x0, None if ref is None else ref.unsqueeze(1))
 
     @torch.no_grad()
     def exact_nll(self, histories: Batch, truth: torch.Tensor, tolerance: float | None = None,
-                  error_events: int = 0) -> tuple[torch.Tensor, dict]:
+                  error_events: int = 0, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Exact next-event NLL (H,) of ``truth`` (H, 3) = (dt, x, y) after each history, in model units, by the
         probability-flow ODE (its density is that of the ODE sampler), and ``{"nfe", "solver_error"}``: the
         function evaluations and, on the first ``error_events`` events, the mean change in nats when the tolerance
-        is halved."""
+        is halved. ``cond`` (H, 3 d): the histories' encoder states, if already computed."""
         was_training = self.training
         self.eval()
         try:
-            cond = self.last_states(histories)
+            cond = self.last_states(histories) if cond is None else cond
             ref = self.reference_location(histories)
             truth = truth.to(cond.device)
             x0 = self.scaler(truth[:, 0], truth[:, 1:3], ref).double()
@@ -548,17 +934,29 @@ class DSTPP(nn.Module, Forecaster):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def sample_magnitudes(self, cond: torch.Tensor, n: int, rng: np.random.Generator,
+                          generator: torch.Generator | None = None) -> dict:
+        """{"magnitude": (B, n)} numpy magnitudes for ``n`` events after each state ``cond`` (B, 3 d), from the
+        head or the Gutenberg-Richter fill-in (``self.magnitudes``); {} for a model without magnitudes."""
+        if self.magnitudes == "model":
+            return {"magnitude": self.magnitude_head.sample(cond, n, generator).double().cpu().numpy()}
+        if self.magnitudes == "gutenberg-richter":
+            cfg = self.cfg
+            return {"magnitude": cfg.mark_mc + rng.exponential(1 / (cfg.mark_b * math.log(10)), (len(cond), n))}
+        return {}
+
     def log_jacobian(self, truth: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """(H, 3) log |d scaled / d model units| at ``truth`` (H, 3) (see :meth:`Scaler.log_jacobian`)."""
         return self.scaler.log_jacobian(truth, ref)
 
     @torch.no_grad()
-    def _bound_draws(self, histories: Batch, truth: torch.Tensor, repeats: int, x0_mse, generator):
+    def _bound_draws(self, histories: Batch, truth: torch.Tensor, repeats: int, x0_mse, generator, cond=None):
         """``repeats`` draws of :func:`variational_bound` for the event ``truth`` (H, 3) after each history."""
         was_training = self.training
         self.eval()
         try:
-            cond = self.last_states(histories)
+            cond = self.last_states(histories) if cond is None else cond
             ctx = self.denoiser.prepare(cond)
             truth = truth.to(cond.device)
             x0 = self.scaler(truth[:, 0], truth[:, 1:3], self.reference_location(histories))
@@ -571,11 +969,11 @@ class DSTPP(nn.Module, Forecaster):
             self.train(was_training)
 
     def nll_bound(self, histories: Batch, truth: torch.Tensor, repeats: int = 4, x0_mse: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None) -> "NLLBound":
+                  generator: torch.Generator | None = None, cond: torch.Tensor | None = None) -> "NLLBound":
         """Upper bound on the next-event negative log-likelihood of ``truth`` (H, 3) = (dt, x, y) after each of
         the H histories, in model units (see :func:`variational_bound`; ``repeats`` independent draws are
         averaged). ``x0_mse`` (K, 3) from :meth:`reverse_variance_fit` on validation data tightens it."""
-        draws = self._bound_draws(histories, truth, repeats, x0_mse, generator)
+        draws = self._bound_draws(histories, truth, repeats, x0_mse, generator, cond)
         scaled = torch.stack([bound for bound, _ in draws])  # (R, H, 3)
         return NLLBound(scaled=scaled, log_jacobian=self.log_jacobian(truth.to(scaled.device),
                                                                       self.reference_location(histories)))
@@ -621,39 +1019,61 @@ class DiffusionNextEvent(NextEvent):
     #: events the solver error (tolerance halved) is measured on: a second and third solve, so not all of them
     error_events = 200
 
-    def __init__(self, model: DSTPP, batch: Batch, seed: int = 0):
-        self.model, self.batch, self.seed = model, batch, seed
+    def __init__(self, model: DSTPP, batch: Batch, seed: int = 0, histories: Histories | None = None):
+        self.model, self.batch, self.seed, self.histories = model, batch, seed, histories
+        self._cond = None
+
+    @property
+    def cond(self) -> torch.Tensor:
+        """(H, 3 d) encoder states after each history, computed once (one pass per window where it can)."""
+        if self._cond is None:
+            self._cond = (self.model.last_states(self.batch) if self.histories is None
+                          else self.model.history_states(self.histories, self.batch))
+        return self._cond
 
     @torch.no_grad()
     def sample(self, n: int, rng: np.random.Generator) -> Samples:
         model = self.model
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        gen = torch.Generator(device=model.scaler.lo.device).manual_seed(int(rng.integers(2**62)))
         was_training = model.training
         model.eval()
         try:
-            cond = model.last_states(self.batch)
-            sampler = model.flow() if model.sampler == "ode" else model.ddim
+            cond = self.cond
+            sampler = model.sampler_object()
             draws = model.sample_from_condition_with(cond, n, sampler, gen, model.reference_location(self.batch))
+            marks = model.sample_magnitudes(cond, n, rng, gen)
         finally:
             model.train(was_training)
-        marks = {}
-        if model.mark_names:  # magnitudes are not diffused: Gutenberg-Richter above Mc, as ETAS samples them
-            cfg = model.cfg
-            marks["magnitude"] = cfg.mark_mc + rng.exponential(1 / (cfg.mark_b * math.log(10)), draws.shape[:2])
         return Samples(draws.double().cpu().numpy(), marks)
+
+    def mark_nll(self, marks: dict) -> dict:
+        """{"magnitude": (H,)} exact NLL of the held-out magnitudes by the model's head (nats per magnitude unit),
+        and {"magnitude_gr": (H,)} by the Gutenberg-Richter law of the same train split, beside it."""
+        model, cfg = self.model, self.model.cfg
+        if "magnitude" not in marks or not (cfg.mark_head or cfg.mark_inputs):
+            return {}
+        m = np.asarray(marks["magnitude"], float)
+        out = {"magnitude_gr": -gutenberg_richter_log_prob(m, cfg.mark_mc, cfg.mark_b)}
+        if model.magnitude_head is not None:
+            with torch.no_grad():
+                lp = model.magnitude_head.log_prob(self.cond, torch.as_tensor(m, device=self.cond.device))
+            out["magnitude"] = -lp.double().cpu().numpy()
+        return out
 
     def nll(self, truth: np.ndarray) -> NLL:
         """The exact joint NLL by the ODE (no split into time and space: the ODE gives the joint density only),
         with the solver's function evaluations and error; beside it the bound in model units, split into the
         waiting-time and location coordinates' terms (a split of one bound, not a marginal and a conditional), and
         the paper's protocol: the fixed-variance bound in the scaled space, spatial = the mean over x and y."""
-        model, gen = self.model, torch.Generator().manual_seed(self.seed)
+        model = self.model
+        gen = torch.Generator(device=model.scaler.lo.device).manual_seed(self.seed)
         truth = torch.as_tensor(np.asarray(truth, float))
-        exact, info = model.exact_nll(self.batch, truth, error_events=self.error_events)
+        exact, info = model.exact_nll(self.batch, truth, error_events=self.error_events, cond=self.cond)
         exact = exact.cpu().numpy()
-        bound = model.nll_bound(self.batch, truth, repeats=model.bound_repeats, x0_mse=model.x0_mse, generator=gen)
+        bound = model.nll_bound(self.batch, truth, repeats=model.bound_repeats, x0_mse=model.x0_mse, generator=gen,
+                                cond=self.cond)
         per_event = bound.per_event.cpu().numpy()
-        paper = model.nll_bound(self.batch, truth, repeats=1, generator=gen).scaled[0].cpu().numpy()
+        paper = model.nll_bound(self.batch, truth, repeats=1, generator=gen, cond=self.cond).scaled[0].cpu().numpy()
         nan = np.full(len(exact), np.nan)
         return NLL(np.column_stack([nan, nan]), self.kind,
                    {"nll_bound": float(per_event.sum(1).mean()), "nll_bound_dt": float(per_event[:, 0].mean()),

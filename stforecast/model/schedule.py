@@ -136,13 +136,91 @@ class DDIMSampler:
         return out
 
 
+class DPMSolverSampler:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: fast solver for guided sampling of diffusion probabilistic
+    models", multistep second order in the data prediction): a solver of the same probability-flow ODE that DDIM
+    (η = 0) discretises to first order and :class:`~stforecast.model.ode.ProbabilityFlow` solves adaptively, so its
+    samples approximate the distribution whose exact density the ODE gives, in ``num_steps`` network evaluations.
+
+    With α = sqrt(ᾱ), σ = sqrt(1 − ᾱ), λ = log(α/σ) and x̂0 = (x − σ ε̂)/α, one step from step s to t (h = λ_t − λ_s):
+
+        x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D,    D = (1 + 1/(2r)) x̂0_s − 1/(2r) x̂0_prev,  r = h_prev / h
+
+    (D = x̂0_s on the first step: first order, which is DDIM). The evaluations sit on integer steps from K−1 to 0,
+    uniform in λ (or quadratically in k, ``spacing="quadratic"``); the last one returns x̂0 at step 0, as DDIM's
+    last step does. x̂0 is clamped to ±``clip`` (2, the far clamp DSTPP puts on ODE samples; data span [-1, 1]):
+    from the noisiest step, where ᾱ is ~1e-8 on the cosine schedule, x̂0 = (x − σ ε̂)/α magnifies any error of ε̂
+    ten-thousandfold and the multistep update would carry it on (measured on the Japan model: CRPS 10⁴× DDIM's
+    without it); within ±2 the clamp leaves the ODE untouched. Stateful across one sampling loop:
+    :func:`sample_loop` resets it at the first timestep."""
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, spacing: str = "logsnr",
+                 clip: float | None = 2.0):
+        if not 2 <= num_steps <= schedule.steps:
+            raise ValueError(f"DPM-Solver steps must be in 2..{schedule.steps}, not {num_steps}")
+        self.schedule, self.num_steps, self.spacing, self.clip = schedule, num_steps, spacing, clip
+        ab = schedule.alpha_bar.double().cpu()
+        lam = 0.5 * (torch.log(ab) - torch.log1p(-ab))  # λ_k, decreasing in k
+        # chosen on the Japan validation split (300 events x 100 draws, paired with DDIM-50): uniform in λ matched
+        # DDIM-50's CRPS (+0.0002 ± 0.0006) and came within 1.4 % of its energy score; quadratic and uniform-in-k
+        # spacings were 6-11 % worse on energy
+        if spacing == "logsnr":
+            targets = torch.linspace(float(lam[-1]), float(lam[0]), num_steps, dtype=torch.float64)
+            steps = [int(torch.argmin((lam - v).abs())) for v in targets]
+        elif spacing == "quadratic":  # k_i ∝ (1 − i/n)²: denser near the data
+            steps = (torch.linspace((schedule.steps - 1) ** 0.5, 0, num_steps) ** 2).round().long().tolist()
+        else:
+            raise ValueError(f"spacing must be 'quadratic' or 'logsnr', not {spacing!r}")
+        steps[0], steps[-1] = schedule.steps - 1, 0
+        steps = sorted(set(steps), reverse=True)
+        while len(steps) < min(num_steps, schedule.steps):  # λ-uniform points can share a step near k = K−1:
+            gaps = [a - b for a, b in zip(steps, steps[1:])]  # split the widest gap so n evaluations are n steps
+            i = max(range(len(gaps)), key=gaps.__getitem__)
+            steps.insert(i + 1, (steps[i] + steps[i + 1]) // 2)
+        self._steps = steps  # decreasing, unique, K-1 ... 0
+        self._lam = lam
+        self._prev: tuple[torch.Tensor, float] | None = None
+
+    @property
+    def timesteps(self) -> list[int]:
+        return list(self._steps)
+
+    def step(self, eps: torch.Tensor, k: int, x_k: torch.Tensor, generator: torch.Generator | None = None):
+        s = self.schedule
+        i = self._steps.index(k)
+        if i == 0:
+            self._prev = None
+        ab = s.alpha_bar[k].to(x_k.dtype)
+        x0 = (x_k - (1 - ab).sqrt() * eps) / ab.sqrt()
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+        if i + 1 == len(self._steps):
+            self._prev = None
+            return x0
+        t = self._steps[i + 1]
+        lam_s, lam_t = float(self._lam[k]), float(self._lam[t])
+        h = lam_t - lam_s
+        d = x0
+        if self._prev is not None:
+            x0_prev, lam_prev = self._prev
+            r = (lam_s - lam_prev) / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        self._prev = (x0, lam_s)
+        ab_t = s.alpha_bar[t].to(x_k.dtype)
+        sigma_ratio = ((1 - ab_t) / (1 - ab)).sqrt()
+        return sigma_ratio * x_k - ab_t.sqrt() * math.expm1(-h) * d
+
+
 def make_sampler(schedule: NoiseSchedule, name: str = "ddim", steps: int = 50, eta: float = 0.0):
-    """``ddpm`` (all steps) or ``ddim`` with ``steps`` steps."""
+    """``ddpm`` (all steps), ``ddim`` with ``steps`` steps, or ``dpm`` (DPM-Solver++(2M)) with ``steps``
+    network evaluations."""
     if name == "ddpm":
         return DDPMSampler(schedule)
     if name == "ddim":
         return DDIMSampler(schedule, steps, eta)
-    raise ValueError(f"sampler must be 'ddpm' or 'ddim', not {name!r}")
+    if name == "dpm":
+        return DPMSolverSampler(schedule, steps)
+    raise ValueError(f"sampler must be 'ddpm', 'ddim' or 'dpm', not {name!r}")
 
 
 @torch.no_grad()
