@@ -30,6 +30,7 @@ import pandas as pd
 
 from pipelines.batch_forecast import model_identity
 from pipelines.cluster import dask_client
+from stforecast.model.registry import REFERENCE
 
 DAY_RECORD = "day.json"
 TESTS = ("number", "magnitude", "spatial", "pseudolikelihood")  # pyCSEP's catalog-based tests, as stforecast.csep
@@ -94,16 +95,10 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
         return DayResult(task.label, task.day, "skipped", json.loads((final / DAY_RECORD).read_text()))
     model = load_forecaster(task.model, catalog, allow_other_catalog=task.allow_other_catalog, log=lambda *a: None)
     mc, b = completeness(catalog)
-    if model.name == "dstpp":
-        model.configure(sampler=task.sampler)
-        if task.magnitudes != "model" or model.magnitude_head is None:
-            model.configure(magnitudes="gutenberg-richter")
-    elif model.name == "etas":
-        # ETAS draws Gutenberg-Richter magnitudes above its own threshold: with the b of the complete part of the
-        # catalog (Aki above Mc), not the b of everything above the threshold (0.22 on Japan, which is incomplete
-        # below M4 and would make M8+ common)
-        model.b_value = b
-    magnitudes = task.magnitudes if _forecasts_magnitudes(model) else "gutenberg-richter"
+    # DSTPP: its sampler and magnitudes; ETAS: Gutenberg-Richter with the b of the complete part of the catalog (Aki
+    # above Mc), not its fit's b of everything above the threshold (0.22 on Japan, incomplete below M4: M8+ common)
+    model.configure(sampler=task.sampler, magnitudes=task.magnitudes, magnitude_b=b)
+    magnitudes = task.magnitudes if "magnitude" in model.forecast_marks else "gutenberg-richter"
     sweep_stale(final)
     with atomic_dir(final) as staging:
         record = forecast_day(catalog, model, pd.Timestamp(task.day, tz="UTC"), task.catalogs, staging,
@@ -118,10 +113,6 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
         record.update(key=key, task=asdict(task), model_identity=model_identity(task.model))
         (staging / DAY_RECORD).write_text(json.dumps(record, indent=1, default=str))
     return DayResult(task.label, task.day, "done", record)
-
-
-def _forecasts_magnitudes(model) -> bool:
-    return getattr(model, "magnitudes", None) == "model" or model.name == "etas"
 
 
 def label_of(spec: str) -> str:
@@ -236,9 +227,10 @@ def add_parser(sub) -> None:
                 "--start 2017-09-01 --days 30 --catalogs 1000 --scheduler tcp://10.0.0.5:8786"))
     p.add_argument("--data", required=True, help="an ingested earthquake catalog (name or folder)")
     p.add_argument("--model", required=True, help="DSTPP checkpoint or MLflow URI (or a baseline name)")
-    p.add_argument("--reference", default="etas", help="the model scored beside it (default etas; 'none' for none)")
+    p.add_argument("--reference", default=REFERENCE,
+                   help=f"the model scored beside it (default {REFERENCE}; 'none' for none)")
     p.add_argument("--start", required=True, help="first forecast day (UTC date)")
-    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--days", type=int, default=30, help="number of consecutive daily forecasts (default 30)")
     p.add_argument("--catalogs", type=int, default=10_000, help="simulated catalogs per day (CSEP's standard 10,000)")
     p.add_argument("--sampler", default="dpm", choices=["dpm", "ode", "ddim"],
                    help="DSTPP's sampler (default dpm: DPM-Solver++ with 10 network evaluations)")
@@ -246,7 +238,7 @@ def add_parser(sub) -> None:
                    help="simulated magnitudes: the model's own (default) or a Gutenberg-Richter fill-in")
     p.add_argument("--max-events", type=int, default=1000, help="cap per simulated catalog")
     p.add_argument("--chunk", type=int, default=1000, help="catalogs simulated together (bounds memory)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the first day (day d uses seed + d)")
     p.add_argument("--out", help="output folder (default reports/csep/<data>-<start>-<days>d)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)")
     p.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
@@ -257,18 +249,16 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from pipelines.common import open_catalog
-    from stforecast.model.registry import is_baseline, load_forecaster
+    from stforecast.model.registry import load_forecaster
 
     catalog = open_catalog(args.data)
     start = pd.Timestamp(args.start)
     if args.days < 1 or args.catalogs < 1:
         raise ValueError("--days and --catalogs must be at least 1")
     specs = [args.model] + ([] if args.reference in ("", "none") else [args.reference])
-    for spec in specs:  # fit (and cache) baselines once here, not once per worker; check checkpoints exist
-        model = load_forecaster(spec, catalog, allow_other_catalog=args.allow_other_catalog)
-        if not is_baseline(spec) and args.magnitudes == "model" and getattr(model, "magnitude_head", None) is None:
-            print(f"note: {spec} forecasts no magnitudes (trained without mark_head): its catalogs get a "
-                  "Gutenberg-Richter fill-in", file=sys.stderr)
+    for spec in specs:  # fit (and cache) baselines once here, not once per worker; check the settings apply
+        load_forecaster(spec, catalog, allow_other_catalog=args.allow_other_catalog).configure(
+            sampler=args.sampler, magnitudes=args.magnitudes)
     out = Path(args.out or f"reports/csep/{catalog.name}-{start:%Y-%m-%d}-{args.days}d")
     out.mkdir(parents=True, exist_ok=True)
     data = str(catalog.folder.absolute())

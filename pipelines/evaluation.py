@@ -196,13 +196,17 @@ def print_scores(console, ev) -> None:
             "cover_dt_80", "cover_xy_80"]
     labels = ["model", "NLL", "NLL dt", "NLL xy", "CRPS dt", "energy xy", "|dt| err", "xy err", "cov dt 80",
               "cov xy 80"]
+    if "nll_magnitude" in ev.table and ev.table["nll_magnitude"].notna().any():  # earthquake catalogs
+        cols.insert(4, "nll_magnitude")
+        labels.insert(4, "NLL mag")
     for label in labels:
         view.add_column(label, justify="right")
     for _, row in ev.table.iterrows():
         view.add_row(*[row["model"]] + [("–" if row.get(c) != row.get(c) else f"{row[c]:.4g}") for c in cols[1:]])
     console.print(view)
     console.print("NLL: nats per event, exact (DSTPP: its probability-flow ODE, joint only; its bound in "
-                  "nll_bound); CRPS/energy: sample scores; "
+                  "nll_bound); NLL mag: the magnitude's, per magnitude unit (DSTPP's head, ETAS's "
+                  "Gutenberg-Richter law); CRPS/energy: sample scores; "
                   "|dt| err: median waiting-time error; xy err: distance of the sample mean; cov: share of truths "
                   "inside the 80 % interval/region (nominal 0.80; location coverage on the first "
                   f"{int(ev.table['hdr_events'].iloc[0]):,} events, --hdr-events to change)")

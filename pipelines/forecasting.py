@@ -101,7 +101,7 @@ def csep_days(catalog, model, req: ForecastRequest, t_at: float, out: Path, log)
     if not units.calendar or "magnitude" not in events:
         raise ValueError("--format csep needs an earthquake catalog with calendar times and magnitudes")
     mc, b = completeness(catalog)
-    magnitudes = "model" if model_forecasts_magnitudes(model) else "gutenberg-richter"
+    magnitudes = "model" if "magnitude" in model.forecast_marks else "gutenberg-richter"
     log(f"magnitudes: {'the model' + chr(39) + 's own' if magnitudes == 'model' else 'Gutenberg-Richter fill-in'}; "
         f"tests count events above Mc = {mc:.1f} (maximum curvature + 0.2; b = {b:.3f} by Aki's MLE on the "
         "training period)")
@@ -120,13 +120,6 @@ def csep_days(catalog, model, req: ForecastRequest, t_at: float, out: Path, log)
             f"(observed {entry['observed_events']}) -> {entry['file']}")
         result["days"].append(entry)
     return result
-
-
-def model_forecasts_magnitudes(model) -> bool:
-    """Whether the model's simulated events carry its own magnitudes (ETAS; DSTPP with a magnitude head)."""
-    if getattr(model, "magnitudes", None) == "model":
-        return True
-    return model.name == "etas"
 
 
 # -------------------------------------------------------------------------------- the `stforecast forecast` command

@@ -106,6 +106,7 @@ def log_spatial(r2, log_sig2, q, variant: str):
 
 class ETAS(Forecaster):
     name = "etas"
+    forecast_marks = ("magnitude",)  # Gutenberg-Richter, b fitted (settable as b_value)
     mark_names = ("magnitude",)  # its histories carry magnitudes; its samples forecast them
 
     def __init__(self, mc: float, background: str | tuple = "kde", max_lag: int = 3000,
@@ -319,6 +320,13 @@ class ETAS(Forecaster):
                   else f"validation NLL/event {scores}" if scores else "not selected: no validation events")
         cut = f"newest {self.max_lag} events" + ("" if math.isinf(self.cutoff) else f" within {self.cutoff:.4g}")
         return f"etas ({self.variant} spatial kernel, {chosen}; conditions on the {cut})"
+
+    def configure(self, *, magnitude_b: float | None = None, **ignored) -> "ETAS":
+        """``magnitude_b``: the b-value of the simulated magnitudes (Gutenberg-Richter above ``mc``); the fit's Aki
+        estimate otherwise. Sampler settings of other models are ignored (ETAS samples exactly)."""
+        if magnitude_b is not None:
+            self.b_value = float(magnitude_b)
+        return self
 
     def forecast(self, histories: Histories) -> "ETASNextEvent":
         return ETASNextEvent(self, histories)

@@ -192,6 +192,8 @@ class Forecaster(ABC):
     name = "model"
     context = 128
     mark_names: tuple = ()
+    #: marks its simulated events carry from the model itself (ETAS: its Gutenberg-Richter magnitudes)
+    forecast_marks: tuple = ()
 
     def fit_events(self, events, fit_end: float) -> "Forecaster":
         """Fit on the catalog's events (a DataFrame with ``t``, ``x``, ``y`` and marks) before ``fit_end``."""

@@ -174,7 +174,7 @@ class Scaler(nn.Module):
             return {"magnitude": self.magnitude_head.sample(cond, n, generator).double().cpu().numpy()}
         if self.magnitudes == "gutenberg-richter":
             cfg = self.cfg
-            return {"magnitude": cfg.mark_mc + rng.exponential(1 / (cfg.mark_b * math.log(10)), (len(cond), n))}
+            return {"magnitude": cfg.mark_mc + rng.exponential(1 / (self.fill_b * math.log(10)), (len(cond), n))}
         return {}
 
     def log_jacobian(self, truth: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
@@ -559,15 +559,19 @@ class DSTPP(nn.Module, Forecaster):
         # where simulated events' magnitudes come from: the model's head, or (an explicit option, and what a model
         # that reads magnitudes without forecasting them needs) Gutenberg-Richter above Mc
         self.magnitudes = "model" if cfg.mark_head else ("gutenberg-richter" if cfg.mark_inputs else "none")
+        self.fill_b = cfg.mark_b
 
     # ------------------------------------------------------------------------------------ forecaster interface
     def configure(self, *, steps: int | None = None, bound_repeats: int | None = None, sampler: str | None = None,
                   ode_tolerance: float | None = None, fast_steps: int | None = None,
-                  magnitudes: str | None = None) -> "DSTPP":
+                  magnitudes: str | None = None, magnitude_b: float | None = None) -> "DSTPP":
         """How forecasts sample: ``sampler`` "ode" (the probability-flow ODE, adaptive, ``ode_tolerance`` as rtol
         and atol; the default), "dpm" (DPM-Solver++(2M) on the same ODE, ``fast_steps`` network evaluations) or
         "ddim" with ``steps`` steps (capped at K); Monte-Carlo draws of the bound; ``magnitudes`` of simulated
-        events: "model" (the magnitude head) or "gutenberg-richter" (the fill-in, an explicit option)."""
+        events: "model" (the magnitude head) or "gutenberg-richter" (the fill-in, an explicit option, with
+        ``magnitude_b`` as its b-value if given, else the train split's)."""
+        if magnitude_b is not None:
+            self.fill_b = magnitude_b
         if sampler is not None:
             if sampler not in ("ode", "ddim", "dpm"):
                 raise ValueError(f"sampler must be 'ode', 'dpm' or 'ddim', not {sampler!r}")
@@ -588,6 +592,11 @@ class DSTPP(nn.Module, Forecaster):
         if bound_repeats is not None:
             self.bound_repeats = bound_repeats
         return self
+
+    @property
+    def forecast_marks(self) -> tuple:
+        """("magnitude",) when simulated events carry the head's magnitudes, () otherwise (a fill-in is not)."""
+        return ("magnitude",) if self.magnitudes == "model" else ()
 
     def sampler_object(self):
         """What forecasts sample with: the ProbabilityFlow, the DPM-Solver or the DDIM sampler."""
@@ -943,7 +952,7 @@ class DSTPP(nn.Module, Forecaster):
             return {"magnitude": self.magnitude_head.sample(cond, n, generator).double().cpu().numpy()}
         if self.magnitudes == "gutenberg-richter":
             cfg = self.cfg
-            return {"magnitude": cfg.mark_mc + rng.exponential(1 / (cfg.mark_b * math.log(10)), (len(cond), n))}
+            return {"magnitude": cfg.mark_mc + rng.exponential(1 / (self.fill_b * math.log(10)), (len(cond), n))}
         return {}
 
     def log_jacobian(self, truth: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
