@@ -13,7 +13,8 @@ def dask_client(scheduler: str | None, workers: int = 2):
     The local workers are started with Ctrl-C (SIGINT) ignored: a terminal sends it to the whole process group,
     and only this process should act on it (the run is cancelled, its temp folder removed, the cluster closed
     here) instead of every worker process printing its own KeyboardInterrupt traceback. Started processes inherit
-    an ignored signal; the handler of this process is restored at once. Closing (a second or so) ignores Ctrl-C
+    an ignored signal; the handler of this process is restored at once (a Ctrl-C pressed meanwhile then arrives: it
+    is deferred, not lost). Closing (a second or so) ignores Ctrl-C
     too: an interrupt there would only leave the cluster half-closed, and when the work has finished, its output
     is already in place."""
     import signal
@@ -22,22 +23,30 @@ def dask_client(scheduler: str | None, workers: int = 2):
     from distributed import Client, LocalCluster
 
     @contextlib.contextmanager
-    def no_sigint():
+    def no_sigint(defer: bool = False):
+        """SIGINT ignored here and in the processes started meanwhile. ``defer``: also blocked here, so a Ctrl-C
+        during the start is not lost: Linux keeps a blocked signal pending even while its action is "ignore", and
+        it arrives (as KeyboardInterrupt) once the handler is back and the signal unblocked. Started processes
+        inherit the block as well as the ignore."""
         if threading.current_thread() is not threading.main_thread():  # signal handlers live there only
             yield
             return
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if defer:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+            if defer:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler:
         with Client(scheduler) as client:
             yield client
         return
-    with no_sigint():
+    with no_sigint(defer=True):
         # no dashboard; the scheduler's HTTP server (health checks) on a free local port: with the default 8787
         # busy, distributed would warn on stderr
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
