@@ -49,6 +49,7 @@ class DayTask:
     chunk: int = 1000
     seed: int = 0
     allow_other_catalog: bool = False
+    baseline_mc: float | None = None  # a baseline is fitted on the events above this (the tests' Mc)
 
 
 @dataclass
@@ -62,7 +63,8 @@ class DayResult:
 
 
 def task_key(task: DayTask, input_hash: str) -> str:
-    return hashlib.sha256(json.dumps({"task": asdict(task), "model": model_identity(task.model),
+    settings = {k: v for k, v in asdict(task).items() if v is not None}  # (a field added later keeps old keys)
+    return hashlib.sha256(json.dumps({"task": settings, "model": model_identity(task.model),
                                       "catalog": input_hash}, sort_keys=True).encode()).hexdigest()
 
 
@@ -93,7 +95,8 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
     final = out_root / task.label / task.day
     if (final / DAY_RECORD).exists() and json.loads((final / DAY_RECORD).read_text()).get("key") == key:
         return DayResult(task.label, task.day, "skipped", json.loads((final / DAY_RECORD).read_text()))
-    model = load_forecaster(task.model, catalog, allow_other_catalog=task.allow_other_catalog, log=lambda *a: None)
+    model = load_forecaster(task.model, catalog, allow_other_catalog=task.allow_other_catalog, log=lambda *a: None,
+                            mc=task.baseline_mc)
     mc, b = completeness(catalog)
     # DSTPP: its sampler and magnitudes; ETAS: Gutenberg-Richter with the b of the complete part of the catalog (Aki
     # above Mc), not its fit's b of everything above the threshold (0.22 on Japan, incomplete below M4: M8+ common)
@@ -256,15 +259,23 @@ def run(args) -> int:
     if args.days < 1 or args.catalogs < 1:
         raise ValueError("--days and --catalogs must be at least 1")
     specs = [args.model] + ([] if args.reference in ("", "none") else [args.reference])
-    for spec in specs:  # fit (and cache) baselines once here, not once per worker; check the settings apply
-        load_forecaster(spec, catalog, allow_other_catalog=args.allow_other_catalog).configure(
-            sampler=args.sampler, magnitudes=args.magnitudes)
+    from stforecast.csep import completeness
+    from stforecast.model.registry import is_baseline
+
+    # a baseline is fitted on the events the tests count (above the training years' Mc), as CSEP's ETAS is; fitted
+    # (and cached) once here, not once per worker
+    mc = completeness(catalog)[0]
+    for spec in specs:
+        load_forecaster(spec, catalog, allow_other_catalog=args.allow_other_catalog,
+                        mc=mc if is_baseline(spec) else None).configure(sampler=args.sampler,
+                                                                        magnitudes=args.magnitudes)
     out = Path(args.out or f"reports/csep/{catalog.name}-{start:%Y-%m-%d}-{args.days}d")
     out.mkdir(parents=True, exist_ok=True)
     data = str(catalog.folder.absolute())
     tasks = [DayTask(data, str(Path(s).absolute()) if Path(s).is_file() else s, label_of(s),
                      f"{start + pd.Timedelta(days=d):%Y-%m-%d}", args.catalogs, args.sampler, args.magnitudes,
-                     args.max_events, args.chunk, args.seed + d, args.allow_other_catalog)
+                     args.max_events, args.chunk, args.seed + d, args.allow_other_catalog,
+                     mc if is_baseline(s) else None)
              for s in specs for d in range(args.days)]
     if args.local:
         results = run_period(tasks, out)

@@ -470,14 +470,14 @@ def forecast_day(catalog, model, start, n_catalogs: int, folder, *, days: float 
     if not len(past):
         raise ValueError(f"{catalog.name}: no events before {start}")
     keep = int(max_history or model.context)
-    tail = past.iloc[-keep:]
-    marks = {"magnitude": tail["magnitude"].to_numpy(float)}
+    # the whole past: each model keeps its newest ``keep`` (ETAS: of the events above the Mc it was fitted on)
+    marks = {"magnitude": past["magnitude"].to_numpy(float)}
     mc, b = gr or completeness(catalog)
     began = time.perf_counter()
     counts, capped = [], []
     with CatalogForecastWriter(folder, catalog.name, start, n_catalogs=n_catalogs, magnitudes=magnitudes, mc=mc,
                                b=b, seed=seed) as writer:
-        for part in model.simulate_catalogs(tail["t"].to_numpy(), tail[["x", "y"]].to_numpy(), marks, t1,
+        for part in model.simulate_catalogs(past["t"].to_numpy(), past[["x", "y"]].to_numpy(), marks, t1,
                                             n_catalogs, np.random.default_rng(seed), t_start=t0, chunk=chunk,
                                             max_events=max_events, max_history=keep, progress=progress):
             counts.append(part.counts)

@@ -359,8 +359,8 @@ class ETAS(Forecaster):
         and step (:meth:`ETASNextEvent.sample`), far slower.
 
         ``t`` (L,), ``xy`` (L, 2), ``marks`` {"magnitude": (L,)} (or the (L,) magnitudes): the observed history,
-        time-sorted, every event at or before ``t_start`` (default: its newest event); pass the events above Mc the
-        model was fitted on. Its parents are those the next-event density reads after its newest event: the cut-off
+        time-sorted, every event at or before ``t_start`` (default: its newest event); events below the Mc the
+        model was fitted on are dropped. Its parents are those the next-event density reads after its newest event: the cut-off
         rule (:func:`recent`), the newest ``max_history`` (default ``max_lag``) within ``cutoff``. The history is
         everything known up to ``t_start``: nothing is simulated between its newest event and ``t_start``.
 
@@ -399,6 +399,8 @@ class ETAS(Forecaster):
         if len(m) != len(t):
             raise ValueError(f"ETAS catalogs need the history's magnitudes: {len(m)} for {len(t)} events")
         t_start = float(t[-1]) if t_start is None else float(t_start)
+        above = m >= self.mc - 1e-9  # the parents are the events above the Mc it was fitted on
+        t, xy, m = t[above], xy[above], m[above]
         t_end, n = float(t_end), int(n)
         if not t_end > t_start:
             raise ValueError(f"the window needs t_end > t_start, not [{t_start}, {t_end})")

@@ -101,14 +101,17 @@ def fit_baselines(events: pd.DataFrame, fit_end: float, mc: float | None = None,
 
 
 def cached_baseline(name: str, catalog: IngestedCatalog, cache_root: Path | None = None, log=print,
-                    track: bool = False) -> Forecaster:
+                    track: bool = False, mc: float | None = None) -> Forecaster:
     """A baseline fitted on the catalog's events before its validation start, from the JSON cache when the same
     catalog (input hash) and settings were fitted before. ``track``: a new fit is logged to MLflow (experiment
-    ``stforecast-baselines``: its parameters, log-likelihood and the JSON), like a trained DSTPP."""
+    ``stforecast-baselines``: its parameters, log-likelihood and the JSON), like a trained DSTPP. ``mc``: the
+    magnitude above which a magnitude-aware baseline (ETAS) is fitted (default: the catalog's completeness,
+    its ingestion threshold; CSEP evaluations pass the Mc their tests count from)."""
     from stforecast.config import REPO_ROOT
     from stforecast.io.atomic import atomic_write_text
 
-    events, fit_end, mc = catalog.events, catalog.split_start("val"), catalog.completeness()
+    events, fit_end = catalog.events, catalog.split_start("val")
+    mc = catalog.completeness() if mc is None else mc
     rule = [FIT_RULES[name]] if name in FIT_RULES else []  # a new fitting rule refits
     key = hashlib.sha256(json.dumps([name, catalog.input_hash, fit_end, mc] + rule, sort_keys=True).encode()
                          ).hexdigest()[:16]
@@ -141,11 +144,12 @@ def cached_baseline(name: str, catalog: IngestedCatalog, cache_root: Path | None
 
 
 def load_forecaster(spec: str, catalog: IngestedCatalog, *, allow_other_catalog: bool = False,
-                    cache_root: Path | None = None, log=print, track: bool = False) -> Forecaster:
+                    cache_root: Path | None = None, log=print, track: bool = False,
+                    mc: float | None = None) -> Forecaster:
     """``spec``: a baseline's name (fitted on this catalog), a checkpoint path or an MLflow model URI (a trained
     DSTPP, checked against this catalog's units and frame: :func:`stforecast.train.check_catalog`)."""
     if is_baseline(spec):
-        return cached_baseline(spec, catalog, cache_root, log=log, track=track)
+        return cached_baseline(spec, catalog, cache_root, log=log, track=track, mc=mc)
     from stforecast.tracking import load_model
     from stforecast.train import check_catalog
 
