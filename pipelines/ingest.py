@@ -300,10 +300,15 @@ def read_manifest(out_dir: Path) -> dict | None:
 # ------------------------------------------------------------------------------------------------ driver
 def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: Path | None = None,
                quarantine: bool = False, force: bool = False, blocksize: int | None = 64 * 2**20,
-               progress: bool = True, scheduler: str = "threads") -> IngestResult:
+               progress: bool = True, scheduler: str = "threads", part_rows: int | None = None) -> IngestResult:
     """Ingest one catalog. ``client``: a ``distributed.Client`` (the CLI makes a LocalCluster or connects to
     ``--scheduler``); ``None`` runs the same graph on a local dask scheduler (``threads`` or ``synchronous``).
-    With a remote cluster the output folder must be on storage the workers share."""
+    With a remote cluster the output folder must be on storage the workers share.
+
+    The global steps run partition-wise (:mod:`pipelines.ingest_parts`: time ranges of ``part_rows`` events,
+    memory bounded by that, not by the catalog) for one continuous catalog read in blocks; in one task
+    (:func:`finish`, the whole catalog in memory) for the source's own sequences and for ``blocksize=None``
+    (the single-threaded reference path). Both give the same output."""
     import dask
 
     started = time.perf_counter()
@@ -356,23 +361,27 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
                     first = delayed(operator.add)(first, delayed(tables.count_rows)(c))  # rows before the next chunk
             columns = {"time_col": spec.time_col, "id_col": spec.id_col, "line_offset": None if parquet_only else 1}
         train_range = (bounds_t["train_start"], bounds_t["val_start"]) if not given else (None, None)
-        projection = delayed(choose_projection)([delayed(part_bounds)(p, train_range) for p in parts], cfg, crs_in)
-        projected = [delayed(project_part)(p, crs_in, projection) for p in parts]
-        summary = delayed(finish)(projected, cfg, given, split_of_file, bounds_t, columns, tmp, quarantine)
+        if not given and blocksize is not None:
+            from pipelines.ingest_parts import PART_ROWS, finish_partitioned
 
-        if client is not None:
-            from pipelines.worker_logging import install
+            def compute(tasks, label):
+                if client is None:
+                    return list(dask.compute(*tasks, scheduler=scheduler))
+                futures = client.compute(tasks)
+                _wait_with_progress(futures, progress, label=label)
+                return client.gather(futures)
 
-            install(client)  # a bad row is reported once, as the error raised here, not also by the worker's log
-            # chunk futures are only watched for the progress bar; gathering them would ship every parsed row
-            # to this process
-            futures = client.compute([*parts, projection, summary])
-            _wait_with_progress(futures, progress, label=f"ingest {cfg.name}")
-            (crs_model, center), summary = client.gather(futures[-2:])
-            del futures
+            if client is not None:
+                from pipelines.worker_logging import install
+
+                install(client)
+            (crs_model, center), summary = finish_partitioned(
+                parts, cfg, bounds_t, train_range, crs_in, columns, tmp, quarantine, compute,
+                part_rows or PART_ROWS)
         else:
-            (crs_model, center), summary = dask.compute(projection, summary, scheduler=scheduler)
-
+            (crs_model, center), summary = _finish_in_memory(parts, cfg, given, split_of_file, bounds_t, columns, tmp,
+                                                             quarantine, train_range, crs_in, client, progress,
+                                                             scheduler)
         spikes_info = summary.pop("spikes")
         manifest = {
             "name": cfg.name, "kind": cfg.kind, "title": cfg.title,
@@ -401,6 +410,26 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
         with open(tmp / "manifest.json", "w") as f:
             json.dump(manifest, f, indent=2, default=_json_default)
     return IngestResult(out_dir, manifest, skipped=False, seconds=time.perf_counter() - started)
+
+
+def _finish_in_memory(parts, cfg, given, split_of_file, bounds_t, columns, tmp, quarantine, train_range, crs_in,
+                      client, progress, scheduler):
+    """The global steps as one task holding the whole catalog (the source's own sequences; the reference path)."""
+    import dask
+
+    delayed = dask.delayed
+    projection = delayed(choose_projection)([delayed(part_bounds)(p, train_range) for p in parts], cfg, crs_in)
+    projected = [delayed(project_part)(p, crs_in, projection) for p in parts]
+    summary = delayed(finish)(projected, cfg, given, split_of_file, bounds_t, columns, tmp, quarantine)
+    if client is None:
+        return dask.compute(projection, summary, scheduler=scheduler)
+    from pipelines.worker_logging import install
+
+    install(client)  # a bad row is reported once, as the error raised here, not also by the worker's log
+    # chunk futures are only watched for the progress bar; gathering them would ship every parsed row to this process
+    futures = client.compute([*parts, projection, summary])
+    _wait_with_progress(futures, progress, label=f"ingest {cfg.name}")
+    return client.gather(futures[-2:])
 
 
 def _json_default(o):

@@ -160,11 +160,12 @@ def to_model_time(time: pd.Series, origin, time_unit: str, source_unit: str = "s
     return (time.to_numpy(dtype="float64") - float(origin or 0.0)) * (SECONDS_PER[source_unit] / scale)
 
 
-def break_ties(t: np.ndarray, resolution: float, barriers=()) -> np.ndarray:
+def break_ties(t: np.ndarray, resolution: float, barriers=(), after: float = np.inf) -> np.ndarray:
     """Spread events that share a time evenly inside one clock tick: the i-th of k tied events moves by
     ``i/k * tick`` (never past the next distinct time, nor past a ``barrier`` such as a split boundary), so
     inter-event times stay positive and the order is the input order. ``t`` must be sorted; ``resolution`` is in
-    the same unit as ``t``."""
+    the same unit as ``t``. ``after``: the next time beyond ``t`` (when ``t`` is one time range of a longer
+    sorted catalog), which caps the last group as the next distinct time caps the others."""
     t = np.asarray(t, dtype="float64")
     if len(t) < 2:
         return t.copy()
@@ -175,7 +176,7 @@ def break_ties(t: np.ndarray, resolution: float, barriers=()) -> np.ndarray:
     if (sizes == 1).all():
         return t.copy()
     rank = np.arange(len(t)) - starts[group]
-    next_time = np.r_[t[starts[1:]], np.inf]
+    next_time = np.r_[t[starts[1:]], after]
     b = np.sort(np.asarray([v for v in barriers if v is not None and np.isfinite(v)], dtype="float64"))
     if len(b):
         after = np.searchsorted(b, t[starts], side="right")  # first barrier strictly above the tied time

@@ -1,0 +1,590 @@
+"""The ingestion graph's global steps, partition-wise: memory bounded by a block, not by the catalog.
+
+    parsed chunk ──▶ sorted by t, spilled to Parquet; its t-sample and extent ──▶ time edges, projection (driver)
+      ──▶ per time range: its rows from every chunk, projected, de-duplicated, sorted; ids out by hash bucket
+      ──▶ per id bucket: duplicate ids                ──▶ per time range: first time (after dropping invalid ids)
+      ──▶ per time range: ties broken, splits assigned, written
+      ──▶ window boundaries located per range (a reduction of counts) ──▶ sequences written in batches of rows
+      ──▶ normalisation statistics by reductions (exact order statistics by histogram refinement)
+      ──▶ ``events.parquet`` streamed from the ranges, one row group at a time
+
+Why the results equal the in-memory path (:func:`pipelines.ingest.finish`) exactly:
+
+* Time ranges are cut at time *values* (``[edge_k, edge_k+1)`` of the parse-time ``t``): every event of one time
+  lies in one range, so exact duplicates (equal times) and tied times never straddle an edge. Inside a range the
+  rows are put back in input order (chunk, row) before de-duplication, so "keep the first" keeps the same row.
+* Duplicate ids can lie far apart in time: they are checked per hash bucket of the id, over all ranges, again
+  in input order.
+* The one quantity that crosses an edge is the next range's first time, which caps the spread of a range's last
+  tie group (:func:`stforecast.clean.break_ties`'s ``after``).
+* Sequences are index ranges of the global sorted order: window boundaries are located by per-range
+  ``searchsorted`` plus the range's row offset; each batch of sequences reads only the rows it covers.
+
+Every task reads and writes files under the run's staging folder (so the output store must be shared by the
+workers of a remote cluster, as for the rest of the graph) and returns only small summaries.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stforecast.catalog import MARK_COLUMNS, CatalogError, empty_rejects, raise_for_invalid
+from stforecast.clean import break_ties, check_unique_ids, deduplicate
+from stforecast.sequences import SEQUENCE_COLUMNS, SPLITS, assign_splits
+
+# rows per time range and per sequence batch: ≈ 0.6 KB per event while a range is processed, so ≈ 300 MB per task
+PART_ROWS = 500_000
+SAMPLE_POINTS = 256  # t-sample per chunk for the edges: ranges come out within ≈ 1/256 of a chunk of the target
+ROW_GROUP = 65_536  # spilled chunks are sorted by t: a range reads only the row groups its times overlap
+LABELS = ("history", *SPLITS, "after")
+_HELPER_COLUMNS = ["_hash", "_idhash", "_chunk"]
+
+
+@dataclass
+class ChunkInfo:
+    """What a spilled chunk tells the driver (everything else stays on disk)."""
+
+    index: int
+    rows: int
+    t_min: float
+    t_max: float
+    sample: np.ndarray  # (SAMPLE_POINTS,) t at evenly spaced ranks
+    bounds: tuple | None  # training-period extent, for the projection
+    rejects: pd.DataFrame
+    rows_read: int
+    files: set  # the input file names among its events (their sorted order breaks ties of equal times)
+    spikes: dict | None = None
+
+
+def _write(frame: pd.DataFrame, path: Path, row_group: int | None = None) -> None:
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with warnings.catch_warnings():  # pyarrow reads tz-aware times through Series.values (pandas 3.1 deprecation)
+        warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path, row_group_size=row_group)
+
+
+def spill_chunk(part, index: int, train_range, work: Path) -> ChunkInfo:
+    """Worker task: a parsed chunk ``(events, rejects, rows_read[, spikes info])`` → sorted by t (stably: ties keep
+    input order) and written to ``work/chunks``; returns its summary."""
+    from pipelines.ingest import part_bounds
+
+    events, rejects, rows_read, *info = part
+    bounds = part_bounds(part, train_range)
+    t = events["t"].to_numpy()
+    order = np.argsort(t, kind="stable")
+    events = events.take(order).reset_index(drop=True)
+    events["_chunk"] = np.int32(index)
+    t = t[order]
+    n = len(t)
+    if n:
+        (work / "chunks").mkdir(exist_ok=True)
+        _write(events, work / "chunks" / f"{index:06d}.parquet", ROW_GROUP)
+    sample = t[np.linspace(0, n - 1, min(n, SAMPLE_POINTS)).round().astype(int)] if n else np.array([])
+    return ChunkInfo(index, n, float(t[0]) if n else math.inf, float(t[-1]) if n else -math.inf, sample, bounds,
+                     rejects, int(rows_read), set(events["_file"].unique()), info[0] if info else None)
+
+
+def time_edges(chunks: list[ChunkInfo], part_rows: int) -> np.ndarray:
+    """Inner edges ``e_1 < … < e_{K-1}`` of time ranges holding ≈ ``part_rows`` events each, from the chunks'
+    t-samples (each sample point stands for rows/len(sample) events). Ranges are ``[e_k, e_k+1)``, e_0 = -∞."""
+    values, weights = [], []
+    for c in chunks:
+        if c.rows:
+            values.append(c.sample)
+            weights.append(np.full(len(c.sample), c.rows / len(c.sample)))
+    if not values:
+        return np.array([])
+    v = np.concatenate(values)
+    w = np.concatenate(weights)
+    order = np.argsort(v, kind="stable")
+    v, cum = v[order], np.cumsum(w[order])
+    total = cum[-1]
+    k = int(math.ceil(total / part_rows))
+    if k <= 1:
+        return np.array([])
+    at = np.searchsorted(cum, np.arange(1, k) * (total / k), side="left")
+    edges = np.unique(v[np.minimum(at, len(v) - 1)])
+    return edges[edges > v[0]]  # the first range must not be empty by construction
+
+
+def _ranges(edges: np.ndarray) -> list[tuple[float, float]]:
+    bounds = np.r_[-np.inf, edges, np.inf]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _read_range(files: list[Path], lo: float, hi: float, columns=None) -> pd.DataFrame | None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    filters = [f for f in ([("t", ">=", lo)] if np.isfinite(lo) else []) + ([("t", "<", hi)] if np.isfinite(hi) else [])]
+    tables = [pq.read_table(f, columns=columns, filters=filters or None) for f in files]
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return None
+    return pa.concat_tables(tables).to_pandas()
+
+
+def sort_range(p: int, lo: float, hi: float, chunk_files: list[Path], crs_in, projection, file_codes: dict,
+               line_offset, check_ids: bool, buckets: int, work: Path) -> dict:
+    """Worker task: one time range → projected, de-duplicated (first in input order kept), sorted by
+    (t, file, row) into ``work/sorted``; its ids (for the global duplicate-id check) into ``work/ids``."""
+    from pipelines.ingest import project_part
+
+    events = _read_range(chunk_files, lo, hi)
+    if events is None:
+        return {"part": p, "rows": 0, "rejects": empty_rejects()}
+    order = np.lexsort((events["_row"].to_numpy(), events["_chunk"].to_numpy()))  # input order
+    events = events.take(order).reset_index(drop=True)
+    events = project_part((events,), crs_in, projection)[0]
+    events, rejects = deduplicate(events, line_offset)
+    if check_ids:
+        ids = events[["_idhash", "_chunk", "_row", "event_id", "_file"]]
+        bucket = (ids["_idhash"].to_numpy() % np.uint64(buckets)).astype(np.int64)
+        for b in np.unique(bucket):
+            folder = work / "ids" / f"{b:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            _write(ids[bucket == b], folder / f"{p:06d}.parquet")
+    codes = events["_file"].map(file_codes).to_numpy()
+    order = np.lexsort((events["_row"].to_numpy(), codes, events["t"].to_numpy()))
+    events = events.take(order).reset_index(drop=True)
+    (work / "sorted").mkdir(exist_ok=True)
+    _write(events, work / "sorted" / f"{p:06d}.parquet")
+    return {"part": p, "rows": len(events), "rejects": rejects}
+
+
+def check_id_bucket(folder: Path, line_offset, id_col: str) -> pd.DataFrame:
+    """Worker task: duplicate ids within one hash bucket (all time ranges), the first in input order kept."""
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        return empty_rejects()
+    ids = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    order = np.lexsort((ids["_row"].to_numpy(), ids["_chunk"].to_numpy()))
+    return check_unique_ids(ids.take(order).reset_index(drop=True), line_offset, id_col)
+
+
+def _drop_invalid(events: pd.DataFrame, invalid: pd.DataFrame) -> pd.DataFrame:
+    if invalid is None or not len(invalid) or events.empty:
+        return events
+    bad = pd.MultiIndex.from_arrays([invalid["file"], invalid["row"]])
+    return events[~pd.MultiIndex.from_arrays([events["_file"], events["_row"]]).isin(bad)].reset_index(drop=True)
+
+
+def first_time(sorted_file: Path, invalid: pd.DataFrame) -> float | None:
+    """Worker task: a sorted range's first time once invalid rows are dropped (None when nothing is left)."""
+    if not sorted_file.exists():
+        return None
+    cols = pd.read_parquet(sorted_file, columns=["t", "_file", "_row"])
+    cols = _drop_invalid(cols, invalid)
+    return float(cols["t"].iloc[0]) if len(cols) else None
+
+
+def finish_range(p: int, invalid: pd.DataFrame, after: float, resolution: float, barriers: list,
+                 bounds_t: dict, marks: list, work: Path) -> dict:
+    """Worker task: one sorted range → invalid ids dropped, ties broken (the last group capped by ``after``, the
+    next range's first time), splits assigned; written to ``work/final``. Returns counts and first/last times."""
+    src = work / "sorted" / f"{p:06d}.parquet"
+    empty = {"part": p, "rows": 0, "labels": {}, "time": None, "marks": []}
+    if not src.exists():
+        return empty
+    events = _drop_invalid(pd.read_parquet(src), invalid)
+    if events.empty:
+        return empty
+    events["t"] = break_ties(events["t"].to_numpy(), resolution, barriers, after=after)
+    events = events.drop(columns=[c for c in _HELPER_COLUMNS if c in events])
+    labels = assign_splits(events["t"].to_numpy(), bounds_t)
+    events["split"] = labels
+    (work / "final").mkdir(exist_ok=True)
+    _write(events, work / "final" / f"{p:06d}.parquet")
+    t = events["t"].to_numpy()
+    per_label = {}
+    for name in LABELS:
+        sel = np.flatnonzero(labels == name)
+        if len(sel):
+            per_label[name] = {"rows": int(len(sel)), "first_t": float(t[sel[0]]), "last_t": float(t[sel[-1]])}
+    return {"part": p, "rows": len(events), "labels": per_label, "first_t": float(t[0]), "last_t": float(t[-1]),
+            "time": (events["time"].min(), events["time"].max()),
+            "marks": [m for m in marks if m in events]}
+
+
+def locate(final_file: Path, offset: int, values: np.ndarray) -> np.ndarray:
+    """Worker task: ``offset + searchsorted(t, values)`` in one final range (global row of each value)."""
+    t = pd.read_parquet(final_file, columns=["t"])["t"].to_numpy()
+    return offset + np.searchsorted(t, values, side="left")
+
+
+class Parts:
+    """The final ranges: global row offsets, and reading any global row interval."""
+
+    def __init__(self, work: Path, finished: list[dict]):
+        self.files = [work / "final" / f"{f['part']:06d}.parquet" for f in finished if f["rows"]]
+        self.rows = np.array([f["rows"] for f in finished if f["rows"]], dtype=np.int64)
+        self.offsets = np.r_[0, np.cumsum(self.rows)].astype(np.int64)
+        self.last_t = np.array([f["last_t"] for f in finished if f["rows"]])
+
+    @property
+    def total(self) -> int:
+        return int(self.offsets[-1])
+
+
+def read_rows(files: list[str], offsets: list[int], lo: int, hi: int, columns: list[str]) -> pd.DataFrame:
+    """Global rows [lo, hi) from the final ranges (``offsets[i]``: the first global row of ``files[i]``)."""
+    pieces = []
+    for f, start in zip(files, offsets):
+        frame = pd.read_parquet(f, columns=columns)
+        a, b = max(lo - start, 0), min(hi - start, len(frame))
+        if a < b:
+            pieces.append(frame.iloc[a:b])
+    return pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=columns)
+
+
+def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, hist: np.ndarray, first: np.ndarray,
+                   stop: np.ndarray, starts: np.ndarray, columns: list[str], out: Path, stats_dir: Path | None) -> dict:
+    """Worker task: the rows of sequences ``seq0 …`` (global row ranges [hist, stop), targets from ``first``)
+    written to ``out``; for train, the targets' (dt, x, y) to ``stats_dir`` and their partial statistics."""
+    from stforecast.sequences import _frame, inter_event_times
+
+    base = int(hist[0])
+    events = read_rows(files, offsets, base, int(stop[-1]), columns)
+    lengths = stop - hist
+    rows = np.concatenate([np.arange(h, s) for h, s in zip(hist, stop)]) - base
+    seq = np.repeat(np.arange(seq0, seq0 + len(lengths)), lengths)
+    offsets_in = np.repeat(np.cumsum(np.r_[0, lengths[:-1]]), lengths)
+    position = np.arange(len(rows)) - offsets_in
+    is_target = rows + base >= np.repeat(first, lengths)
+    t = events["t"].to_numpy()
+    t_start = np.where(np.isnan(starts), t[hist - base], starts)
+    frame = _frame(events, rows, split, seq, position, is_target, np.repeat(t_start, lengths))
+    frame["event_index"] += base
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(frame.drop(columns="split"), out)
+    result = {"rows": len(frame)}
+    if stats_dir is not None:
+        dt = inter_event_times(frame)
+        values = pd.DataFrame({"dt": dt, "x": frame["x"].to_numpy(), "y": frame["y"].to_numpy()})[is_target]
+        positive = values["dt"].to_numpy()
+        values["log_dt"] = np.log(np.where(positive > 0, positive, np.nan))
+        stats_dir.mkdir(parents=True, exist_ok=True)
+        _write(values, stats_dir / out.name)
+        result["moments"] = {c: _moments(values[c].to_numpy()) for c in ("dt", "log_dt", "x", "y")}
+    return result
+
+
+def empty_sequences(columns: list[str], marks: list[str], out: Path) -> None:
+    """A split without sequences still gets its (empty) part, with the table's columns."""
+    from stforecast.sequences import _frame
+
+    events = pd.DataFrame({c: pd.Series(dtype="float64") for c in ("t", "x", "y")})
+    for m in marks:
+        events[m] = pd.Series(dtype="float64" if m == "magnitude" else "object")
+    e = np.array([], dtype=int)
+    frame = _frame(events, e, "train", e, e, e.astype(bool), np.array([]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(frame.drop(columns="split"), out)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def _moments(v: np.ndarray) -> dict:
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"n": 0, "mean": 0.0, "m2": 0.0, "min": math.inf, "max": -math.inf}
+    mean = float(v.mean())
+    return {"n": int(len(v)), "mean": mean, "m2": float(((v - mean) ** 2).sum()), "min": float(v.min()),
+            "max": float(v.max())}
+
+
+def combine_moments(parts: list[dict]) -> dict:
+    """Chan et al.'s pairwise update: count, mean and sum of squared deviations of the union."""
+    n, mean, m2 = 0, 0.0, 0.0
+    lo, hi = math.inf, -math.inf
+    for p in parts:
+        if not p["n"]:
+            continue
+        delta = p["mean"] - mean
+        total = n + p["n"]
+        mean += delta * p["n"] / total
+        m2 += p["m2"] + delta * delta * n * p["n"] / total
+        n = total
+        lo, hi = min(lo, p["min"]), max(hi, p["max"])
+    return {"n": n, "mean": mean, "m2": m2, "min": lo, "max": hi}
+
+
+def order_statistic(files: list[Path], column: str, rank: int, lo: float, hi: float, bins: int = 4096,
+                    collect: int = 2_000_000) -> float:
+    """The ``rank``-th smallest finite value of ``column`` over ``files`` (0-based), exactly, holding at most
+    ``collect`` values: histogram the candidates, keep the bin that holds the rank, repeat until it is small."""
+    levels: list[tuple[float, float, int]] = []  # (lo, hi, bin): a value is a candidate if it lands in each
+
+    def candidates(frame_values: np.ndarray) -> np.ndarray:
+        v = frame_values[np.isfinite(frame_values)]
+        for a, b, j in levels:
+            v = v[(v >= a) & (v <= b)]
+            v = v[_bin(v, a, b, bins) == j]
+        return v
+
+    while True:
+        if lo == hi:
+            return lo
+        counts = np.zeros(bins, dtype=np.int64)
+        for f in files:
+            v = candidates(pd.read_parquet(f, columns=[column])[column].to_numpy())
+            v = v[(v >= lo) & (v <= hi)]
+            counts += np.bincount(_bin(v, lo, hi, bins), minlength=bins)
+        cum = np.cumsum(counts)
+        j = int(np.searchsorted(cum, rank, side="right"))
+        rank -= int(cum[j - 1]) if j else 0
+        levels.append((lo, hi, j))
+        if counts[j] <= collect:
+            v = np.concatenate([candidates(pd.read_parquet(f, columns=[column])[column].to_numpy()) for f in files])
+            return float(np.partition(v, rank)[rank])
+        width = (hi - lo) / bins
+        lo, hi = lo + j * width, min(hi, lo + (j + 1) * width)  # a superset of the bin: `levels` decides
+
+
+def _bin(v: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(len(v), dtype=np.int64)
+    return np.clip(((v - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
+
+
+def quantile(files: list[Path], column: str, q: float, n: int, lo: float, hi: float) -> float:
+    """``np.quantile(values, q)`` (linear method) from exact order statistics, computed the way numpy does."""
+    h = (n - 1) * q
+    k = int(math.floor(h))
+    a = order_statistic(files, column, k, lo, hi)
+    b = order_statistic(files, column, k + 1, lo, hi) if k + 1 < n else a
+    g = h - k
+    return float(b - (b - a) * (1 - g)) if g >= 0.5 else float(a + (b - a) * g)
+
+
+def normalisation_from_parts(stats_dir: Path, moments: list[dict]) -> dict:
+    """:func:`stforecast.sequences.normalisation_stats` by reductions: moments combined, quantiles exact."""
+    files = sorted(stats_dir.glob("*.parquet")) if stats_dir.exists() else []
+    out = {}
+    for name in ("dt", "log_dt", "x", "y"):
+        m = combine_moments([p[name] for p in moments])
+        if not m["n"]:
+            raise ValueError("no training targets: normalisation statistics need at least one")
+        q = {k: quantile(files, name, level, m["n"], m["min"], m["max"]) for k, level in (("q01", 0.01), ("q99", 0.99))}
+        out[name] = {"mean": m["mean"], "std": math.sqrt(m["m2"] / m["n"]), "min": m["min"], "max": m["max"], **q,
+                     "n": m["n"]}
+    return out
+
+
+def stream_events(parts: Parts, dest: Path) -> None:
+    """``events.parquet`` as one file, one range at a time (the schema of the first; null columns cast to it)."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for f in parts.files:
+            table = pq.read_table(f)
+            if writer is None:
+                writer = pq.ParquetWriter(dest, table.schema)
+            elif not table.schema.equals(writer.schema, check_metadata=False):
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def content_hash(out_dir: Path) -> dict[str, str]:
+    """sha256 of the content of ``events.parquet`` and of each split's sequences: column names, Arrow types and
+    values in row order (not the file layout, row groups or metadata), to compare two ingestions' outputs."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    def digest(files: list[Path]) -> str:
+        h = hashlib.sha256()
+        tables = [pq.read_table(f) for f in files]
+        if not tables:
+            return h.hexdigest()
+        schema = tables[0].schema
+        h.update(repr([(f.name, str(f.type)) for f in schema]).encode())
+        for table in tables:  # one 64-bit hash per row over all its columns: independent of how rows are split
+            h.update(pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy().tobytes())
+        return h.hexdigest()
+
+    out = {"events": digest([out_dir / "events.parquet"])}
+    for split in SPLITS:
+        files = sorted((out_dir / "sequences" / f"split={split}").glob("*.parquet"))
+        out[f"sequences/{split}"] = digest([f for f in files if pq.read_metadata(f).num_rows] or files[:1])
+    return out
+
+
+def cleanup(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def raise_if_empty(name: str, rows: int, rows_read: int, rejects: pd.DataFrame) -> None:
+    from pipelines.ingest import rejects_summary
+
+    if rows == 0:
+        raise CatalogError(
+            f"catalog {name}: no events left after cleaning and filters ({rows_read} read). "
+            + "; ".join(f"{r['rows']} {r['kind']}: {r['reason']}" for r in rejects_summary(rejects)[:8]))
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, columns: dict, out_tmp: Path,
+                       quarantine: bool, compute, part_rows: int = PART_ROWS) -> tuple[tuple, dict]:
+    """The partition-wise :func:`pipelines.ingest.finish`: ``parts`` are the graph's parse tasks (delayed);
+    ``compute(tasks, label)`` runs a list of delayed tasks (on the cluster) and returns their results.
+    Returns ``((crs_model, center), summary)`` as the in-memory path does."""
+    from dask import delayed
+
+    from pipelines.ingest import choose_projection, rejects_summary
+    from stforecast.catalog import SECONDS_PER
+
+    work = out_tmp / "_work"
+    work.mkdir()
+    line_offset, id_col = columns["line_offset"], columns["id_col"]
+    chunks = compute([delayed(spill_chunk)(part, i, train_range, work) for i, part in enumerate(parts)],
+                     f"ingest {cfg.name}")
+    projection = choose_projection([c.bounds for c in chunks], cfg, crs_in)
+    rows_read = sum(c.rows_read for c in chunks)
+    file_codes = {name: i for i, name in enumerate(sorted(set().union(*(c.files for c in chunks))))}
+    ranges = _ranges(time_edges(chunks, part_rows))
+    buckets = len(ranges)
+
+    def overlapping(lo, hi):
+        return [work / "chunks" / f"{c.index:06d}.parquet" for c in chunks if c.rows and c.t_max >= lo and c.t_min < hi]
+
+    sorted_ = compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
+                                           line_offset, bool(id_col), buckets, work)
+                       for p, (lo, hi) in enumerate(ranges)], "order")
+    rejects = [c.rejects for c in chunks] + [s["rejects"] for s in sorted_]
+    invalid = None
+    if id_col:
+        found = compute([delayed(check_id_bucket)(work / "ids" / f"{b:04d}", line_offset, id_col)
+                         for b in range(buckets)], "ids")
+        rejects += found
+        invalid = pd.concat(found, ignore_index=True)[["file", "row"]]
+    rejects = pd.concat([r for r in rejects if len(r)] or [empty_rejects()], ignore_index=True)
+    if not quarantine:
+        raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
+                                        "invalid rows aside)")
+    firsts = compute([delayed(first_time)(work / "sorted" / f"{p:06d}.parquet", invalid) for p in range(len(ranges))],
+                     "ties")
+    after = [next((f for f in firsts[p + 1:] if f is not None), math.inf) for p in range(len(ranges))]
+    resolution = cfg.tie_resolution_s / SECONDS_PER[cfg.time_unit]
+    finished = compute([delayed(finish_range)(p, invalid, after[p], resolution, list(bounds_t.values()), bounds_t,
+                                              list(MARK_COLUMNS), work) for p in range(len(ranges))], "split")
+    kept = sum(f["rows"] for f in finished)
+    raise_if_empty(cfg.name, kept, rows_read, rejects)
+    parts_ = Parts(work, finished)
+    live = [f for f in finished if f["rows"]]
+    marks = live[0]["marks"]
+    label_rows = {n: sum(f["labels"].get(n, {}).get("rows", 0) for f in live) for n in LABELS}
+    label_start = dict(zip(LABELS, np.r_[0, np.cumsum([label_rows[n] for n in LABELS])]))
+    first_t = {n: min((f["labels"][n]["first_t"] for f in live if n in f["labels"]), default=None) for n in LABELS}
+    last_t = {n: max((f["labels"][n]["last_t"] for f in live if n in f["labels"]), default=None) for n in LABELS}
+    times = [f["time"] for f in live]
+    time_range = [str(min(t[0] for t in times)), str(max(t[1] for t in times))]
+
+    def global_searchsorted(values: np.ndarray) -> np.ndarray:
+        where = np.searchsorted(parts_.last_t, values, side="left")  # the first range whose last time is ≥ v
+        out = np.full(len(values), parts_.total, dtype=np.int64)
+        todo = [j for j in np.unique(where) if j < len(parts_.files)]
+        found = compute([delayed(locate)(parts_.files[j], int(parts_.offsets[j]), values[where == j]) for j in todo],
+                        "windows")
+        for j, idx in zip(todo, found):
+            out[where == j] = idx
+        return out
+
+    seq_cfg = cfg.sequences
+    ends = {"train": bounds_t.get("val_start"), "val": bounds_t.get("test_start"), "test": bounds_t.get("end")}
+    plans, counts = {}, {}
+    for name in SPLITS:
+        n = label_rows[name]
+        hist = first = stop = starts = np.array([], dtype=np.int64)
+        if n:
+            a, b = int(label_start[name]), int(label_start[name]) + n
+            if seq_cfg.mode == "windows":
+                lo = bounds_t.get(f"{name}_start")
+                lo = first_t[name] if lo is None else lo
+                hi = ends[name]
+                hi = np.nextafter(last_t[name], np.inf) if hi is None else hi
+                starts = np.arange(lo, hi, seq_cfg.stride or seq_cfg.window)
+                first = global_searchsorted(starts)
+                stop = global_searchsorted(np.minimum(starts + seq_cfg.window, hi))
+            elif seq_cfg.mode == "chunks":
+                first = np.arange(a, b, seq_cfg.length, dtype=np.int64)
+                stop = np.minimum(first + seq_cfg.length, b)
+                starts = np.full(len(first), np.nan)
+            else:
+                raise ValueError(f"sequence mode {seq_cfg.mode!r} needs the source's own sequences (mode 'given')")
+            keep = (stop - first) >= seq_cfg.min_targets
+            first, stop, starts = first[keep], stop[keep], starts[keep]
+            hist = np.maximum(first - seq_cfg.history_events, 0)
+        plans[name] = (hist, first, stop, starts)
+        counts[name] = {"sequences": int(((stop - hist) > 0).sum()), "targets": int((stop - first).sum()),
+                        "history_rows": int((first - hist).sum()), "distinct_target_events": _union(first, stop)}
+    if counts["train"]["targets"] == 0:
+        raise CatalogError(f"catalog {cfg.name}: the train split has no target events; check the split settings "
+                           f"against the catalog's time range {time_range[0]} … {time_range[1]}")
+
+    columns_needed = ["t", "x", "y", *marks]
+    tasks, empty = [], []
+    for name in SPLITS:
+        hist, first, stop, starts = plans[name]
+        folder = out_tmp / "sequences" / f"split={name}"
+        lengths = stop - hist
+        keep = lengths > 0
+        hist, first, stop, starts = hist[keep], first[keep], stop[keep], starts[keep]
+        seq_ids = np.flatnonzero(keep)
+        if not len(hist):
+            empty.append(folder / "part-00000.parquet")
+            continue
+        cum = np.cumsum(lengths[keep])
+        cuts = np.unique(np.searchsorted(cum, np.arange(part_rows, cum[-1], part_rows), side="left") + 1)
+        for batch, (i0, i1) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, len(hist)])):
+            if i0 >= i1:
+                continue
+            lo_row, hi_row = int(hist[i0]), int(stop[i1 - 1])
+            sel = [j for j in range(len(parts_.files))
+                   if parts_.offsets[j] < hi_row and parts_.offsets[j + 1] > lo_row]
+            tasks.append(delayed(sequence_batch)(
+                name, [parts_.files[j] for j in sel], [int(parts_.offsets[j]) for j in sel], int(seq_ids[i0]),
+                hist[i0:i1], first[i0:i1], stop[i0:i1], starts[i0:i1], columns_needed,
+                folder / f"part-{batch:05d}.parquet", work / "stats" if name == "train" else None))
+    results = compute(tasks, "sequences")
+    for path in empty:
+        empty_sequences(columns_needed, marks, path)
+    normalisation = normalisation_from_parts(work / "stats", [r["moments"] for r in results if "moments" in r])
+    stream_events(parts_, out_tmp / "events.parquet")
+    if quarantine and len(rejects):
+        rejects.astype({"value": "str"}).to_parquet(out_tmp / "rejected.parquet", index=False)
+    cleanup(work)
+    summary = {
+        "rows_read": rows_read, "events_kept": int(kept), "rejected": rejects_summary(rejects), "splits": counts,
+        "events_per_split": {n: int(label_rows[n]) for n in sorted(label_rows, key=lambda n: -label_rows[n])
+                             if label_rows[n]},
+        "normalisation": normalisation, "marks": [m for m in ("magnitude", "category", "unit") if m in marks],
+        "time_range": time_range, "quarantined": bool(quarantine and len(rejects)),
+        "spikes": chunks[0].spikes if chunks else None,
+    }
+    return projection, summary
+
+
+def _union(first: np.ndarray, stop: np.ndarray) -> int:
+    """Size of the union of the row intervals [first, stop) (sorted by first)."""
+    total, reach = 0, -1
+    for a, b in zip(first.tolist(), stop.tolist()):
+        a = max(a, reach)
+        if b > a:
+            total += b - a
+            reach = b
+    return total
