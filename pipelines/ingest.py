@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import json
 import operator
 import os
@@ -27,7 +28,7 @@ import pandas as pd
 
 import stforecast
 from pipelines.cluster import dask_client
-from stforecast.catalog import SECONDS_PER, CatalogError, raise_for_invalid
+from stforecast.catalog import SECONDS_PER, CatalogError, empty_rejects, raise_for_invalid
 from stforecast.clean import (
     add_keys,
     apply_filters,
@@ -59,6 +60,7 @@ class IngestResult:
     manifest: dict
     skipped: bool = False  # True when the output was already up to date
     seconds: float = 0.0
+    stages: dict | None = None  # seconds per step of the partition-wise path
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -242,6 +244,165 @@ def finish(parts, cfg: IngestConfig, given: bool, split_of_file: dict, bounds_t:
     }
 
 
+def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, columns: dict, out_tmp: Path,
+                       quarantine: bool, compute, part_rows: int) -> tuple[tuple, dict]:
+    """The partition-wise :func:`finish` (:mod:`pipelines.ingest_parts`): ``parts`` are the graph's parse tasks (delayed);
+    ``compute(tasks, label)`` runs a list of delayed tasks (on the cluster) and returns their results.
+    Returns ``((crs_model, center), summary)`` as the in-memory path does."""
+    from dask import delayed
+
+    from pipelines.ingest_parts import (
+        LABELS, Parts, _ranges, _union, check_id_bucket, cleanup, empty_sequences, finish_range, first_time, locate,
+        normalisation_from_parts, sequence_batch, sort_range, spill_chunk, stream_events, time_edges)
+    from stforecast.catalog import MARK_COLUMNS
+
+    work = out_tmp / "_work"
+    work.mkdir()
+    line_offset, id_col = columns["line_offset"], columns["id_col"]
+    stages: dict[str, float] = {}  # seconds per step, for benchmarks.ingest ("where the time goes")
+    run_stage = compute
+
+    def compute(tasks, label):  # noqa: F811 - the caller's compute, timed
+        t0 = time.perf_counter()
+        out = run_stage(tasks, label)
+        stages[label] = stages.get(label, 0.0) + time.perf_counter() - t0
+        return out
+
+    chunks = compute([delayed(spill_chunk)(part, i, train_range, work, part_bounds) for i, part in enumerate(parts)],
+                     f"ingest {cfg.name}")
+    projection = choose_projection([c.bounds for c in chunks], cfg, crs_in)
+    rows_read = sum(c.rows_read for c in chunks)
+    file_codes = {name: i for i, name in enumerate(sorted(set().union(*(c.files for c in chunks))))}
+    ranges = _ranges(time_edges(chunks, part_rows))
+    buckets = len(ranges)
+
+    def overlapping(lo, hi):
+        return [work / "chunks" / f"{c.index:06d}.parquet" for c in chunks if c.rows and c.t_max >= lo and c.t_min < hi]
+
+    sorted_ = compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
+                                           line_offset, cfg.dedupe, bool(id_col), buckets, work,
+                                           project_part)
+                       for p, (lo, hi) in enumerate(ranges)], "order")
+    rejects = [c.rejects for c in chunks] + [s["rejects"] for s in sorted_]
+    invalid = None
+    if id_col:
+        found = compute([delayed(check_id_bucket)(work / "ids" / f"{b:04d}", line_offset, id_col)
+                         for b in range(buckets)], "ids")
+        rejects += found
+        invalid = pd.concat(found, ignore_index=True)[["file", "row"]]
+    rejects = pd.concat([r for r in rejects if len(r)] or [empty_rejects()], ignore_index=True)
+    if not quarantine:
+        raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
+                                        "invalid rows aside)")
+    firsts = compute([delayed(first_time)(work / "sorted" / f"{p:06d}.parquet", invalid) for p in range(len(ranges))],
+                     "ties")
+    after = [next((f for f in firsts[p + 1:] if f is not None), math.inf) for p in range(len(ranges))]
+    resolution = cfg.tie_resolution_s / SECONDS_PER[cfg.time_unit]
+    finished = compute([delayed(finish_range)(p, invalid, after[p], resolution, list(bounds_t.values()), bounds_t,
+                                              list(MARK_COLUMNS), work) for p in range(len(ranges))], "split")
+    kept = sum(f["rows"] for f in finished)
+    if kept == 0:
+        raise CatalogError(
+            f"catalog {cfg.name}: no events left after cleaning and filters ({rows_read} read). "
+            + "; ".join(f"{r['rows']} {r['kind']}: {r['reason']}" for r in rejects_summary(rejects)[:8]))
+    ranges_done = Parts(work, finished)
+    live = [f for f in finished if f["rows"]]
+    marks = live[0]["marks"]
+    label_rows = {n: sum(f["labels"].get(n, {}).get("rows", 0) for f in live) for n in LABELS}
+    label_start = dict(zip(LABELS, np.r_[0, np.cumsum([label_rows[n] for n in LABELS])]))
+    first_t = {n: min((f["labels"][n]["first_t"] for f in live if n in f["labels"]), default=None) for n in LABELS}
+    last_t = {n: max((f["labels"][n]["last_t"] for f in live if n in f["labels"]), default=None) for n in LABELS}
+    times = [f["time"] for f in live]
+    time_range = [str(min(t[0] for t in times)), str(max(t[1] for t in times))]
+
+    def global_searchsorted(values: np.ndarray) -> np.ndarray:
+        where = np.searchsorted(ranges_done.last_t, values, side="left")  # the first range whose last time is ≥ v
+        out = np.full(len(values), ranges_done.total, dtype=np.int64)
+        todo = [j for j in np.unique(where) if j < len(ranges_done.files)]
+        found = compute([delayed(locate)(ranges_done.files[j], int(ranges_done.offsets[j]), values[where == j]) for j in todo],
+                        "windows")
+        for j, idx in zip(todo, found):
+            out[where == j] = idx
+        return out
+
+    seq_cfg = cfg.sequences
+    ends = {"train": bounds_t.get("val_start"), "val": bounds_t.get("test_start"), "test": bounds_t.get("end")}
+    plans, counts = {}, {}
+    for name in SPLITS:
+        n = label_rows[name]
+        hist = first = stop = starts = np.array([], dtype=np.int64)
+        if n:
+            a, b = int(label_start[name]), int(label_start[name]) + n
+            if seq_cfg.mode == "windows":
+                lo = bounds_t.get(f"{name}_start")
+                lo = first_t[name] if lo is None else lo
+                hi = ends[name]
+                hi = np.nextafter(last_t[name], np.inf) if hi is None else hi
+                starts = np.arange(lo, hi, seq_cfg.stride or seq_cfg.window)
+                first = global_searchsorted(starts)
+                stop = global_searchsorted(np.minimum(starts + seq_cfg.window, hi))
+            elif seq_cfg.mode == "chunks":
+                first = np.arange(a, b, seq_cfg.length, dtype=np.int64)
+                stop = np.minimum(first + seq_cfg.length, b)
+                starts = np.full(len(first), np.nan)
+            else:
+                raise ValueError(f"sequence mode {seq_cfg.mode!r} needs the source's own sequences (mode 'given')")
+            keep = (stop - first) >= seq_cfg.min_targets
+            first, stop, starts = first[keep], stop[keep], starts[keep]
+            hist = np.maximum(first - seq_cfg.history_events, 0)
+        plans[name] = (hist, first, stop, starts)
+        counts[name] = {"sequences": int(((stop - hist) > 0).sum()), "targets": int((stop - first).sum()),
+                        "history_rows": int((first - hist).sum()), "distinct_target_events": _union(first, stop)}
+    if counts["train"]["targets"] == 0:
+        raise CatalogError(f"catalog {cfg.name}: the train split has no target events; check the split settings "
+                           f"against the catalog's time range {time_range[0]} … {time_range[1]}")
+
+    columns_needed = ["t", "x", "y", *marks]
+    tasks, empty = [], []
+    for name in SPLITS:
+        hist, first, stop, starts = plans[name]
+        lengths = stop - hist
+        keep = lengths > 0
+        hist, first, stop, starts = hist[keep], first[keep], stop[keep], starts[keep]
+        seq_ids = np.flatnonzero(keep)
+        if not len(hist):
+            empty.append(name)
+            continue
+        cum = np.cumsum(lengths[keep])
+        cuts = np.unique(np.searchsorted(cum, np.arange(part_rows, cum[-1], part_rows), side="left") + 1)
+        for batch, (i0, i1) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, len(hist)])):
+            if i0 >= i1:
+                continue
+            lo_row, hi_row = int(hist[i0]), int(stop[i1 - 1])
+            sel = [j for j in range(len(ranges_done.files))
+                   if ranges_done.offsets[j] < hi_row and ranges_done.offsets[j + 1] > lo_row]
+            tasks.append(delayed(sequence_batch)(
+                name, [ranges_done.files[j] for j in sel], [int(ranges_done.offsets[j]) for j in sel], int(seq_ids[i0]),
+                hist[i0:i1], first[i0:i1], stop[i0:i1], starts[i0:i1], columns_needed, out_tmp, batch,
+                work / "stats" if name == "train" else None, write_sequences))
+    results = compute(tasks, "sequences")
+    for name in empty:
+        empty_sequences(name, marks, out_tmp, write_sequences)
+    t0 = time.perf_counter()
+    normalisation = normalisation_from_parts(work / "stats", [r["moments"] for r in results if "moments" in r])
+    stages["statistics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stream_events(ranges_done, out_tmp / "events.parquet")
+    stages["events.parquet"] = time.perf_counter() - t0
+    if quarantine and len(rejects):
+        rejects.astype({"value": "str"}).to_parquet(out_tmp / "rejected.parquet", index=False)
+    cleanup(work)
+    summary = {
+        "rows_read": rows_read, "events_kept": int(kept), "rejected": rejects_summary(rejects), "splits": counts,
+        "events_per_split": {n: int(label_rows[n]) for n in sorted(label_rows, key=lambda n: -label_rows[n])
+                             if label_rows[n]},
+        "normalisation": normalisation, "marks": [m for m in ("magnitude", "category", "unit") if m in marks],
+        "time_range": time_range, "quarantined": bool(quarantine and len(rejects)),
+        "spikes": chunks[0].spikes if chunks else None, "stages": stages,
+    }
+    return projection, summary
+
+
 def model_time(value, origin, cfg: IngestConfig, source_unit: str = "seconds") -> float | None:
     """A split boundary in model time. Numeric boundaries are in the catalog's own unit (seconds for recordings)."""
     if value is None:
@@ -266,19 +427,20 @@ def bound_value(value, calendar: bool, tz: str = "UTC"):
 
 
 # ------------------------------------------------------------------------------------------------ output
-def write_sequences(seqs: pd.DataFrame, folder: Path) -> None:
-    """Hive-partitioned Parquet: ``sequences/split=train/part-0.parquet`` etc."""
+def write_sequences(seqs: pd.DataFrame, folder: Path, part: int = 0, splits=SPLITS) -> None:
+    """Hive-partitioned Parquet: ``sequences/split=train/part-00000.parquet`` etc., one part per split (the
+    partition-wise path writes one per batch of sequences, numbered by ``part``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     # no parents=True: if the run was cancelled and its temp folder removed while this task still ran on a
     # worker, fail here instead of re-creating the temp folder
     folder.mkdir(exist_ok=True)
-    for name in SPLITS:
-        part = seqs[seqs["split"] == name].drop(columns="split")
+    for name in splits:
+        table = seqs[seqs["split"] == name].drop(columns="split")
         d = folder / f"split={name}"
         d.mkdir(exist_ok=True)
-        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), d / "part-0.parquet")
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), d / f"part-{part:05d}.parquet")
 
 
 def rejects_summary(rejects: pd.DataFrame) -> list[dict]:
@@ -300,15 +462,16 @@ def read_manifest(out_dir: Path) -> dict | None:
 # ------------------------------------------------------------------------------------------------ driver
 def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: Path | None = None,
                quarantine: bool = False, force: bool = False, blocksize: int | None = 64 * 2**20,
-               progress: bool = True, scheduler: str = "threads", part_rows: int | None = None) -> IngestResult:
+               progress: bool = True, scheduler: str = "threads", part_rows: int | None = None,
+               in_memory: bool = False) -> IngestResult:
     """Ingest one catalog. ``client``: a ``distributed.Client`` (the CLI makes a LocalCluster or connects to
     ``--scheduler``); ``None`` runs the same graph on a local dask scheduler (``threads`` or ``synchronous``).
     With a remote cluster the output folder must be on storage the workers share.
 
     The global steps run partition-wise (:mod:`pipelines.ingest_parts`: time ranges of ``part_rows`` events,
     memory bounded by that, not by the catalog) for one continuous catalog read in blocks; in one task
-    (:func:`finish`, the whole catalog in memory) for the source's own sequences and for ``blocksize=None``
-    (the single-threaded reference path). Both give the same output."""
+    (:func:`finish`, the whole catalog in memory) for the source's own sequences, for ``blocksize=None`` (the
+    single-threaded reference path) and with ``in_memory``. Both give the same output."""
     import dask
 
     started = time.perf_counter()
@@ -361,8 +524,8 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
                     first = delayed(operator.add)(first, delayed(tables.count_rows)(c))  # rows before the next chunk
             columns = {"time_col": spec.time_col, "id_col": spec.id_col, "line_offset": None if parquet_only else 1}
         train_range = (bounds_t["train_start"], bounds_t["val_start"]) if not given else (None, None)
-        if not given and blocksize is not None:
-            from pipelines.ingest_parts import PART_ROWS, finish_partitioned
+        if not given and blocksize is not None and not in_memory:
+            from pipelines.ingest_parts import PART_ROWS
 
             def compute(tasks, label):
                 if client is None:
@@ -383,6 +546,7 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
                                                              quarantine, train_range, crs_in, client, progress,
                                                              scheduler)
         spikes_info = summary.pop("spikes")
+        stages = summary.pop("stages", {})
         manifest = {
             "name": cfg.name, "kind": cfg.kind, "title": cfg.title,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -409,7 +573,7 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
             manifest["spikes"] = spikes_info
         with open(tmp / "manifest.json", "w") as f:
             json.dump(manifest, f, indent=2, default=_json_default)
-    return IngestResult(out_dir, manifest, skipped=False, seconds=time.perf_counter() - started)
+    return IngestResult(out_dir, manifest, skipped=False, seconds=time.perf_counter() - started, stages=stages)
 
 
 def _finish_in_memory(parts, cfg, given, split_of_file, bounds_t, columns, tmp, quarantine, train_range, crs_in,

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stforecast.catalog import MARK_COLUMNS, CatalogError, empty_rejects, raise_for_invalid
+from stforecast.catalog import empty_rejects
 from stforecast.clean import break_ties, check_unique_ids, deduplicate
-from stforecast.sequences import SEQUENCE_COLUMNS, SPLITS, assign_splits
+from stforecast.sequences import SPLITS, assign_splits
 
 # rows per time range and per sequence batch: ≈ 0.6 KB per event while a range is processed, so ≈ 300 MB per task
 PART_ROWS = 500_000
@@ -74,11 +74,9 @@ def _write(frame: pd.DataFrame, path: Path, row_group: int | None = None) -> Non
     pq.write_table(table, path, row_group_size=row_group)
 
 
-def spill_chunk(part, index: int, train_range, work: Path) -> ChunkInfo:
+def spill_chunk(part, index: int, train_range, work: Path, part_bounds) -> ChunkInfo:
     """Worker task: a parsed chunk ``(events, rejects, rows_read[, spikes info])`` → sorted by t (stably: ties keep
-    input order) and written to ``work/chunks``; returns its summary."""
-    from pipelines.ingest import part_bounds
-
+    input order) and written to ``work/chunks``; returns its summary (``part_bounds``: its training extent)."""
     events, rejects, rows_read, *info = part
     bounds = part_bounds(part, train_range)
     t = events["t"].to_numpy()
@@ -136,18 +134,16 @@ def _read_range(files: list[Path], lo: float, hi: float, columns=None) -> pd.Dat
 
 
 def sort_range(p: int, lo: float, hi: float, chunk_files: list[Path], crs_in, projection, file_codes: dict,
-               line_offset, check_ids: bool, buckets: int, work: Path) -> dict:
-    """Worker task: one time range → projected, de-duplicated (first in input order kept), sorted by
-    (t, file, row) into ``work/sorted``; its ids (for the global duplicate-id check) into ``work/ids``."""
-    from pipelines.ingest import project_part
-
+               line_offset, dedupe: bool, check_ids: bool, buckets: int, work: Path, project_part) -> dict:
+    """Worker task: one time range → projected (``project_part``), de-duplicated (first in input order kept),
+    sorted by (t, file, row) into ``work/sorted``; its ids (for the global duplicate-id check) into ``work/ids``."""
     events = _read_range(chunk_files, lo, hi)
     if events is None:
         return {"part": p, "rows": 0, "rejects": empty_rejects()}
     order = np.lexsort((events["_row"].to_numpy(), events["_chunk"].to_numpy()))  # input order
     events = events.take(order).reset_index(drop=True)
     events = project_part((events,), crs_in, projection)[0]
-    events, rejects = deduplicate(events, line_offset)
+    events, rejects = deduplicate(events, line_offset) if dedupe else (events, empty_rejects())
     if check_ids:
         ids = events[["_idhash", "_chunk", "_row", "event_id", "_file"]]
         bucket = (ids["_idhash"].to_numpy() % np.uint64(buckets)).astype(np.int64)
@@ -249,9 +245,11 @@ def read_rows(files: list[str], offsets: list[int], lo: int, hi: int, columns: l
 
 
 def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, hist: np.ndarray, first: np.ndarray,
-                   stop: np.ndarray, starts: np.ndarray, columns: list[str], out: Path, stats_dir: Path | None) -> dict:
+                   stop: np.ndarray, starts: np.ndarray, columns: list[str], out_tmp: Path, batch: int,
+                   stats_dir: Path | None, write_sequences) -> dict:
     """Worker task: the rows of sequences ``seq0 …`` (global row ranges [hist, stop), targets from ``first``)
-    written to ``out``; for train, the targets' (dt, x, y) to ``stats_dir`` and their partial statistics."""
+    written as part ``batch`` of the split; for train, the targets' (dt, x, y) to ``stats_dir`` and their partial
+    statistics."""
     from stforecast.sequences import _frame, inter_event_times
 
     base = int(hist[0])
@@ -266,8 +264,7 @@ def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, 
     t_start = np.where(np.isnan(starts), t[hist - base], starts)
     frame = _frame(events, rows, split, seq, position, is_target, np.repeat(t_start, lengths))
     frame["event_index"] += base
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write(frame.drop(columns="split"), out)
+    write_sequences(frame, out_tmp / "sequences", part=batch, splits=(split,))
     result = {"rows": len(frame)}
     if stats_dir is not None:
         dt = inter_event_times(frame)
@@ -275,12 +272,12 @@ def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, 
         positive = values["dt"].to_numpy()
         values["log_dt"] = np.log(np.where(positive > 0, positive, np.nan))
         stats_dir.mkdir(parents=True, exist_ok=True)
-        _write(values, stats_dir / out.name)
+        _write(values, stats_dir / f"{batch:06d}.parquet")
         result["moments"] = {c: _moments(values[c].to_numpy()) for c in ("dt", "log_dt", "x", "y")}
     return result
 
 
-def empty_sequences(columns: list[str], marks: list[str], out: Path) -> None:
+def empty_sequences(split: str, marks: list[str], out_tmp: Path, write_sequences) -> None:
     """A split without sequences still gets its (empty) part, with the table's columns."""
     from stforecast.sequences import _frame
 
@@ -288,9 +285,8 @@ def empty_sequences(columns: list[str], marks: list[str], out: Path) -> None:
     for m in marks:
         events[m] = pd.Series(dtype="float64" if m == "magnitude" else "object")
     e = np.array([], dtype=int)
-    frame = _frame(events, e, "train", e, e, e.astype(bool), np.array([]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write(frame.drop(columns="split"), out)
+    write_sequences(_frame(events, e, split, e, e, e.astype(bool), np.array([])), out_tmp / "sequences",
+                           splits=(split,))
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -426,157 +422,6 @@ def content_hash(out_dir: Path) -> dict[str, str]:
 
 def cleanup(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
-
-
-def raise_if_empty(name: str, rows: int, rows_read: int, rejects: pd.DataFrame) -> None:
-    from pipelines.ingest import rejects_summary
-
-    if rows == 0:
-        raise CatalogError(
-            f"catalog {name}: no events left after cleaning and filters ({rows_read} read). "
-            + "; ".join(f"{r['rows']} {r['kind']}: {r['reason']}" for r in rejects_summary(rejects)[:8]))
-
-
-# ------------------------------------------------------------------------------------------------ driver
-def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, columns: dict, out_tmp: Path,
-                       quarantine: bool, compute, part_rows: int = PART_ROWS) -> tuple[tuple, dict]:
-    """The partition-wise :func:`pipelines.ingest.finish`: ``parts`` are the graph's parse tasks (delayed);
-    ``compute(tasks, label)`` runs a list of delayed tasks (on the cluster) and returns their results.
-    Returns ``((crs_model, center), summary)`` as the in-memory path does."""
-    from dask import delayed
-
-    from pipelines.ingest import choose_projection, rejects_summary
-    from stforecast.catalog import SECONDS_PER
-
-    work = out_tmp / "_work"
-    work.mkdir()
-    line_offset, id_col = columns["line_offset"], columns["id_col"]
-    chunks = compute([delayed(spill_chunk)(part, i, train_range, work) for i, part in enumerate(parts)],
-                     f"ingest {cfg.name}")
-    projection = choose_projection([c.bounds for c in chunks], cfg, crs_in)
-    rows_read = sum(c.rows_read for c in chunks)
-    file_codes = {name: i for i, name in enumerate(sorted(set().union(*(c.files for c in chunks))))}
-    ranges = _ranges(time_edges(chunks, part_rows))
-    buckets = len(ranges)
-
-    def overlapping(lo, hi):
-        return [work / "chunks" / f"{c.index:06d}.parquet" for c in chunks if c.rows and c.t_max >= lo and c.t_min < hi]
-
-    sorted_ = compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
-                                           line_offset, bool(id_col), buckets, work)
-                       for p, (lo, hi) in enumerate(ranges)], "order")
-    rejects = [c.rejects for c in chunks] + [s["rejects"] for s in sorted_]
-    invalid = None
-    if id_col:
-        found = compute([delayed(check_id_bucket)(work / "ids" / f"{b:04d}", line_offset, id_col)
-                         for b in range(buckets)], "ids")
-        rejects += found
-        invalid = pd.concat(found, ignore_index=True)[["file", "row"]]
-    rejects = pd.concat([r for r in rejects if len(r)] or [empty_rejects()], ignore_index=True)
-    if not quarantine:
-        raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
-                                        "invalid rows aside)")
-    firsts = compute([delayed(first_time)(work / "sorted" / f"{p:06d}.parquet", invalid) for p in range(len(ranges))],
-                     "ties")
-    after = [next((f for f in firsts[p + 1:] if f is not None), math.inf) for p in range(len(ranges))]
-    resolution = cfg.tie_resolution_s / SECONDS_PER[cfg.time_unit]
-    finished = compute([delayed(finish_range)(p, invalid, after[p], resolution, list(bounds_t.values()), bounds_t,
-                                              list(MARK_COLUMNS), work) for p in range(len(ranges))], "split")
-    kept = sum(f["rows"] for f in finished)
-    raise_if_empty(cfg.name, kept, rows_read, rejects)
-    parts_ = Parts(work, finished)
-    live = [f for f in finished if f["rows"]]
-    marks = live[0]["marks"]
-    label_rows = {n: sum(f["labels"].get(n, {}).get("rows", 0) for f in live) for n in LABELS}
-    label_start = dict(zip(LABELS, np.r_[0, np.cumsum([label_rows[n] for n in LABELS])]))
-    first_t = {n: min((f["labels"][n]["first_t"] for f in live if n in f["labels"]), default=None) for n in LABELS}
-    last_t = {n: max((f["labels"][n]["last_t"] for f in live if n in f["labels"]), default=None) for n in LABELS}
-    times = [f["time"] for f in live]
-    time_range = [str(min(t[0] for t in times)), str(max(t[1] for t in times))]
-
-    def global_searchsorted(values: np.ndarray) -> np.ndarray:
-        where = np.searchsorted(parts_.last_t, values, side="left")  # the first range whose last time is ≥ v
-        out = np.full(len(values), parts_.total, dtype=np.int64)
-        todo = [j for j in np.unique(where) if j < len(parts_.files)]
-        found = compute([delayed(locate)(parts_.files[j], int(parts_.offsets[j]), values[where == j]) for j in todo],
-                        "windows")
-        for j, idx in zip(todo, found):
-            out[where == j] = idx
-        return out
-
-    seq_cfg = cfg.sequences
-    ends = {"train": bounds_t.get("val_start"), "val": bounds_t.get("test_start"), "test": bounds_t.get("end")}
-    plans, counts = {}, {}
-    for name in SPLITS:
-        n = label_rows[name]
-        hist = first = stop = starts = np.array([], dtype=np.int64)
-        if n:
-            a, b = int(label_start[name]), int(label_start[name]) + n
-            if seq_cfg.mode == "windows":
-                lo = bounds_t.get(f"{name}_start")
-                lo = first_t[name] if lo is None else lo
-                hi = ends[name]
-                hi = np.nextafter(last_t[name], np.inf) if hi is None else hi
-                starts = np.arange(lo, hi, seq_cfg.stride or seq_cfg.window)
-                first = global_searchsorted(starts)
-                stop = global_searchsorted(np.minimum(starts + seq_cfg.window, hi))
-            elif seq_cfg.mode == "chunks":
-                first = np.arange(a, b, seq_cfg.length, dtype=np.int64)
-                stop = np.minimum(first + seq_cfg.length, b)
-                starts = np.full(len(first), np.nan)
-            else:
-                raise ValueError(f"sequence mode {seq_cfg.mode!r} needs the source's own sequences (mode 'given')")
-            keep = (stop - first) >= seq_cfg.min_targets
-            first, stop, starts = first[keep], stop[keep], starts[keep]
-            hist = np.maximum(first - seq_cfg.history_events, 0)
-        plans[name] = (hist, first, stop, starts)
-        counts[name] = {"sequences": int(((stop - hist) > 0).sum()), "targets": int((stop - first).sum()),
-                        "history_rows": int((first - hist).sum()), "distinct_target_events": _union(first, stop)}
-    if counts["train"]["targets"] == 0:
-        raise CatalogError(f"catalog {cfg.name}: the train split has no target events; check the split settings "
-                           f"against the catalog's time range {time_range[0]} … {time_range[1]}")
-
-    columns_needed = ["t", "x", "y", *marks]
-    tasks, empty = [], []
-    for name in SPLITS:
-        hist, first, stop, starts = plans[name]
-        folder = out_tmp / "sequences" / f"split={name}"
-        lengths = stop - hist
-        keep = lengths > 0
-        hist, first, stop, starts = hist[keep], first[keep], stop[keep], starts[keep]
-        seq_ids = np.flatnonzero(keep)
-        if not len(hist):
-            empty.append(folder / "part-00000.parquet")
-            continue
-        cum = np.cumsum(lengths[keep])
-        cuts = np.unique(np.searchsorted(cum, np.arange(part_rows, cum[-1], part_rows), side="left") + 1)
-        for batch, (i0, i1) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, len(hist)])):
-            if i0 >= i1:
-                continue
-            lo_row, hi_row = int(hist[i0]), int(stop[i1 - 1])
-            sel = [j for j in range(len(parts_.files))
-                   if parts_.offsets[j] < hi_row and parts_.offsets[j + 1] > lo_row]
-            tasks.append(delayed(sequence_batch)(
-                name, [parts_.files[j] for j in sel], [int(parts_.offsets[j]) for j in sel], int(seq_ids[i0]),
-                hist[i0:i1], first[i0:i1], stop[i0:i1], starts[i0:i1], columns_needed,
-                folder / f"part-{batch:05d}.parquet", work / "stats" if name == "train" else None))
-    results = compute(tasks, "sequences")
-    for path in empty:
-        empty_sequences(columns_needed, marks, path)
-    normalisation = normalisation_from_parts(work / "stats", [r["moments"] for r in results if "moments" in r])
-    stream_events(parts_, out_tmp / "events.parquet")
-    if quarantine and len(rejects):
-        rejects.astype({"value": "str"}).to_parquet(out_tmp / "rejected.parquet", index=False)
-    cleanup(work)
-    summary = {
-        "rows_read": rows_read, "events_kept": int(kept), "rejected": rejects_summary(rejects), "splits": counts,
-        "events_per_split": {n: int(label_rows[n]) for n in sorted(label_rows, key=lambda n: -label_rows[n])
-                             if label_rows[n]},
-        "normalisation": normalisation, "marks": [m for m in ("magnitude", "category", "unit") if m in marks],
-        "time_range": time_range, "quarantined": bool(quarantine and len(rejects)),
-        "spikes": chunks[0].spikes if chunks else None,
-    }
-    return projection, summary
 
 
 def _union(first: np.ndarray, stop: np.ndarray) -> int:

@@ -11,7 +11,7 @@ import pytest
 from pipelines.ingest import run_ingest
 from pipelines.ingest_parts import ChunkInfo, content_hash, order_statistic, quantile, time_edges
 
-from .test_bad_input import HEADER, cfg_for, comcat
+from .test_bad_input import cfg_for, comcat
 
 TIED = "2020-01-05T06:00:00.000Z"
 
