@@ -277,12 +277,13 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     buckets = len(ranges)
 
     def overlapping(lo, hi):
-        return [work / "chunks" / f"{c.index:06d}.parquet" for c in chunks if c.rows and c.t_max >= lo and c.t_min < hi]
+        return [work / "chunks" / f"{c.index:06d}.arrow" for c in chunks if c.rows and c.t_max >= lo and c.t_min < hi]
 
     sorted_ = compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
                                            line_offset, cfg.dedupe, bool(id_col), buckets, work,
                                            project_part)
                        for p, (lo, hi) in enumerate(ranges)], "order")
+    cleanup(work / "chunks")  # consumed: the staging folder holds about two copies of the catalog at most
     rejects = [c.rejects for c in chunks] + [s["rejects"] for s in sorted_]
     invalid = None
     if id_col:
@@ -294,12 +295,13 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     if not quarantine:
         raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
                                         "invalid rows aside)")
-    firsts = compute([delayed(first_time)(work / "sorted" / f"{p:06d}.parquet", invalid) for p in range(len(ranges))],
+    firsts = compute([delayed(first_time)(work / "sorted" / f"{p:06d}.arrow", invalid) for p in range(len(ranges))],
                      "ties")
     after = [next((f for f in firsts[p + 1:] if f is not None), math.inf) for p in range(len(ranges))]
     resolution = cfg.tie_resolution_s / SECONDS_PER[cfg.time_unit]
     finished = compute([delayed(finish_range)(p, invalid, after[p], resolution, list(bounds_t.values()), bounds_t,
                                               list(MARK_COLUMNS), work) for p in range(len(ranges))], "split")
+    cleanup(work / "sorted")
     kept = sum(f["rows"] for f in finished)
     if kept == 0:
         raise CatalogError(
@@ -383,12 +385,11 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     results = compute(tasks, "sequences")
     for name in empty:
         empty_sequences(name, marks, out_tmp, write_sequences)
-    t0 = time.perf_counter()
-    normalisation = normalisation_from_parts(work / "stats", [r["moments"] for r in results if "moments" in r])
-    stages["statistics"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    stream_events(ranges_done, out_tmp / "events.parquet")
-    stages["events.parquet"] = time.perf_counter() - t0
+    # two independent tasks, side by side on the workers
+    normalisation, _ = compute([delayed(normalisation_from_parts)(work / "stats", [r["moments"] for r in results
+                                                                                  if "moments" in r]),
+                                delayed(stream_events)(ranges_done, out_tmp / "events.parquet")],
+                               "statistics, events.parquet")
     if quarantine and len(rejects):
         rejects.astype({"value": "str"}).to_parquet(out_tmp / "rejected.parquet", index=False)
     cleanup(work)

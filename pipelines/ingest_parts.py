@@ -41,7 +41,6 @@ from stforecast.sequences import SPLITS, assign_splits
 # rows per time range and per sequence batch: ≈ 0.6 KB per event while a range is processed, so ≈ 300 MB per task
 PART_ROWS = 500_000
 SAMPLE_POINTS = 256  # t-sample per chunk for the edges: ranges come out within ≈ 1/256 of a chunk of the target
-ROW_GROUP = 65_536  # spilled chunks are sorted by t: a range reads only the row groups its times overlap
 LABELS = ("history", *SPLITS, "after")
 _HELPER_COLUMNS = ["_hash", "_idhash", "_chunk"]
 
@@ -62,16 +61,32 @@ class ChunkInfo:
     spikes: dict | None = None
 
 
-def _write(frame: pd.DataFrame, path: Path, row_group: int | None = None) -> None:
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    """An intermediate table as an uncompressed Arrow IPC file: written and memory-mapped back at memory speed
+    (Parquet's encoding and compression cost more than the work done between two steps)."""
     import warnings
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     with warnings.catch_warnings():  # pyarrow reads tz-aware times through Series.values (pandas 3.1 deprecation)
         warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
         table = pa.Table.from_pandas(frame, preserve_index=False)
-    pq.write_table(table, path, row_group_size=row_group)
+    tmp = path.with_suffix(".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    tmp.replace(path)  # a task that runs twice never leaves a half-written file for the next step
+
+
+def _open(path: Path, columns: list[str] | None = None):
+    """An intermediate table, memory-mapped (pages are read when a slice of them is used)."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    return table.select(columns) if columns else table
+
+
+def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    return _open(path, columns).to_pandas()
 
 
 def spill_chunk(part, index: int, train_range, work: Path, part_bounds) -> ChunkInfo:
@@ -87,7 +102,7 @@ def spill_chunk(part, index: int, train_range, work: Path, part_bounds) -> Chunk
     n = len(t)
     if n:
         (work / "chunks").mkdir(exist_ok=True)
-        _write(events, work / "chunks" / f"{index:06d}.parquet", ROW_GROUP)
+        _write(events, work / "chunks" / f"{index:06d}.arrow")
     sample = t[np.linspace(0, n - 1, min(n, SAMPLE_POINTS)).round().astype(int)] if n else np.array([])
     return ChunkInfo(index, n, float(t[0]) if n else math.inf, float(t[-1]) if n else -math.inf, sample, bounds,
                      rejects, int(rows_read), set(events["_file"].unique()), info[0] if info else None)
@@ -121,13 +136,17 @@ def _ranges(edges: np.ndarray) -> list[tuple[float, float]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _read_range(files: list[Path], lo: float, hi: float, columns=None) -> pd.DataFrame | None:
+def _read_range(files: list[Path], lo: float, hi: float) -> pd.DataFrame | None:
+    """The rows with ``lo <= t < hi`` of time-sorted files, in file order (slices of the memory maps)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    filters = [f for f in ([("t", ">=", lo)] if np.isfinite(lo) else []) + ([("t", "<", hi)] if np.isfinite(hi) else [])]
-    tables = [pq.read_table(f, columns=columns, filters=filters or None) for f in files]
-    tables = [t for t in tables if t.num_rows]
+    tables = []
+    for f in files:
+        table = _open(f)
+        t = table.column("t").to_numpy()
+        a, b = np.searchsorted(t, [lo, hi], side="left")
+        if b > a:
+            tables.append(table.slice(a, b - a))
     if not tables:
         return None
     return pa.concat_tables(tables).to_pandas()
@@ -150,21 +169,21 @@ def sort_range(p: int, lo: float, hi: float, chunk_files: list[Path], crs_in, pr
         for b in np.unique(bucket):
             folder = work / "ids" / f"{b:04d}"
             folder.mkdir(parents=True, exist_ok=True)
-            _write(ids[bucket == b], folder / f"{p:06d}.parquet")
+            _write(ids[bucket == b], folder / f"{p:06d}.arrow")
     codes = events["_file"].map(file_codes).to_numpy()
     order = np.lexsort((events["_row"].to_numpy(), codes, events["t"].to_numpy()))
     events = events.take(order).reset_index(drop=True)
     (work / "sorted").mkdir(exist_ok=True)
-    _write(events, work / "sorted" / f"{p:06d}.parquet")
+    _write(events, work / "sorted" / f"{p:06d}.arrow")
     return {"part": p, "rows": len(events), "rejects": rejects}
 
 
 def check_id_bucket(folder: Path, line_offset, id_col: str) -> pd.DataFrame:
     """Worker task: duplicate ids within one hash bucket (all time ranges), the first in input order kept."""
-    files = sorted(folder.glob("*.parquet"))
+    files = sorted(folder.glob("*.arrow"))
     if not files:
         return empty_rejects()
-    ids = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    ids = pd.concat([_read(f) for f in files], ignore_index=True)
     order = np.lexsort((ids["_row"].to_numpy(), ids["_chunk"].to_numpy()))
     return check_unique_ids(ids.take(order).reset_index(drop=True), line_offset, id_col)
 
@@ -180,7 +199,7 @@ def first_time(sorted_file: Path, invalid: pd.DataFrame) -> float | None:
     """Worker task: a sorted range's first time once invalid rows are dropped (None when nothing is left)."""
     if not sorted_file.exists():
         return None
-    cols = pd.read_parquet(sorted_file, columns=["t", "_file", "_row"])
+    cols = _read(sorted_file, ["t", "_file", "_row"])
     cols = _drop_invalid(cols, invalid)
     return float(cols["t"].iloc[0]) if len(cols) else None
 
@@ -189,11 +208,11 @@ def finish_range(p: int, invalid: pd.DataFrame, after: float, resolution: float,
                  bounds_t: dict, marks: list, work: Path) -> dict:
     """Worker task: one sorted range → invalid ids dropped, ties broken (the last group capped by ``after``, the
     next range's first time), splits assigned; written to ``work/final``. Returns counts and first/last times."""
-    src = work / "sorted" / f"{p:06d}.parquet"
+    src = work / "sorted" / f"{p:06d}.arrow"
     empty = {"part": p, "rows": 0, "labels": {}, "time": None, "marks": []}
     if not src.exists():
         return empty
-    events = _drop_invalid(pd.read_parquet(src), invalid)
+    events = _drop_invalid(_read(src), invalid)
     if events.empty:
         return empty
     events["t"] = break_ties(events["t"].to_numpy(), resolution, barriers, after=after)
@@ -201,7 +220,7 @@ def finish_range(p: int, invalid: pd.DataFrame, after: float, resolution: float,
     labels = assign_splits(events["t"].to_numpy(), bounds_t)
     events["split"] = labels
     (work / "final").mkdir(exist_ok=True)
-    _write(events, work / "final" / f"{p:06d}.parquet")
+    _write(events, work / "final" / f"{p:06d}.arrow")
     t = events["t"].to_numpy()
     per_label = {}
     for name in LABELS:
@@ -215,7 +234,7 @@ def finish_range(p: int, invalid: pd.DataFrame, after: float, resolution: float,
 
 def locate(final_file: Path, offset: int, values: np.ndarray) -> np.ndarray:
     """Worker task: ``offset + searchsorted(t, values)`` in one final range (global row of each value)."""
-    t = pd.read_parquet(final_file, columns=["t"])["t"].to_numpy()
+    t = _open(final_file, ["t"]).column("t").to_numpy()
     return offset + np.searchsorted(t, values, side="left")
 
 
@@ -223,7 +242,7 @@ class Parts:
     """The final ranges: global row offsets, and reading any global row interval."""
 
     def __init__(self, work: Path, finished: list[dict]):
-        self.files = [work / "final" / f"{f['part']:06d}.parquet" for f in finished if f["rows"]]
+        self.files = [work / "final" / f"{f['part']:06d}.arrow" for f in finished if f["rows"]]
         self.rows = np.array([f["rows"] for f in finished if f["rows"]], dtype=np.int64)
         self.offsets = np.r_[0, np.cumsum(self.rows)].astype(np.int64)
         self.last_t = np.array([f["last_t"] for f in finished if f["rows"]])
@@ -235,13 +254,15 @@ class Parts:
 
 def read_rows(files: list[str], offsets: list[int], lo: int, hi: int, columns: list[str]) -> pd.DataFrame:
     """Global rows [lo, hi) from the final ranges (``offsets[i]``: the first global row of ``files[i]``)."""
+    import pyarrow as pa
+
     pieces = []
     for f, start in zip(files, offsets):
-        frame = pd.read_parquet(f, columns=columns)
-        a, b = max(lo - start, 0), min(hi - start, len(frame))
+        table = _open(f, columns)
+        a, b = max(lo - start, 0), min(hi - start, table.num_rows)
         if a < b:
-            pieces.append(frame.iloc[a:b])
-    return pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=columns)
+            pieces.append(table.slice(a, b - a))
+    return pa.concat_tables(pieces).to_pandas() if pieces else pd.DataFrame(columns=columns)
 
 
 def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, hist: np.ndarray, first: np.ndarray,
@@ -272,7 +293,7 @@ def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, 
         positive = values["dt"].to_numpy()
         values["log_dt"] = np.log(np.where(positive > 0, positive, np.nan))
         stats_dir.mkdir(parents=True, exist_ok=True)
-        _write(values, stats_dir / f"{batch:06d}.parquet")
+        _write(values, stats_dir / f"{batch:06d}.arrow")
         result["moments"] = {c: _moments(values[c].to_numpy()) for c in ("dt", "log_dt", "x", "y")}
     return result
 
@@ -333,7 +354,7 @@ def order_statistic(files: list[Path], column: str, rank: int, lo: float, hi: fl
             return lo
         counts = np.zeros(bins, dtype=np.int64)
         for f in files:
-            v = candidates(pd.read_parquet(f, columns=[column])[column].to_numpy())
+            v = candidates(_open(f, [column]).column(column).to_numpy())
             v = v[(v >= lo) & (v <= hi)]
             counts += np.bincount(_bin(v, lo, hi, bins), minlength=bins)
         cum = np.cumsum(counts)
@@ -341,7 +362,7 @@ def order_statistic(files: list[Path], column: str, rank: int, lo: float, hi: fl
         rank -= int(cum[j - 1]) if j else 0
         levels.append((lo, hi, j))
         if counts[j] <= collect:
-            v = np.concatenate([candidates(pd.read_parquet(f, columns=[column])[column].to_numpy()) for f in files])
+            v = np.concatenate([candidates(_open(f, [column]).column(column).to_numpy()) for f in files])
             return float(np.partition(v, rank)[rank])
         width = (hi - lo) / bins
         lo, hi = lo + j * width, min(hi, lo + (j + 1) * width)  # a superset of the bin: `levels` decides
@@ -365,7 +386,7 @@ def quantile(files: list[Path], column: str, q: float, n: int, lo: float, hi: fl
 
 def normalisation_from_parts(stats_dir: Path, moments: list[dict]) -> dict:
     """:func:`stforecast.sequences.normalisation_stats` by reductions: moments combined, quantiles exact."""
-    files = sorted(stats_dir.glob("*.parquet")) if stats_dir.exists() else []
+    files = sorted(stats_dir.glob("*.arrow")) if stats_dir.exists() else []
     out = {}
     for name in ("dt", "log_dt", "x", "y"):
         m = combine_moments([p[name] for p in moments])
@@ -384,7 +405,7 @@ def stream_events(parts: Parts, dest: Path) -> None:
     writer = None
     try:
         for f in parts.files:
-            table = pq.read_table(f)
+            table = _open(f)
             if writer is None:
                 writer = pq.ParquetWriter(dest, table.schema)
             elif not table.schema.equals(writer.schema, check_metadata=False):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines.ingest import run_ingest
-from pipelines.ingest_parts import ChunkInfo, content_hash, order_statistic, quantile, time_edges
+from pipelines.ingest_parts import ChunkInfo, _write, content_hash, order_statistic, quantile, time_edges
 
 from .test_bad_input import cfg_for, comcat
 
@@ -106,8 +106,8 @@ def test_order_statistics_and_quantiles_are_numpys(tmp_path, collect):
     rng.shuffle(values)
     files = []
     for i, piece in enumerate(np.array_split(values, 7)):
-        files.append(tmp_path / f"{i}.parquet")
-        pd.DataFrame({"v": piece}).to_parquet(files[-1])
+        files.append(tmp_path / f"{i}.arrow")
+        _write(pd.DataFrame({"v": piece}), files[-1])
     finite = values[np.isfinite(values)]
     lo, hi = finite.min(), finite.max()
     for rank in (0, 1, 57, 3000, 5200, len(finite) - 1):
