@@ -252,8 +252,8 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     from dask import delayed
 
     from pipelines.ingest_parts import (
-        LABELS, Parts, _ranges, _union, check_id_bucket, cleanup, empty_sequences, finish_range, first_time, locate,
-        normalisation_from_parts, sequence_batch, sort_range, spill_chunk, stream_events, time_edges)
+        LABELS, Finalize, Parts, _ranges, _union, check_id_bucket, cleanup, empty_sequences, finish_range, first_time,
+        locate, normalisation_from_parts, sequence_batch, sort_range, spill_chunk, stream_events, time_edges)
     from stforecast.catalog import MARK_COLUMNS
 
     work = out_tmp / "_work"
@@ -264,12 +264,12 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
 
     def compute(tasks, label):  # noqa: F811 - the caller's compute, timed
         t0 = time.perf_counter()
-        out = run_stage(tasks, label)
+        out = run_stage(tasks, f"ingest {cfg.name}: {label}")  # one progress bar per step
         stages[label] = stages.get(label, 0.0) + time.perf_counter() - t0
         return out
 
     chunks = compute([delayed(spill_chunk)(part, i, train_range, work, part_bounds) for i, part in enumerate(parts)],
-                     f"ingest {cfg.name}")
+                     "parse")
     projection = choose_projection([c.bounds for c in chunks], cfg, crs_in)
     rows_read = sum(c.rows_read for c in chunks)
     file_codes = {name: i for i, name in enumerate(sorted(set().union(*(c.files for c in chunks))))}
@@ -279,29 +279,41 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     def overlapping(lo, hi):
         return [work / "chunks" / f"{c.index:06d}.arrow" for c in chunks if c.rows and c.t_max >= lo and c.t_min < hi]
 
-    sorted_ = compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
-                                           line_offset, cfg.dedupe, bool(id_col), buckets, work,
-                                           project_part)
-                       for p, (lo, hi) in enumerate(ranges)], "order")
-    cleanup(work / "chunks")  # consumed: the staging folder holds about two copies of the catalog at most
-    rejects = [c.rejects for c in chunks] + [s["rejects"] for s in sorted_]
+    resolution = cfg.tie_resolution_s / SECONDS_PER[cfg.time_unit]
+    barriers, marks_all = list(bounds_t.values()), list(MARK_COLUMNS)
+
+    def finalize(hi):
+        straddling = [work / "chunks" / f"{c.index:06d}.arrow" for c in chunks if c.rows and c.t_min < hi <= c.t_max]
+        starts = [c.t_min for c in chunks if c.rows and c.t_min >= hi]
+        return Finalize(straddling, min(starts, default=math.inf), resolution, barriers, bounds_t, marks_all)
+
+    # each range sorted and finished in one task; redone in two steps below if duplicated ids are set aside
+    finished = compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
+                                            line_offset, cfg.dedupe, bool(id_col), buckets, work, project_part,
+                                            finalize(hi))
+                        for p, (lo, hi) in enumerate(ranges)], "order")
+    rejects = [c.rejects for c in chunks] + [f.pop("rejects") for f in finished]
     invalid = None
     if id_col:
         found = compute([delayed(check_id_bucket)(work / "ids" / f"{b:04d}", line_offset, id_col)
-                         for b in range(buckets)], "ids")
+                         for b in range(buckets)], "duplicate ids")
         rejects += found
         invalid = pd.concat(found, ignore_index=True)[["file", "row"]]
     rejects = pd.concat([r for r in rejects if len(r)] or [empty_rejects()], ignore_index=True)
     if not quarantine:
         raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
                                         "invalid rows aside)")
-    firsts = compute([delayed(first_time)(work / "sorted" / f"{p:06d}.arrow", invalid) for p in range(len(ranges))],
-                     "ties")
-    after = [next((f for f in firsts[p + 1:] if f is not None), math.inf) for p in range(len(ranges))]
-    resolution = cfg.tie_resolution_s / SECONDS_PER[cfg.time_unit]
-    finished = compute([delayed(finish_range)(p, invalid, after[p], resolution, list(bounds_t.values()), bounds_t,
-                                              list(MARK_COLUMNS), work) for p in range(len(ranges))], "split")
-    cleanup(work / "sorted")
+    if invalid is not None and len(invalid):  # rows leave the ranges: the next times change; sort, then finish
+        compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes, line_offset,
+                                     cfg.dedupe, False, buckets, work, project_part)
+                 for p, (lo, hi) in enumerate(ranges)], "order without duplicated ids")
+        firsts = compute([delayed(first_time)(work / "sorted" / f"{p:06d}.arrow", invalid)
+                          for p in range(len(ranges))], "next times")
+        after = [next((f for f in firsts[p + 1:] if f is not None), math.inf) for p in range(len(ranges))]
+        finished = compute([delayed(finish_range)(p, invalid, after[p], resolution, barriers, bounds_t, marks_all,
+                                                  work) for p in range(len(ranges))], "split")
+        cleanup(work / "sorted")
+    cleanup(work / "chunks")  # consumed
     kept = sum(f["rows"] for f in finished)
     if kept == 0:
         raise CatalogError(

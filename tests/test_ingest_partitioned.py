@@ -92,8 +92,9 @@ def test_the_same_graph_on_a_two_worker_cluster(settings, tmp_path):
     path = comcat(tmp_path, tied_catalog())
     cfg = cfg_for(path)
     ref = run_ingest(cfg, settings, out_root=tmp_path / "ref", blocksize=None, progress=False)
+    # as `--scheduler ADDRESS` does: a client of a running scheduler (its workers share this file system)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+            Client(cluster.scheduler_address) as client:
         new = run_ingest(cfg, settings, client=client, out_root=tmp_path / "new", blocksize=1_500, part_rows=40,
                          progress=False)
     assert content_hash(new.out_dir) == content_hash(ref.out_dir)
