@@ -1,12 +1,14 @@
 """The ingestion graph's global steps, partition-wise: memory bounded by a block, not by the catalog.
 
-    parsed chunk ──▶ sorted by t, spilled to Parquet; its t-sample and extent ──▶ time edges, projection (driver)
-      ──▶ per time range: its rows from every chunk, projected, de-duplicated, sorted; ids out by hash bucket
-      ──▶ per id bucket: duplicate ids                ──▶ per time range: first time (after dropping invalid ids)
-      ──▶ per time range: ties broken, splits assigned, written
+    parsed chunk ──▶ sorted by t, spilled (Arrow IPC); its t-sample and extent ──▶ time edges, projection (driver)
+      ──▶ per time range: its rows from the chunks that overlap it, projected, de-duplicated, sorted, ties broken
+          (capped by the next time, read from the chunks straddling its upper edge), splits assigned, written;
+          its ids out by hash bucket
+      ──▶ per id bucket: duplicate ids (when some are set aside with --quarantine, the ranges are redone in two
+          steps: sort, then the next times without them, then finish)
       ──▶ window boundaries located per range (a reduction of counts) ──▶ sequences written in batches of rows
-      ──▶ normalisation statistics by reductions (exact order statistics by histogram refinement)
-      ──▶ ``events.parquet`` streamed from the ranges, one row group at a time
+      ──▶ normalisation statistics by reductions (exact order statistics by histogram refinement), beside
+          ``events.parquet`` streamed from the ranges, one range at a time
 
 Why the results equal the in-memory path (:func:`pipelines.ingest.finish`) exactly:
 
