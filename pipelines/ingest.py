@@ -341,6 +341,19 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
 
     seq_cfg = cfg.sequences
     ends = {"train": bounds_t.get("val_start"), "val": bounds_t.get("test_start"), "test": bounds_t.get("end")}
+    windows = {}  # split → (window starts, window ends), all located in one step below
+    for name in SPLITS:
+        if label_rows[name] and seq_cfg.mode == "windows":
+            lo = bounds_t.get(f"{name}_start")
+            lo = first_t[name] if lo is None else lo
+            hi = ends[name]
+            hi = np.nextafter(last_t[name], np.inf) if hi is None else hi
+            starts = np.arange(lo, hi, seq_cfg.stride or seq_cfg.window)
+            windows[name] = (starts, np.minimum(starts + seq_cfg.window, hi))
+    located = iter([])
+    if windows:
+        rows = global_searchsorted(np.concatenate([np.r_[a, b] for a, b in windows.values()]))
+        located = iter(np.split(rows, np.cumsum([2 * len(a) for a, _ in windows.values()])[:-1]))
     plans, counts = {}, {}
     for name in SPLITS:
         n = label_rows[name]
@@ -348,13 +361,8 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
         if n:
             a, b = int(label_start[name]), int(label_start[name]) + n
             if seq_cfg.mode == "windows":
-                lo = bounds_t.get(f"{name}_start")
-                lo = first_t[name] if lo is None else lo
-                hi = ends[name]
-                hi = np.nextafter(last_t[name], np.inf) if hi is None else hi
-                starts = np.arange(lo, hi, seq_cfg.stride or seq_cfg.window)
-                first = global_searchsorted(starts)
-                stop = global_searchsorted(np.minimum(starts + seq_cfg.window, hi))
+                starts = windows[name][0]
+                first, stop = np.split(next(located), 2)
             elif seq_cfg.mode == "chunks":
                 first = np.arange(a, b, seq_cfg.length, dtype=np.int64)
                 stop = np.minimum(first + seq_cfg.length, b)
@@ -488,6 +496,8 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
     import dask
 
     started = time.perf_counter()
+    if part_rows is not None and part_rows < 1:
+        raise ValueError(f"--part-rows must be at least 1, not {part_rows}")
     check_name(cfg.name)  # the name is a folder under the output root: never `..`, never a path
     out_dir = Path(out_root or settings.processed_dir).absolute() / cfg.name
     inputs = resolve_inputs(cfg, settings, progress=progress)
@@ -760,6 +770,9 @@ def add_parser(sub) -> None:
     g.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster (tcp://host:8786)")
     g.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
     g.add_argument("--blocksize", type=int, default=64, metavar="MB", help="chunk size for parallel parsing (default 64 MB)")
+    g.add_argument("--part-rows", type=int, default=None, metavar="N",
+                   help="events per time range in the ordering, splitting and sequence steps; peak memory grows "
+                        "with it (default 500,000: about 1.1 GB in all with 2 workers)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -787,7 +800,7 @@ def _overrides(args) -> dict:
 
 
 _NOT_CONFIG = {"command", "kind", "catalog", "list", "config", "data_root", "out", "name", "path", "format", "positions",
-               "quarantine", "force", "scheduler", "workers", "blocksize", "no_progress", "verbose"}
+               "quarantine", "force", "scheduler", "workers", "blocksize", "part_rows", "no_progress", "verbose"}
 
 
 def run(args) -> int:
@@ -841,7 +854,8 @@ def run(args) -> int:
         cfg = build_config(name, deep_merge(base, overrides))
     with dask_client(args.scheduler, args.workers) as client:
         result = run_ingest(cfg, settings, client=client, out_root=args.out, quarantine=args.quarantine,
-                            force=args.force, blocksize=args.blocksize * 2**20, progress=not args.no_progress)
+                            force=args.force, blocksize=args.blocksize * 2**20, progress=not args.no_progress,
+                            part_rows=args.part_rows)
     print_summary(console, result)
     return 0
 

@@ -115,3 +115,16 @@ def test_order_statistics_and_quantiles_are_numpys(tmp_path, collect):
         assert order_statistic(files, "v", rank, lo, hi, bins=16, collect=collect) == np.sort(finite)[rank]
     for q in (0.01, 0.5, 0.99):
         assert quantile(files, "v", q, len(finite), lo, hi) == np.quantile(finite, q)
+
+
+def test_part_rows_flag_is_accepted_and_bad_values_are_one_line(settings, tmp_path):
+    from .test_ingest_errors import SPLIT, cli
+
+    path = comcat(tmp_path, tied_catalog(6))
+    bad = cli("ingest", "earthquakes", "--path", str(path), "--out", str(tmp_path / "o"), "--no-progress",
+              "--workers", "1", "--part-rows", "0", *SPLIT)
+    assert bad.returncode == 2 and "--part-rows must be at least 1" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    ok = cli("ingest", "earthquakes", "--path", str(path), "--out", str(tmp_path / "o"), "--no-progress",
+             "--workers", "1", "--part-rows", "7", *SPLIT)
+    assert ok.returncode == 0, ok.stderr
