@@ -13,6 +13,7 @@ the manifest already there does nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import json
@@ -245,15 +246,17 @@ def finish(parts, cfg: IngestConfig, given: bool, split_of_file: dict, bounds_t:
 
 
 def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, columns: dict, out_tmp: Path,
-                       quarantine: bool, compute, part_rows: int) -> tuple[tuple, dict]:
+                       quarantine: bool, compute, part_rows: int, spikes: tuple | None = None) -> tuple[tuple, dict]:
     """The partition-wise :func:`finish` (:mod:`pipelines.ingest_parts`): ``parts`` are the graph's parse tasks (delayed);
     ``compute(tasks, label)`` runs a list of delayed tasks (on the cluster) and returns their results.
+    ``spikes``: ``(inputs, origin, time_range)`` of a recording, read cluster by cluster instead of ``parts``.
     Returns ``((crs_model, center), summary)`` as the in-memory path does."""
     from dask import delayed
 
     from pipelines.ingest_parts import (
-        LABELS, Finalize, Parts, _ranges, _union, check_id_bucket, cleanup, empty_sequences, finish_range, first_time,
-        locate, normalisation_from_parts, sequence_batch, sort_range, spill_chunk, stream_events, time_edges)
+        LABELS, Finalize, Parts, SpikeRows, _ranges, _union, check_id_bucket, cleanup, count_below, empty_sequences,
+        finish_range, first_time, locate, normalisation_from_parts, sequence_batch, sort_range, spill_chunk,
+        spill_spikes, stream_events, time_edges)
     from stforecast.catalog import MARK_COLUMNS
 
     work = out_tmp / "_work"
@@ -268,8 +271,15 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
         stages[label] = stages.get(label, 0.0) + time.perf_counter() - t0
         return out
 
-    chunks = compute([delayed(spill_chunk)(part, i, train_range, work, part_bounds) for i, part in enumerate(parts)],
-                     "parse")
+    spike_info = spike_rows = None
+    if spikes is not None:
+        inputs, origin, time_range = spikes
+        [(chunks, reading, spike_info)] = compute([delayed(spill_spikes)(inputs, cfg, origin, work, part_rows)],
+                                                  "read spikes")
+        spike_rows = SpikeRows(reading, cfg.name, cfg.filters, time_range, origin, cfg.time_unit)
+    else:
+        chunks = compute([delayed(spill_chunk)(part, i, train_range, work, part_bounds)
+                          for i, part in enumerate(parts)], "parse")
     projection = choose_projection([c.bounds for c in chunks], cfg, crs_in)
     rows_read = sum(c.rows_read for c in chunks)
     file_codes = {name: i for i, name in enumerate(sorted(set().union(*(c.files for c in chunks))))}
@@ -287,10 +297,18 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
         starts = [c.t_min for c in chunks if c.rows and c.t_min >= hi]
         return Finalize(straddling, min(starts, default=math.inf), resolution, barriers, bounds_t, marks_all)
 
-    # each range sorted and finished in one task; redone in two steps below if duplicated ids are set aside
+    range_rows = [None] * len(ranges)
+    if spike_rows is not None:  # a spike's row is its rank among all spikes read: count those before each range
+        edges = np.array([lo for lo, _ in ranges])
+        below = np.sum(compute([delayed(count_below)(work / "chunks" / f"{c.index:06d}.arrow", edges)
+                                for c in chunks], "row numbers"), axis=0)
+        range_rows = [dataclasses.replace(spike_rows, below=int(b)) for b in below]
+    # each range sorted and finished in one task; in two steps (sort, next times, finish) when duplicated ids are
+    # set aside and for spikes (the spilled chunks hold the spikes the reader drops: their times are not events)
+    two_steps = spike_rows is not None
     finished = compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
                                             line_offset, cfg.dedupe, bool(id_col), buckets, work, project_part,
-                                            finalize(hi))
+                                            None if two_steps else finalize(hi), range_rows[p])
                         for p, (lo, hi) in enumerate(ranges)], "order")
     rejects = [c.rejects for c in chunks] + [f.pop("rejects") for f in finished]
     invalid = None
@@ -303,10 +321,11 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     if not quarantine:
         raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
                                         "invalid rows aside)")
-    if invalid is not None and len(invalid):  # rows leave the ranges: the next times change; sort, then finish
-        compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes, line_offset,
-                                     cfg.dedupe, False, buckets, work, project_part)
-                 for p, (lo, hi) in enumerate(ranges)], "order without duplicated ids")
+    if two_steps or (invalid is not None and len(invalid)):  # the next times come from the sorted ranges
+        if not two_steps:  # rows leave the ranges: sort them again, without the duplicated ids
+            compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
+                                         line_offset, cfg.dedupe, False, buckets, work, project_part)
+                     for p, (lo, hi) in enumerate(ranges)], "order without duplicated ids")
         firsts = compute([delayed(first_time)(work / "sorted" / f"{p:06d}.arrow", invalid)
                           for p in range(len(ranges))], "next times")
         after = [next((f for f in firsts[p + 1:] if f is not None), math.inf) for p in range(len(ranges))]
@@ -419,7 +438,7 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
                              if label_rows[n]},
         "normalisation": normalisation, "marks": [m for m in ("magnitude", "category", "unit") if m in marks],
         "time_range": time_range, "quarantined": bool(quarantine and len(rejects)),
-        "spikes": chunks[0].spikes if chunks else None, "stages": stages,
+        "spikes": spike_info, "stages": stages,
     }
     return projection, summary
 
@@ -562,8 +581,8 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
 
                 install(client)
             (crs_model, center), summary = finish_partitioned(
-                parts, cfg, bounds_t, train_range, crs_in, columns, tmp, quarantine, compute,
-                part_rows or PART_ROWS)
+                [] if spikes else parts, cfg, bounds_t, train_range, crs_in, columns, tmp, quarantine, compute,
+                part_rows or PART_ROWS, spikes=(inputs, origin, time_range) if spikes else None)
         else:
             (crs_model, center), summary = _finish_in_memory(parts, cfg, given, split_of_file, bounds_t, columns, tmp,
                                                              quarantine, train_range, crs_in, client, progress,

@@ -114,6 +114,93 @@ def spill_chunk(part, index: int, train_range, work: Path, part_bounds) -> Chunk
                      rejects, int(rows_read), set(events["_file"].unique()), info[0] if info else None)
 
 
+@dataclass
+class SpikeRows:
+    """What a time range needs to turn spilled spikes into events: the recording's unit table and filters
+    (without its spike times), the catalog's filters and clock, and how many spikes lie before the range."""
+
+    reading: object  # stforecast.io.spikes.SpikeReading with clusters=[]
+    name: str
+    filters: object
+    time_range: tuple | None
+    origin: float
+    time_unit: str
+    below: int = 0  # spikes (kept or dropped) before the range: its first row is below + 1
+
+
+def spill_spikes(inputs: dict, cfg, origin, work: Path, batch_spikes: int):
+    """Worker task: a recording read cluster by cluster. Groups of clusters of ≈ ``batch_spikes`` spikes are
+    located on the position track and classified by the reader's filters (:class:`SpikeReading`), then spilled
+    like parsed chunks, dropped spikes included (each spike's row is its rank among all of them, assigned per
+    time range). Returns ``(chunks, reading without spike times, reader info)``."""
+    import dataclasses
+
+    from stforecast.clean import to_model_time
+    from stforecast.io.spikes import prepare_spikes
+
+    s = cfg.spikes
+    reading = prepare_spikes(inputs["catalog"], inputs["positions"], speed_min=s.speed_min, max_gap_s=s.max_gap_s,
+                             exclude_units=s.exclude_units, max_unit_fraction=s.max_unit_fraction,
+                             invalid_position=s.invalid_position)
+    counts = np.zeros((len(reading.units), 6), dtype=np.int64)
+    chunks: list[ChunkInfo] = []
+    (work / "chunks").mkdir(exist_ok=True)
+
+    def spill(group: list) -> None:
+        times = np.concatenate([t for _, t in group])
+        codes = np.concatenate([np.full(len(t), c, dtype=np.int32) for c, t in group])
+        index = np.concatenate([np.arange(len(t), dtype=np.int64) for _, t in group])
+        x, y, speed, drop = reading.classify(times, codes)
+        np.add.at(counts, (codes, drop), 1)
+        t = to_model_time(pd.Series(times), origin, cfg.time_unit)
+        order = np.argsort(t, kind="stable")
+        frame = pd.DataFrame({"time": times, "t": t, "x": x, "y": y, "speed": speed, "_code": codes,
+                              "_index": index, "_drop": drop}).take(order).reset_index(drop=True)
+        i = len(chunks)
+        _write(frame, work / "chunks" / f"{i:06d}.arrow")
+        ts = t[order]
+        sample = ts[np.linspace(0, len(ts) - 1, min(len(ts), SAMPLE_POINTS)).round().astype(int)]
+        chunks.append(ChunkInfo(i, len(ts), float(ts[0]), float(ts[-1]), sample, None, empty_rejects(),
+                                reading.n_spikes if i == 0 else 0, {reading.file_name}))
+
+    group, size = [], 0
+    for code, (_, _, times) in enumerate(reading.clusters):  # one cluster at a time, never all spikes at once
+        group.append((code, times))
+        size += len(times)
+        if size >= batch_spikes:
+            spill(group)
+            group, size = [], 0
+    if group:
+        spill(group)
+    return chunks, dataclasses.replace(reading, clusters=[]), reading.info_from_counts(counts)
+
+
+def spike_rows(frame: pd.DataFrame, rows: SpikeRows) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A time range's spilled spikes → ``(events, rejects)`` exactly as the in-memory path builds them: rows
+    numbered in the reader's (time, tetrode, cluster) order, reader filters as rejects, then the catalog's
+    filters, model time and keys."""
+    from stforecast.clean import add_keys, apply_filters, to_model_time
+
+    frame = frame.take(np.lexsort((frame["_index"].to_numpy(), frame["_code"].to_numpy(),
+                                   frame["time"].to_numpy()))).reset_index(drop=True)
+    numbers = rows.below + 1 + np.arange(len(frame), dtype=np.int64)
+    events, rejects = rows.reading.rows_to_events(
+        frame["time"].to_numpy(), frame["_code"].to_numpy(), frame["x"].to_numpy(), frame["y"].to_numpy(),
+        frame["speed"].to_numpy(), frame["_drop"].to_numpy(), numbers)
+    events = events.assign(source=rows.name)
+    events["event_id"] = (rows.name + ":" + events["_row"].astype("str")).to_numpy()
+    kept, filtered = apply_filters(events, rows.filters, None, rows.time_range, line_offset=None)
+    kept["t"] = to_model_time(kept["time"], rows.origin, rows.time_unit)
+    kept = add_keys(kept)
+    kept["_chunk"] = np.int32(0)  # input order is row order
+    return kept, pd.concat([r for r in (rejects, filtered) if len(r)] or [empty_rejects()], ignore_index=True)
+
+
+def count_below(chunk_file: Path, values: np.ndarray) -> np.ndarray:
+    """Worker task: rows of one time-sorted chunk with t below each value."""
+    return np.searchsorted(_open(chunk_file, ["t"]).column("t").to_numpy(), values, side="left")
+
+
 def time_edges(chunks: list[ChunkInfo], part_rows: int) -> np.ndarray:
     """Inner edges ``e_1 < … < e_{K-1}`` of time ranges holding ≈ ``part_rows`` events each, from the chunks'
     t-samples (each sample point stands for rows/len(sample) events). Ranges are ``[e_k, e_k+1)``, e_0 = -∞."""
@@ -173,17 +260,23 @@ class Finalize:
 
 def sort_range(p: int, lo: float, hi: float, chunk_files: list[Path], crs_in, projection, file_codes: dict,
                line_offset, dedupe: bool, check_ids: bool, buckets: int, work: Path, project_part,
-               finalize: Finalize | None = None) -> dict:
+               finalize: Finalize | None = None, spikes: SpikeRows | None = None) -> dict:
     """Worker task: one time range → projected (``project_part``), de-duplicated (first in input order kept),
     sorted by (t, file, row); its ids (for the global duplicate-id check) into ``work/ids``. With ``finalize``,
     finished here (:func:`_finish`, into ``work/final``); else written to ``work/sorted``."""
     events = _read_range(chunk_files, lo, hi)
-    if events is None:
-        return {"part": p, "rows": 0, "rejects": empty_rejects(), "labels": {}, "time": None, "marks": []}
+    spike_rejects = None
+    if events is not None and spikes is not None:
+        events, spike_rejects = spike_rows(events, spikes)
+    if events is None or events.empty:
+        return {"part": p, "rows": 0, "rejects": empty_rejects() if spike_rejects is None else spike_rejects,
+                "labels": {}, "time": None, "marks": []}
     order = np.lexsort((events["_row"].to_numpy(), events["_chunk"].to_numpy()))  # input order
     events = events.take(order).reset_index(drop=True)
     events = project_part((events,), crs_in, projection)[0]
     events, rejects = deduplicate(events, line_offset) if dedupe else (events, empty_rejects())
+    if spike_rejects is not None and len(spike_rejects):
+        rejects = pd.concat([spike_rejects, rejects], ignore_index=True)
     if check_ids:
         ids = events[["_idhash", "_chunk", "_row", "event_id", "_file"]]
         bucket = (ids["_idhash"].to_numpy() % np.uint64(buckets)).astype(np.int64)

@@ -128,3 +128,16 @@ def test_part_rows_flag_is_accepted_and_bad_values_are_one_line(settings, tmp_pa
     ok = cli("ingest", "earthquakes", "--path", str(path), "--out", str(tmp_path / "o"), "--no-progress",
              "--workers", "1", "--part-rows", "7", *SPLIT)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_spikes_read_cluster_by_cluster_equal_the_whole_recording(settings, tmp_path):
+    """The w-maze recording (518,352 spikes in 25 clusters, 89 % of them in one multi-unit cluster that the reader
+    drops): groups of ≈ 60,000 spikes and ranges of 60,000, against the reader that holds every spike."""
+    cfg = settings.catalog("wmaze")
+    ref = run_ingest(cfg, settings, out_root=tmp_path / "ref", blocksize=None, progress=False, quarantine=True)
+    new = run_ingest(cfg, settings, out_root=tmp_path / "new", part_rows=60_000, progress=False, quarantine=True)
+    assert content_hash(new.out_dir) == content_hash(ref.out_dir)
+    a, b = ref.manifest, new.manifest
+    assert a["spikes"] == b["spikes"] and a["counts"] == b["counts"]
+    rej = lambda r: pd.read_parquet(r.out_dir / "rejected.parquet").reset_index(drop=True)
+    pd.testing.assert_frame_equal(rej(new), rej(ref))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -291,18 +292,10 @@ def _unit_codes(tetrodes: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray,
     return codes, names, counts
 
 
-def read_matclust_spikes(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a MatClust ``spikes.mat`` export (MATLAB v5, via :func:`scipy.io.loadmat`).
-
-    Expected content: a variable (``spikes``, or the file's only variable) holding a cell array of tetrodes, each a
-    cell array of clusters, each a struct with field ``time`` (spike times, s). Surrounding 1x1 cells (day, epoch)
-    and the varying 1x1 wrapping of tetrodes and clusters are unwrapped recursively; a single-cluster tetrode stored
-    one level shallower is kept. Empty clusters are skipped but keep their index.
-
-    Returns one row per spike (n_spikes rows), columns ``time`` (float64 s), ``unit`` (str
-    ``t{tetrode:02d}c{cluster:02d}``, 0-based indices as stored, e.g. ``t09c14``), ``tetrode``, ``cluster`` (int64);
-    sorted by ``(time, unit)`` (index 0..n-1), which breaks the ties between units that share a timestamp.
-    """
+def iter_matclust_clusters(path: str | os.PathLike):
+    """The non-empty clusters of a MatClust ``spikes.mat`` export, one at a time: ``(tetrode, cluster, times)``
+    in (tetrode, cluster) order, ``times`` (float64 s) as stored. The file is read whole (MATLAB v5 through
+    :func:`scipy.io.loadmat`: 8 bytes a spike); nothing per spike is built for all units at once."""
     name = os.fspath(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{name}: no such file")
@@ -318,7 +311,7 @@ def read_matclust_spikes(path: str | os.PathLike) -> pd.DataFrame:
     else:
         raise CatalogError(f"{name}: expected a variable 'spikes' (or a single variable); found {variables or 'none'}")
 
-    time_parts, tetrode_parts, cluster_parts = [], [], []
+    found = False
     for tetrode, tetrode_node in enumerate(_tetrode_nodes(root, name)):
         for cluster, struct in enumerate(_cluster_nodes(tetrode_node, name, tetrode)):
             if struct is None:
@@ -326,12 +319,29 @@ def read_matclust_spikes(path: str | os.PathLike) -> pd.DataFrame:
             times = _cluster_times(struct, name, tetrode, cluster)
             if len(times) == 0:
                 continue
-            time_parts.append(times)
-            tetrode_parts.append(np.full(len(times), tetrode, dtype=np.int64))
-            cluster_parts.append(np.full(len(times), cluster, dtype=np.int64))
-    if not time_parts:
+            found = True
+            yield tetrode, cluster, times
+    if not found:
         raise CatalogError(f"{name}: no spikes: every cluster is empty")
 
+
+def read_matclust_spikes(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a MatClust ``spikes.mat`` export (MATLAB v5, via :func:`scipy.io.loadmat`).
+
+    Expected content: a variable (``spikes``, or the file's only variable) holding a cell array of tetrodes, each a
+    cell array of clusters, each a struct with field ``time`` (spike times, s). Surrounding 1x1 cells (day, epoch)
+    and the varying 1x1 wrapping of tetrodes and clusters are unwrapped recursively; a single-cluster tetrode stored
+    one level shallower is kept. Empty clusters are skipped but keep their index.
+
+    Returns one row per spike (n_spikes rows), columns ``time`` (float64 s), ``unit`` (str
+    ``t{tetrode:02d}c{cluster:02d}``, 0-based indices as stored, e.g. ``t09c14``), ``tetrode``, ``cluster`` (int64);
+    sorted by ``(time, unit)`` (index 0..n-1), which breaks the ties between units that share a timestamp.
+    """
+    time_parts, tetrode_parts, cluster_parts = [], [], []
+    for tetrode, cluster, times in iter_matclust_clusters(path):
+        time_parts.append(times)
+        tetrode_parts.append(np.full(len(times), tetrode, dtype=np.int64))
+        cluster_parts.append(np.full(len(times), cluster, dtype=np.int64))
     times = np.concatenate(time_parts)
     tetrodes = np.concatenate(tetrode_parts)
     clusters = np.concatenate(cluster_parts)
@@ -440,6 +450,153 @@ def read_spikes(
       (repeated timestamps collapsed to their first sample), ``position_time_range`` (s, of the valid samples),
       ``clock_rate`` (Hz), ``dropped`` (reason -> count) and one ``dropped_<filter>`` count per filter.
     """
+    reading = prepare_spikes(spikes_path, positions_path, speed_min=speed_min, max_gap_s=max_gap_s,
+                             exclude_units=exclude_units, max_unit_fraction=max_unit_fraction,
+                             invalid_position=invalid_position)
+    time_parts, code_parts = [], []
+    for code, (tetrode, cluster, times) in enumerate(reading.clusters):
+        time_parts.append(times)
+        code_parts.append(np.full(len(times), code, dtype=np.int64))
+    times, codes = np.concatenate(time_parts), np.concatenate(code_parts)
+    order = np.lexsort((codes, times))  # unit codes follow (tetrode, cluster): the reader's (time, unit) order
+    times, codes = times[order], codes[order]
+    x, y, speed, drop = reading.classify(times, codes)
+    rows = np.arange(1, len(times) + 1, dtype=np.int64)
+    events, rejects = reading.rows_to_events(times, codes, x, y, speed, drop, rows)
+    return events, rejects, reading.info(codes, drop)
+
+
+DROPPED_BY = ("excluded_unit", "multi_unit", "outside_position_range", "in_position_gap", "slow")  # drop codes 1..5
+
+
+@dataclass
+class SpikeReading:
+    """One recording prepared for the per-spike work: its clusters' spike times (in unit order), the unit table,
+    the valid position track and the filter settings. :meth:`classify` and :meth:`rows_to_events` work on any
+    subset of spikes, so a recording can be processed cluster by cluster (the partition-wise ingestion) or whole
+    (:func:`read_spikes`) with the same result."""
+
+    file_name: str
+    clusters: list  # [(tetrode, cluster, times (n_u,) float64 s)], unit code = index
+    units: list  # unit names by code
+    unit_counts: np.ndarray  # (n_units,) spikes read per unit
+    pos_t: np.ndarray
+    pos_x: np.ndarray
+    pos_y: np.ndarray
+    pos_speed: np.ndarray
+    max_gap_s: float
+    speed_min: float | None
+    excluded: np.ndarray  # (n_units,) bool
+    multi_unit: dict  # unit code -> reason
+    positions: dict  # position-track counts for the info
+
+    @property
+    def n_spikes(self) -> int:
+        return int(self.unit_counts.sum())
+
+    def reasons(self) -> dict:
+        t_first, t_last = self.positions["position_time_range"]
+        return {3: ("time", f"outside the tracked position range [{t_first:.2f}, {t_last:.2f}] s"),
+                4: ("time", f"in a position-tracking gap longer than {self.max_gap_s} s"),
+                5: ("speed", f"speed below {self.speed_min:g} px/s" if self.speed_min is not None else "")}
+
+    def classify(self, times: np.ndarray, codes: np.ndarray):
+        """Per spike: position ``x, y`` and ``speed`` (interpolated), and the first filter that drops it (0: kept;
+        1..5: :data:`DROPPED_BY`)."""
+        pos_t = self.pos_t
+        x = np.interp(times, pos_t, self.pos_x)
+        y = np.interp(times, pos_t, self.pos_y)
+        speed = np.interp(times, pos_t, self.pos_speed)
+        outside = (times < pos_t[0]) | (times > pos_t[-1])
+        # Bracketing samples pos_t[before] <= t <= pos_t[after]; a spike on a sample has a zero-length bracket.
+        before = np.clip(np.searchsorted(pos_t, times, side="right") - 1, 0, len(pos_t) - 1)
+        after = np.clip(np.searchsorted(pos_t, times, side="left"), 0, len(pos_t) - 1)
+        in_gap = ~outside & (pos_t[after] - pos_t[before] > self.max_gap_s)
+        multi = np.zeros(len(self.units), dtype=bool)
+        multi[list(self.multi_unit)] = True
+        drop = np.zeros(len(times), dtype=np.int8)
+        # in precedence order: each spike is charged to the first filter that drops it
+        for code, mask in ((1, self.excluded[codes]), (2, multi[codes]), (3, outside), (4, in_gap),
+                           (5, speed < self.speed_min if self.speed_min is not None else None)):
+            if mask is not None:
+                drop[(drop == 0) & mask] = code
+        return x, y, speed, drop
+
+    def rows_to_events(self, times, codes, x, y, speed, drop, rows):
+        """Spikes in the reader's (time, unit) order with their 1-based ``rows`` → ``(events, rejects)`` as
+        :func:`read_spikes` returns them (rejects sorted by row)."""
+        units = np.array(self.units, dtype=object)
+        lineage = pd.DataFrame({"_file": np.full(len(rows), self.file_name, dtype=object), "_row": rows})
+        parts = []
+        reasons = self.reasons()
+        for code in (1, 2, 3, 4, 5):
+            mask = drop == code
+            if not mask.any():
+                continue
+            if code == 1:
+                parts.append(make_rejects(lineage, mask, "unit", units[codes], "excluded unit", kind="filtered",
+                                          line_offset=None))
+            elif code == 2:
+                for unit in sorted(self.multi_unit):  # a loop over units (tens), not spikes
+                    m = mask & (codes == unit)
+                    if m.any():
+                        parts.append(make_rejects(lineage, m, "unit", units[codes], self.multi_unit[unit],
+                                                  kind="filtered", line_offset=None))
+            else:
+                field, reason = reasons[code]
+                parts.append(make_rejects(lineage, mask, field, speed if code == 5 else times, reason,
+                                          kind="filtered", line_offset=None))
+        keep = drop == 0
+        events = pd.DataFrame({"time": times[keep], "x": x[keep], "y": y[keep], "unit": units[codes[keep]],
+                               "speed": speed[keep], "_file": lineage["_file"].to_numpy()[keep],
+                               "_row": rows[keep]})
+        rejects = (pd.concat(parts, ignore_index=True).sort_values("row", kind="stable", ignore_index=True)
+                   if parts else empty_rejects())
+        return events, rejects
+
+    def info(self, codes: np.ndarray, drop: np.ndarray) -> dict:
+        """The reader's counts for the spikes given (all of the recording), or, with ``drop_counts`` summed over
+        parts, :meth:`info_from_counts`."""
+        counts = np.zeros((len(self.units), 6), dtype=np.int64)
+        np.add.at(counts, (codes, drop), 1)
+        return self.info_from_counts(counts)
+
+    def info_from_counts(self, counts: np.ndarray) -> dict:
+        """``counts``: (n_units, 6) spikes per unit and drop code (0 = kept)."""
+        drop_counts: dict[str, int] = {}
+        reasons = self.reasons()
+        excluded = int(counts[:, 1].sum())
+        if excluded:
+            drop_counts["excluded unit"] = excluded
+        for unit in sorted(self.multi_unit):
+            if counts[unit, 2]:
+                drop_counts[self.multi_unit[unit]] = int(counts[unit, 2])
+        for code in (3, 4, 5):
+            if counts[:, code].sum():
+                drop_counts[reasons[code][1]] = int(counts[:, code].sum())
+        return {
+            "spikes_read": self.n_spikes,
+            "spikes_kept": int(counts[:, 0].sum()),
+            "units": list(self.units),
+            "units_kept": [self.units[u] for u in np.flatnonzero(counts[:, 0])],
+            **{k: self.positions[k] for k in ("position_samples", "position_samples_invalid",
+                                              "position_duplicate_times", "position_time_range", "clock_rate")},
+            "dropped": drop_counts,
+            **{f"dropped_{name}": int(counts[:, code].sum()) for code, name in enumerate(DROPPED_BY, start=1)},
+        }
+
+
+def prepare_spikes(
+    spikes_path: str | os.PathLike,
+    positions_path: str | os.PathLike,
+    *,
+    speed_min: float | None = None,
+    max_gap_s: float = 1.0,
+    exclude_units: Sequence[str] = (),
+    max_unit_fraction: float | None = 0.5,
+    invalid_position: str = "y<=1",
+) -> SpikeReading:
+    """Read the clusters and the position track, validate the settings (see :func:`read_spikes`)."""
     if not max_gap_s > 0:
         raise ValueError(f"max_gap_s must be positive, got {max_gap_s}")
     if max_unit_fraction is not None and not 0 < max_unit_fraction <= 1:
@@ -447,13 +604,11 @@ def read_spikes(
     if speed_min is not None and not speed_min >= 0:
         raise ValueError(f"speed_min must be >= 0 or None, got {speed_min}")
 
-    spikes = read_matclust_spikes(spikes_path)
+    clusters = list(iter_matclust_clusters(spikes_path))
     positions, settings = read_trodes_positions(positions_path)
     file_name = Path(spikes_path).name
-    n_spikes = len(spikes)
-    spike_time = spikes["time"].to_numpy()
-    spike_unit = spikes["unit"].to_numpy()
-    unit_code, units, unit_counts = _unit_codes(spikes["tetrode"].to_numpy(), spikes["cluster"].to_numpy())
+    units = [_unit_name(tetrode, cluster) for tetrode, cluster, _ in clusters]
+    unit_counts = np.array([len(times) for _, _, times in clusters], dtype=np.int64)
 
     if isinstance(exclude_units, str):  # one name, not a sequence of one-letter names
         exclude_units = [exclude_units]
@@ -474,81 +629,20 @@ def read_spikes(
                            f"({int(invalid.sum())} of {len(positions)} are tracking loss by "
                            f"'x==0 and y==0' or {invalid_position!r})")
     pos_speed = _smoothed_speed(pos_t, pos_x, pos_y, SPEED_SMOOTHING_S, max_gap_s)
-    t_first, t_last = float(pos_t[0]), float(pos_t[-1])
 
-    # --- per-spike quantities, all vectorised ------------------------------------------------------------------
-    x = np.interp(spike_time, pos_t, pos_x)
-    y = np.interp(spike_time, pos_t, pos_y)
-    speed = np.interp(spike_time, pos_t, pos_speed)
-    outside = (spike_time < t_first) | (spike_time > t_last)
-    # Bracketing samples pos_t[before] <= t <= pos_t[after]; a spike on a sample has a zero-length bracket.
-    before = np.clip(np.searchsorted(pos_t, spike_time, side="right") - 1, 0, len(pos_t) - 1)
-    after = np.clip(np.searchsorted(pos_t, spike_time, side="left"), 0, len(pos_t) - 1)
-    in_gap = ~outside & (pos_t[after] - pos_t[before] > max_gap_s)
-
-    excluded = np.isin(unit_code, [code for code, unit in enumerate(units) if unit in set(exclude_units)])
-
-    # --- filters in precedence order; each spike is charged to the first that drops it ---------------------------
-    lineage = pd.DataFrame({"_file": np.full(n_spikes, file_name, dtype=object),
-                            "_row": np.arange(1, n_spikes + 1, dtype=np.int64)})
-    dropped = np.zeros(n_spikes, dtype=bool)
-    reject_parts: list[pd.DataFrame] = []
-    drop_counts: dict[str, int] = {}
-    filter_counts = dict.fromkeys(
-        ("dropped_excluded_unit", "dropped_multi_unit", "dropped_outside_position_range",
-         "dropped_in_position_gap", "dropped_slow"), 0)
-
-    def drop(mask: np.ndarray, field: str, values: np.ndarray, reason: str, counter: str) -> None:
-        nonlocal dropped
-        mask = mask & ~dropped
-        if not mask.any():
-            return
-        reject_parts.append(make_rejects(lineage, mask, field, values, reason, kind="filtered", line_offset=None))
-        dropped = dropped | mask
-        count = int(mask.sum())
-        drop_counts[reason] = drop_counts.get(reason, 0) + count
-        filter_counts[counter] += count
-
-    drop(excluded, "unit", spike_unit, "excluded unit", "dropped_excluded_unit")
+    n_spikes = int(unit_counts.sum())
+    multi_unit = {}
     if max_unit_fraction is not None:
-        for code, count in enumerate(unit_counts):  # a loop over units (tens), not spikes
+        for code, count in enumerate(unit_counts):
             fraction = count / n_spikes
             if fraction > max_unit_fraction:
-                reason = (f"multi-unit cluster (holds {fraction:.0%} of spikes > max_unit_fraction "
-                          f"{max_unit_fraction:.0%})")
-                drop(unit_code == code, "unit", spike_unit, reason, "dropped_multi_unit")
-    drop(outside, "time", spike_time,
-         f"outside the tracked position range [{t_first:.2f}, {t_last:.2f}] s", "dropped_outside_position_range")
-    drop(in_gap, "time", spike_time, f"in a position-tracking gap longer than {max_gap_s} s", "dropped_in_position_gap")
-    if speed_min is not None:
-        drop(speed < speed_min, "speed", speed, f"speed below {speed_min:g} px/s", "dropped_slow")
-
-    keep = ~dropped
-    events = pd.DataFrame({
-        "time": spike_time[keep],
-        "x": x[keep],
-        "y": y[keep],
-        "unit": spike_unit[keep],
-        "speed": speed[keep],
-        "_file": lineage["_file"].to_numpy()[keep],
-        "_row": lineage["_row"].to_numpy()[keep],
-    })
-    if reject_parts:
-        rejects = pd.concat(reject_parts, ignore_index=True).sort_values("row", kind="stable", ignore_index=True)
-    else:
-        rejects = empty_rejects()
-
-    info = {
-        "spikes_read": n_spikes,
-        "spikes_kept": len(events),
-        "units": units,
-        "units_kept": [units[code] for code in np.unique(unit_code[keep])],
-        "position_samples": len(positions),
-        "position_samples_invalid": int(invalid.sum()),
-        "position_duplicate_times": n_duplicates,
-        "position_time_range": (t_first, t_last),
-        "clock_rate": settings["clock_rate"],
-        "dropped": drop_counts,
-        **filter_counts,
-    }
-    return events, rejects, info
+                multi_unit[code] = (f"multi-unit cluster (holds {fraction:.0%} of spikes > max_unit_fraction "
+                                    f"{max_unit_fraction:.0%})")
+    return SpikeReading(
+        file_name=file_name, clusters=clusters, units=units, unit_counts=unit_counts, pos_t=pos_t, pos_x=pos_x,
+        pos_y=pos_y, pos_speed=pos_speed, max_gap_s=max_gap_s, speed_min=speed_min,
+        excluded=np.array([u in set(exclude_units) for u in units], dtype=bool), multi_unit=multi_unit,
+        positions={"position_samples": len(positions), "position_samples_invalid": int(invalid.sum()),
+                   "position_duplicate_times": n_duplicates,
+                   "position_time_range": (float(pos_t[0]), float(pos_t[-1])),
+                   "clock_rate": settings["clock_rate"]})
