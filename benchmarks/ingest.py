@@ -3,6 +3,7 @@
     python -m benchmarks.ingest [--rows 5000000] [--workers 2] [--modes read_csv,pandas,dask-in-memory,dask]
     python -m benchmarks.ingest --rows 50000000 --modes dask      # the out-of-core goal (pandas would need ~30 GB)
     python -m benchmarks.ingest --compare                         # every real catalog: both paths, content hashes
+    python -m benchmarks.ingest --spikes 20000000                 # a synthetic tetrode recording, both paths
 
 Generates a ComCat-style CSV (22 columns, as the USGS FDSN service writes them) once into data/cache/bench/,
 then runs, each in a fresh subprocess so memory is measured cleanly:
@@ -65,6 +66,56 @@ def generate(path: Path, rows: int, seed: int = 0, block: int = 500_000) -> None
     os.replace(tmp, path)
 
 
+def generate_spikes(folder: Path, spikes: int, seed: int = 0) -> None:
+    """A synthetic tetrode recording: 4 h of 60 Hz positions (a random walk on a 640x480 camera) and ``spikes``
+    spikes in 32 clusters on 8 tetrodes (one multi-unit cluster with 40 % of them), MatClust + Trodes layouts."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    duration, rate, clock = 4 * 3600.0, 60.0, 30000
+    frames = int(duration * rate)
+    ticks = (np.arange(frames) * (clock / rate)).astype(np.uint32) + clock
+    steps = rng.normal(0, 2.0, (frames, 2)).cumsum(axis=0)
+    x = (320 + 250 * np.sin(steps[:, 0] / 200)).astype(np.uint16)
+    y = (240 + 200 * np.sin(steps[:, 1] / 200)).astype(np.uint16)
+    records = np.zeros(frames, dtype=[("time", "<u4"), ("xloc", "<u2"), ("yloc", "<u2"), ("xloc2", "<u2"),
+                                      ("yloc2", "<u2")])
+    records["time"], records["xloc"], records["yloc"] = ticks, x, y
+    header = ("<Start settings>\nclockrate: 30000\ncamera resolution: 640x480\n"
+              "Fields: <time uint32><xloc uint16><yloc uint16><xloc2 uint16><yloc2 uint16>\n<End settings>\n")
+    (folder / "trajectory.videoPositionTracking").write_bytes(header.encode() + records.tobytes())
+    share = np.r_[0.4, np.full(31, 0.6 / 31)]
+    counts = rng.multinomial(spikes, share)
+
+    def cell(items):
+        out = np.empty((1, len(items)), dtype=object)
+        for i, item in enumerate(items):
+            out[0, i] = item
+        return out
+
+    tetrodes = []
+    for tet in range(8):
+        clusters = []
+        for k in range(4):
+            n = counts[tet * 4 + k]
+            times = np.sort(rng.uniform(1.0, 1.0 + duration, n)).round(5).reshape(-1, 1)
+            clusters.append({"time": times, "meanrate": n / duration})
+        tetrodes.append(cell(clusters))
+    scipy.io.savemat(folder / "spikes.mat", {"spikes": cell([cell([cell(tetrodes)])])})
+
+
+def _spikes_config(folder: Path):
+    from stforecast.config import build_config
+
+    return build_config("bench_spikes", {
+        "kind": "spikes", "format": "spikes", "path": str(folder / "spikes.mat"),
+        "positions": str(folder / "trajectory.videoPositionTracking"), "time_unit": "seconds",
+        "tie_resolution_s": 1 / 30000, "spikes": {"speed_min": 5.0, "max_unit_fraction": 0.3},
+        "split": {"history_start": 0.0, "train_start": 60.0, "val_start": 10000.0, "test_start": 12000.0,
+                  "end": 14500.0},
+        "sequences": {"mode": "windows", "window": 20.0, "history_events": 32}, "projection": {"crs": "none"}})
+
+
 def _config(path: Path):
     from stforecast.config import build_config
 
@@ -95,6 +146,19 @@ def _run_one(mode: str, path: str, workers: int, out: Path) -> dict:
     t0 = time.perf_counter()
     if mode == "compare":
         return compare_real(settings, out)
+    if mode.startswith("spikes"):
+        folder = Path(path)
+        if mode == "spikes-in-memory":
+            r = run_ingest(_spikes_config(folder), settings, out_root=out, blocksize=None, progress=False,
+                           scheduler="synchronous")
+            return {"mode": mode, "rows": r.manifest["counts"]["rows_read"], "seconds": time.perf_counter() - t0}
+        from pipelines.cluster import dask_client
+
+        with dask_client(None, workers) as client:
+            t0 = time.perf_counter()
+            r = run_ingest(_spikes_config(folder), settings, client=client, out_root=out, progress=False)
+            seconds = time.perf_counter() - t0
+        return {"mode": mode, "rows": r.manifest["counts"]["rows_read"], "seconds": seconds, "stages": r.stages}
     if mode == "read_csv":
         frame = pd.read_csv(path, usecols=["time", "latitude", "longitude", "mag", "id"])
         rows = len(frame)
@@ -181,6 +245,8 @@ def main() -> None:
                     help="comma-separated: read_csv, pandas, dask-in-memory, dask")
     ap.add_argument("--compare", action="store_true",
                     help="ingest every real catalog by both paths and compare the content hashes of their outputs")
+    ap.add_argument("--spikes", type=int, default=0, metavar="N",
+                    help="instead: a synthetic recording of N spikes, read whole (one thread) and cluster by cluster")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -199,6 +265,27 @@ def main() -> None:
                   f"{r['identical']}")
         if not all(r.get("identical", True) for r in res["catalogs"]):
             raise SystemExit("the two paths differ on at least one catalog")
+        return
+    if args.spikes:
+        folder = ROOT / "data" / "cache" / "bench" / f"spikes_{args.spikes}"
+        if not (folder / "spikes.mat").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            t = time.perf_counter()
+            print(f"generating {args.spikes:,} spikes → {folder} ...", flush=True)
+            generate_spikes(folder, args.spikes)
+            print(f"  {time.perf_counter() - t:.1f} s", flush=True)
+        size = (folder / "spikes.mat").stat().st_size / 2**20
+        print(f"recording: {folder} (spikes.mat {size:,.0f} MB, {args.spikes:,} spikes); peak RSS = the process and "
+              "all its children, sampled every 50 ms")
+        print(f"{'path':<40}{'seconds':>9}{'spikes/s':>12}{'peak RSS MB':>13}")
+        names = {"spikes-in-memory": "whole recording, one thread",
+                 "spikes": f"cluster by cluster, Dask {args.workers} workers"}
+        for m in ("spikes-in-memory", "spikes"):
+            r = measure(m, folder, args.workers)
+            print(f"{names[m]:<40}{r['seconds']:>9.1f}{r['rows'] / r['seconds']:>12,.0f}{r['peak_rss_mb']:>13,.0f}",
+                  flush=True)
+            if r.get("stages"):
+                print("  where the time goes: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items()))
         return
     path = ROOT / "data" / "cache" / "bench" / f"comcat_{args.rows}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)

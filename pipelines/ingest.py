@@ -29,7 +29,7 @@ import pandas as pd
 
 import stforecast
 from pipelines.cluster import dask_client
-from stforecast.catalog import SECONDS_PER, CatalogError, empty_rejects, raise_for_invalid
+from stforecast.catalog import SECONDS_PER, CatalogError, raise_for_invalid
 from stforecast.clean import (
     add_keys,
     apply_filters,
@@ -254,9 +254,9 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     from dask import delayed
 
     from pipelines.ingest_parts import (
-        LABELS, Finalize, Parts, SpikeRows, _ranges, _union, check_id_bucket, cleanup, count_below, empty_sequences,
-        finish_range, first_time, locate, normalisation_from_parts, sequence_batch, sort_range, spill_chunk,
-        spill_spikes, stream_events, time_edges)
+        LABELS, Finalize, Parts, Rejects, SpikeRows, _ranges, _union, check_id_bucket, cleanup, count_below,
+        empty_sequences, finish_range, first_time, locate, merge_rejects, normalisation_from_parts, sequence_batch,
+        sort_range, spill_chunk, spill_spikes, stream_events, stream_rejects, time_edges)
     from stforecast.catalog import MARK_COLUMNS
 
     work = out_tmp / "_work"
@@ -278,7 +278,7 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
                                                   "read spikes")
         spike_rows = SpikeRows(reading, cfg.name, cfg.filters, time_range, origin, cfg.time_unit)
     else:
-        chunks = compute([delayed(spill_chunk)(part, i, train_range, work, part_bounds)
+        chunks = compute([delayed(spill_chunk)(part, i, train_range, work, part_bounds, quarantine)
                           for i, part in enumerate(parts)], "parse")
     projection = choose_projection([c.bounds for c in chunks], cfg, crs_in)
     rows_read = sum(c.rows_read for c in chunks)
@@ -308,19 +308,20 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     two_steps = spike_rows is not None
     finished = compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
                                             line_offset, cfg.dedupe, bool(id_col), buckets, work, project_part,
-                                            None if two_steps else finalize(hi), range_rows[p])
+                                            None if two_steps else finalize(hi), range_rows[p], quarantine)
                         for p, (lo, hi) in enumerate(ranges)], "order")
+    # rejected rows stay in the tasks' files; the driver gets the invalid ones and counts
     rejects = [c.rejects for c in chunks] + [f.pop("rejects") for f in finished]
     invalid = None
     if id_col:
         found = compute([delayed(check_id_bucket)(work / "ids" / f"{b:04d}", line_offset, id_col)
                          for b in range(buckets)], "duplicate ids")
-        rejects += found
+        rejects.append(Rejects.of(pd.concat(found, ignore_index=True), work, "ids", quarantine))
         invalid = pd.concat(found, ignore_index=True)[["file", "row"]]
-    rejects = pd.concat([r for r in rejects if len(r)] or [empty_rejects()], ignore_index=True)
+    invalid_rows, rejected_summary, reject_files = merge_rejects(rejects)
     if not quarantine:
-        raise_for_invalid(rejects, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
-                                        "invalid rows aside)")
+        raise_for_invalid(invalid_rows, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
+                                             "invalid rows aside)")
     if two_steps or (invalid is not None and len(invalid)):  # the next times come from the sorted ranges
         if not two_steps:  # rows leave the ranges: sort them again, without the duplicated ids
             compute([delayed(sort_range)(p, lo, hi, overlapping(lo, hi), crs_in, projection, file_codes,
@@ -337,7 +338,7 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     if kept == 0:
         raise CatalogError(
             f"catalog {cfg.name}: no events left after cleaning and filters ({rows_read} read). "
-            + "; ".join(f"{r['rows']} {r['kind']}: {r['reason']}" for r in rejects_summary(rejects)[:8]))
+            + "; ".join(f"{r['rows']} {r['kind']}: {r['reason']}" for r in rejected_summary[:8]))
     ranges_done = Parts(work, finished)
     live = [f for f in finished if f["rows"]]
     marks = live[0]["marks"]
@@ -429,15 +430,15 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
                                                                                   if "moments" in r]),
                                 delayed(stream_events)(ranges_done, out_tmp / "events.parquet")],
                                "statistics, events.parquet")
-    if quarantine and len(rejects):
-        rejects.astype({"value": "str"}).to_parquet(out_tmp / "rejected.parquet", index=False)
+    if reject_files:
+        stream_rejects(reject_files, out_tmp / "rejected.parquet")
     cleanup(work)
     summary = {
-        "rows_read": rows_read, "events_kept": int(kept), "rejected": rejects_summary(rejects), "splits": counts,
+        "rows_read": rows_read, "events_kept": int(kept), "rejected": rejected_summary, "splits": counts,
         "events_per_split": {n: int(label_rows[n]) for n in sorted(label_rows, key=lambda n: -label_rows[n])
                              if label_rows[n]},
         "normalisation": normalisation, "marks": [m for m in ("magnitude", "category", "unit") if m in marks],
-        "time_range": time_range, "quarantined": bool(quarantine and len(rejects)),
+        "time_range": time_range, "quarantined": bool(reject_files),
         "spikes": spike_info, "stages": stages,
     }
     return projection, summary

@@ -51,6 +51,57 @@ _HELPER_COLUMNS = ["_hash", "_idhash", "_chunk"]
 
 
 @dataclass
+class Rejects:
+    """A task's rejected rows, kept small on their way to the driver: the invalid ones (an error names them),
+    counts per (kind, field, reason) for the manifest, and with --quarantine the file that holds them all."""
+
+    invalid: pd.DataFrame
+    counts: dict  # (kind, field, reason) -> rows
+    file: Path | None = None
+
+    @classmethod
+    def of(cls, rejects: pd.DataFrame, work: Path, name: str, quarantine: bool) -> "Rejects":
+        counts = ({} if rejects.empty else
+                  {k: int(v) for k, v in rejects.groupby(["kind", "field", "reason"], sort=True).size().items()})
+        file = None
+        if quarantine and len(rejects):
+            (work / "rejects").mkdir(exist_ok=True)
+            file = work / "rejects" / f"{name}.arrow"
+            _write(rejects.astype({"value": "str"}), file)
+        return cls(rejects[rejects["kind"] == "invalid"].reset_index(drop=True), counts, file)
+
+
+def merge_rejects(parts: list[Rejects]) -> tuple[pd.DataFrame, list[dict], list[Path]]:
+    """The invalid rows, the manifest's summary (as :func:`pipelines.ingest.rejects_summary`) and the files."""
+    counts: dict = {}
+    for r in parts:
+        for k, v in r.counts.items():
+            counts[k] = counts.get(k, 0) + v
+    invalid = [r.invalid for r in parts if len(r.invalid)]
+    summary = [{"kind": k[0], "field": k[1], "reason": k[2], "rows": v} for k, v in sorted(counts.items())]
+    return (pd.concat(invalid, ignore_index=True) if invalid else empty_rejects(), summary,
+            [r.file for r in parts if r.file is not None])
+
+
+def stream_rejects(files: list[Path], dest: Path) -> None:
+    """``rejected.parquet`` from the tasks' files, one at a time."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for f in files:
+            table = _open(f)
+            if writer is None:
+                writer = pq.ParquetWriter(dest, table.schema)
+            elif not table.schema.equals(writer.schema, check_metadata=False):
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+@dataclass
 class ChunkInfo:
     """What a spilled chunk tells the driver (everything else stays on disk)."""
 
@@ -60,7 +111,7 @@ class ChunkInfo:
     t_max: float
     sample: np.ndarray  # (SAMPLE_POINTS,) t at evenly spaced ranks
     bounds: tuple | None  # training-period extent, for the projection
-    rejects: pd.DataFrame
+    rejects: Rejects
     rows_read: int
     files: set  # the input file names among its events (their sorted order breaks ties of equal times)
     spikes: dict | None = None
@@ -95,7 +146,7 @@ def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     return _open(path, columns).to_pandas()
 
 
-def spill_chunk(part, index: int, train_range, work: Path, part_bounds) -> ChunkInfo:
+def spill_chunk(part, index: int, train_range, work: Path, part_bounds, quarantine: bool = False) -> ChunkInfo:
     """Worker task: a parsed chunk ``(events, rejects, rows_read[, spikes info])`` → sorted by t (stably: ties keep
     input order) and written to ``work/chunks``; returns its summary (``part_bounds``: its training extent)."""
     events, rejects, rows_read, *info = part
@@ -111,7 +162,8 @@ def spill_chunk(part, index: int, train_range, work: Path, part_bounds) -> Chunk
         _write(events, work / "chunks" / f"{index:06d}.arrow")
     sample = t[np.linspace(0, n - 1, min(n, SAMPLE_POINTS)).round().astype(int)] if n else np.array([])
     return ChunkInfo(index, n, float(t[0]) if n else math.inf, float(t[-1]) if n else -math.inf, sample, bounds,
-                     rejects, int(rows_read), set(events["_file"].unique()), info[0] if info else None)
+                     Rejects.of(rejects, work, f"chunk-{index:06d}", quarantine), int(rows_read),
+                     set(events["_file"].unique()), info[0] if info else None)
 
 
 @dataclass
@@ -160,7 +212,7 @@ def spill_spikes(inputs: dict, cfg, origin, work: Path, batch_spikes: int):
         _write(frame, work / "chunks" / f"{i:06d}.arrow")
         ts = t[order]
         sample = ts[np.linspace(0, len(ts) - 1, min(len(ts), SAMPLE_POINTS)).round().astype(int)]
-        chunks.append(ChunkInfo(i, len(ts), float(ts[0]), float(ts[-1]), sample, None, empty_rejects(),
+        chunks.append(ChunkInfo(i, len(ts), float(ts[0]), float(ts[-1]), sample, None, Rejects(empty_rejects(), {}),
                                 reading.n_spikes if i == 0 else 0, {reading.file_name}))
 
     group, size = [], 0
@@ -172,7 +224,12 @@ def spill_spikes(inputs: dict, cfg, origin, work: Path, batch_spikes: int):
             group, size = [], 0
     if group:
         spill(group)
-    return chunks, dataclasses.replace(reading, clusters=[]), reading.info_from_counts(counts)
+    info = reading.info_from_counts(counts)
+    # what the ranges need: the unit table and reasons, not the spike times nor the position track (tens of MB
+    # that would travel with every task)
+    empty = np.array([])
+    return chunks, dataclasses.replace(reading, clusters=[], pos_t=empty, pos_x=empty, pos_y=empty,
+                                       pos_speed=empty), info
 
 
 def spike_rows(frame: pd.DataFrame, rows: SpikeRows) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -260,7 +317,7 @@ class Finalize:
 
 def sort_range(p: int, lo: float, hi: float, chunk_files: list[Path], crs_in, projection, file_codes: dict,
                line_offset, dedupe: bool, check_ids: bool, buckets: int, work: Path, project_part,
-               finalize: Finalize | None = None, spikes: SpikeRows | None = None) -> dict:
+               finalize: Finalize | None = None, spikes: SpikeRows | None = None, quarantine: bool = False) -> dict:
     """Worker task: one time range → projected (``project_part``), de-duplicated (first in input order kept),
     sorted by (t, file, row); its ids (for the global duplicate-id check) into ``work/ids``. With ``finalize``,
     finished here (:func:`_finish`, into ``work/final``); else written to ``work/sorted``."""
@@ -269,14 +326,16 @@ def sort_range(p: int, lo: float, hi: float, chunk_files: list[Path], crs_in, pr
     if events is not None and spikes is not None:
         events, spike_rejects = spike_rows(events, spikes)
     if events is None or events.empty:
-        return {"part": p, "rows": 0, "rejects": empty_rejects() if spike_rejects is None else spike_rejects,
-                "labels": {}, "time": None, "marks": []}
+        return {"part": p, "rows": 0, "labels": {}, "time": None, "marks": [],
+                "rejects": Rejects.of(empty_rejects() if spike_rejects is None else spike_rejects, work,
+                                      f"range-{p:06d}", quarantine)}
     order = np.lexsort((events["_row"].to_numpy(), events["_chunk"].to_numpy()))  # input order
     events = events.take(order).reset_index(drop=True)
     events = project_part((events,), crs_in, projection)[0]
     events, rejects = deduplicate(events, line_offset) if dedupe else (events, empty_rejects())
     if spike_rejects is not None and len(spike_rejects):
         rejects = pd.concat([spike_rejects, rejects], ignore_index=True)
+    rejects = Rejects.of(rejects, work, f"range-{p:06d}", quarantine)
     if check_ids:
         ids = events[["_idhash", "_chunk", "_row", "event_id", "_file"]]
         bucket = (ids["_idhash"].to_numpy() % np.uint64(buckets)).astype(np.int64)
