@@ -555,8 +555,8 @@ class SpikeReading:
         return events, rejects
 
     def info(self, codes: np.ndarray, drop: np.ndarray) -> dict:
-        """The reader's counts for the spikes given (all of the recording), or, with ``drop_counts`` summed over
-        parts, :meth:`info_from_counts`."""
+        """The reader's counts (``info`` of :func:`read_spikes`) for all the recording's spikes, given at once; a
+        recording classified in parts sums its (unit, drop code) counts and calls :meth:`info_from_counts`."""
         counts = np.zeros((len(self.units), 6), dtype=np.int64)
         np.add.at(counts, (codes, drop), 1)
         return self.info_from_counts(counts)
