@@ -13,7 +13,7 @@ hash or name, settings, day) hash to a key; ``OUT/<model>/<day>/day.json`` with 
 day's folder appears complete or not at all. The summary goes to ``OUT/summary.{md,json}``, the calibration plots
 beside it, and one MLflow run per model (experiment ``stforecast-csep``).
 
-    stforecast csep-eval --data japan --model runs/benchmark/japan-XXXX/best.pt --start 2016-04-01 --days 30
+    stforecast csep-eval --data japan --model runs/demo-japan/best.pt --start 2016-04-01 --days 30
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def add_parser(sub) -> None:
                      "magnitude, spatial and pseudo-likelihood tests against what happened, and summarise per model\n"
                      "(share of days passed at 5 %, mean quantile score, calibration plots). Days whose inputs are\n"
                      "unchanged are skipped; each day's folder appears complete or not at all. Needs the `csep` extra."),
-        epilog=("examples:\n  stforecast csep-eval --data japan --model runs/benchmark/japan-XXXX/best.pt "
+        epilog=("examples:\n  stforecast csep-eval --data japan --model runs/demo-japan/best.pt "
                 "--start 2016-04-01 --days 30\n  stforecast csep-eval --data japan --model best.pt --reference etas "
                 "--start 2017-09-01 --days 30 --catalogs 1000 --scheduler tcp://10.0.0.5:8786"))
     p.add_argument("--data", required=True, help="an ingested earthquake catalog (name or folder)")
