@@ -47,9 +47,12 @@ from stforecast.sequences import (
     SPLITS,
     assign_splits,
     build_sequences,
+    chunk_edges,
     given_sequences,
     normalisation_stats,
+    sequence_ranges,
     split_counts,
+    window_edges,
 )
 
 PIPELINE_VERSION = "ingest-1"
@@ -256,7 +259,7 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     from pipelines.ingest_parts import (
         LABELS, Finalize, Parts, Rejects, SpikeRows, _ranges, _union, check_id_bucket, cleanup, count_below,
         empty_sequences, finish_range, first_time, locate, merge_rejects, normalisation_from_parts, sequence_batch,
-        sort_range, spill_chunk, spill_spikes, stream_events, stream_rejects, time_edges)
+        sort_range, spill_chunk, spill_spikes, stream_parquet, time_edges)
     from stforecast.catalog import MARK_COLUMNS
 
     work = out_tmp / "_work"
@@ -316,8 +319,9 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     if id_col:
         found = compute([delayed(check_id_bucket)(work / "ids" / f"{b:04d}", line_offset, id_col)
                          for b in range(buckets)], "duplicate ids")
-        rejects.append(Rejects.of(pd.concat(found, ignore_index=True), work, "ids", quarantine))
-        invalid = pd.concat(found, ignore_index=True)[["file", "row"]]
+        duplicated = pd.concat(found, ignore_index=True)
+        rejects.append(Rejects.of(duplicated, work, "ids", quarantine))
+        invalid = duplicated[["file", "row"]]
     invalid_rows, rejected_summary, reject_files = merge_rejects(rejects)
     if not quarantine:
         raise_for_invalid(invalid_rows, hint=f" of catalog {cfg.name} (fix them, or rerun with --quarantine to set "
@@ -360,38 +364,24 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
         return out
 
     seq_cfg = cfg.sequences
-    ends = {"train": bounds_t.get("val_start"), "val": bounds_t.get("test_start"), "test": bounds_t.get("end")}
-    windows = {}  # split → (window starts, window ends), all located in one step below
-    for name in SPLITS:
-        if label_rows[name] and seq_cfg.mode == "windows":
-            lo = bounds_t.get(f"{name}_start")
-            lo = first_t[name] if lo is None else lo
-            hi = ends[name]
-            hi = np.nextafter(last_t[name], np.inf) if hi is None else hi
-            starts = np.arange(lo, hi, seq_cfg.stride or seq_cfg.window)
-            windows[name] = (starts, np.minimum(starts + seq_cfg.window, hi))
-    located = iter([])
-    if windows:
+    windows = {name: window_edges(name, bounds_t, first_t[name], last_t[name], seq_cfg) for name in SPLITS
+               if label_rows[name] and seq_cfg.mode == "windows"}
+    if windows:  # every split's window starts and ends, located in one step
         rows = global_searchsorted(np.concatenate([np.r_[a, b] for a, b in windows.values()]))
-        located = iter(np.split(rows, np.cumsum([2 * len(a) for a, _ in windows.values()])[:-1]))
+        located = dict(zip(windows, np.split(rows, np.cumsum([2 * len(a) for a, _ in windows.values()])[:-1])))
     plans, counts = {}, {}
     for name in SPLITS:
-        n = label_rows[name]
         hist = first = stop = starts = np.array([], dtype=np.int64)
-        if n:
-            a, b = int(label_start[name]), int(label_start[name]) + n
+        if label_rows[name]:
             if seq_cfg.mode == "windows":
                 starts = windows[name][0]
-                first, stop = np.split(next(located), 2)
+                first, stop = np.split(located[name], 2)
             elif seq_cfg.mode == "chunks":
-                first = np.arange(a, b, seq_cfg.length, dtype=np.int64)
-                stop = np.minimum(first + seq_cfg.length, b)
-                starts = np.full(len(first), np.nan)
+                a = int(label_start[name])
+                first, stop, starts = chunk_edges(a, a + label_rows[name], seq_cfg)
             else:
                 raise ValueError(f"sequence mode {seq_cfg.mode!r} needs the source's own sequences (mode 'given')")
-            keep = (stop - first) >= seq_cfg.min_targets
-            first, stop, starts = first[keep], stop[keep], starts[keep]
-            hist = np.maximum(first - seq_cfg.history_events, 0)
+            hist, first, stop, starts = sequence_ranges(first, stop, starts, seq_cfg)
         plans[name] = (hist, first, stop, starts)
         counts[name] = {"sequences": int(((stop - hist) > 0).sum()), "targets": int((stop - first).sum()),
                         "history_rows": int((first - hist).sum()), "distinct_target_events": _union(first, stop)}
@@ -403,23 +393,19 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     tasks, empty = [], []
     for name in SPLITS:
         hist, first, stop, starts = plans[name]
-        lengths = stop - hist
-        keep = lengths > 0
-        hist, first, stop, starts = hist[keep], first[keep], stop[keep], starts[keep]
-        seq_ids = np.flatnonzero(keep)
-        if not len(hist):
+        cum = np.cumsum(stop - hist)  # rows; sequences without rows keep their numbers, as in build_sequences
+        if not len(cum) or cum[-1] == 0:
             empty.append(name)
             continue
-        cum = np.cumsum(lengths[keep])
         cuts = np.unique(np.searchsorted(cum, np.arange(part_rows, cum[-1], part_rows), side="left") + 1)
         for batch, (i0, i1) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, len(hist)])):
-            if i0 >= i1:
+            if i0 >= i1 or cum[i1 - 1] == (cum[i0 - 1] if i0 else 0):
                 continue
             lo_row, hi_row = int(hist[i0]), int(stop[i1 - 1])
             sel = [j for j in range(len(ranges_done.files))
                    if ranges_done.offsets[j] < hi_row and ranges_done.offsets[j + 1] > lo_row]
             tasks.append(delayed(sequence_batch)(
-                name, [ranges_done.files[j] for j in sel], [int(ranges_done.offsets[j]) for j in sel], int(seq_ids[i0]),
+                name, [ranges_done.files[j] for j in sel], [int(ranges_done.offsets[j]) for j in sel], i0,
                 hist[i0:i1], first[i0:i1], stop[i0:i1], starts[i0:i1], columns_needed, out_tmp, batch,
                 work / "stats" if name == "train" else None, write_sequences))
     results = compute(tasks, "sequences")
@@ -428,10 +414,10 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     # two independent tasks, side by side on the workers
     normalisation, _ = compute([delayed(normalisation_from_parts)(work / "stats", [r["moments"] for r in results
                                                                                   if "moments" in r]),
-                                delayed(stream_events)(ranges_done, out_tmp / "events.parquet")],
+                                delayed(stream_parquet)(ranges_done.files, out_tmp / "events.parquet")],
                                "statistics, events.parquet")
     if reject_files:
-        stream_rejects(reject_files, out_tmp / "rejected.parquet")
+        stream_parquet(reject_files, out_tmp / "rejected.parquet")
     cleanup(work)
     summary = {
         "rows_read": rows_read, "events_kept": int(kept), "rejected": rejected_summary, "splits": counts,

@@ -83,24 +83,6 @@ def merge_rejects(parts: list[Rejects]) -> tuple[pd.DataFrame, list[dict], list[
             [r.file for r in parts if r.file is not None])
 
 
-def stream_rejects(files: list[Path], dest: Path) -> None:
-    """``rejected.parquet`` from the tasks' files, one at a time."""
-    import pyarrow.parquet as pq
-
-    writer = None
-    try:
-        for f in files:
-            table = _open(f)
-            if writer is None:
-                writer = pq.ParquetWriter(dest, table.schema)
-            elif not table.schema.equals(writer.schema, check_metadata=False):
-                table = table.cast(writer.schema)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
-
-
 @dataclass
 class ChunkInfo:
     """What a spilled chunk tells the driver (everything else stays on disk)."""
@@ -462,19 +444,12 @@ def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, 
     """Worker task: the rows of sequences ``seq0 …`` (global row ranges [hist, stop), targets from ``first``)
     written as part ``batch`` of the split; for train, the targets' (dt, x, y) to ``stats_dir`` and their partial
     statistics."""
-    from stforecast.sequences import _frame, inter_event_times
+    from stforecast.sequences import _frame, inter_event_times, sequence_rows
 
     base = int(hist[0])
     events = read_rows(files, offsets, base, int(stop[-1]), columns)
-    lengths = stop - hist
-    rows = np.concatenate([np.arange(h, s) for h, s in zip(hist, stop)]) - base
-    seq = np.repeat(np.arange(seq0, seq0 + len(lengths)), lengths)
-    offsets_in = np.repeat(np.cumsum(np.r_[0, lengths[:-1]]), lengths)
-    position = np.arange(len(rows)) - offsets_in
-    is_target = rows + base >= np.repeat(first, lengths)
-    t = events["t"].to_numpy()
-    t_start = np.where(np.isnan(starts), t[hist - base], starts)
-    frame = _frame(events, rows, split, seq, position, is_target, np.repeat(t_start, lengths))
+    rows, seq, position, is_target, t_start = sequence_rows(hist, first, stop, starts, events["t"].to_numpy(), base)
+    frame = _frame(events, rows - base, split, seq + seq0, position, is_target, t_start)
     frame["event_index"] += base
     write_sequences(frame, out_tmp / "sequences", part=batch, splits=(split,))
     result = {"rows": len(frame)}
@@ -589,13 +564,14 @@ def normalisation_from_parts(stats_dir: Path, moments: list[dict]) -> dict:
     return out
 
 
-def stream_events(parts: Parts, dest: Path) -> None:
-    """``events.parquet`` as one file, one range at a time (the schema of the first; null columns cast to it)."""
+def stream_parquet(files: list[Path], dest: Path) -> None:
+    """One Parquet file (``events.parquet``, ``rejected.parquet``) from intermediate files, one at a time (the
+    schema of the first; null columns cast to it)."""
     import pyarrow.parquet as pq
 
     writer = None
     try:
-        for f in parts.files:
+        for f in files:
             table = _open(f)
             if writer is None:
                 writer = pq.ParquetWriter(dest, table.schema)

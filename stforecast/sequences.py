@@ -43,21 +43,46 @@ def assign_splits(t: np.ndarray, bounds: dict[str, float | None]) -> np.ndarray:
     return labels[np.searchsorted(np.asarray(edges), np.asarray(t), side="right")]
 
 
-def _windows(t: np.ndarray, lo: float, hi: float, cfg: SequenceConfig):
-    """(first, stop, window start) index ranges of the time windows covering [lo, hi)."""
-    stride = cfg.stride or cfg.window
-    starts = np.arange(lo, hi, stride)
-    first = np.searchsorted(t, starts, side="left")
-    stop = np.searchsorted(t, np.minimum(starts + cfg.window, hi), side="left")
-    return first, stop, starts
+def window_edges(name: str, bounds: dict[str, float | None], first_t: float, last_t: float,
+                 cfg: SequenceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end times of the windows covering split ``name``: from its start boundary (else its first event
+    time ``first_t``) to its end boundary (else just past its last event time ``last_t``)."""
+    end_key = {"train": "val_start", "val": "test_start", "test": "end"}[name]
+    lo = bounds.get(f"{name}_start")
+    lo = first_t if lo is None else lo
+    hi = bounds.get(end_key)
+    hi = np.nextafter(last_t, np.inf) if hi is None else hi
+    starts = np.arange(lo, hi, cfg.stride or cfg.window)
+    return starts, np.minimum(starts + cfg.window, hi)
 
 
-def _chunks(idx: np.ndarray, cfg: SequenceConfig):
-    if len(idx) == 0:
-        return np.array([], int), np.array([], int), np.array([])
-    first = idx[:: cfg.length]
-    stop = np.minimum(first + cfg.length, idx[-1] + 1)
-    return first, stop, np.full(len(first), np.nan)
+def chunk_edges(a: int, b: int, cfg: SequenceConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, stop, starts) of the chunks of ``length`` events covering rows [a, b) (``starts`` NaN: a chunk's
+    waiting times start at its first history event)."""
+    first = np.arange(a, b, cfg.length, dtype=np.int64)
+    return first, np.minimum(first + cfg.length, b), np.full(len(first), np.nan)
+
+
+def sequence_ranges(first: np.ndarray, stop: np.ndarray, starts: np.ndarray, cfg: SequenceConfig):
+    """Keep the sequences with at least ``min_targets`` targets and reach back ``history_events`` rows: returns
+    ``(hist, first, stop, starts)``: rows [hist, stop) of each sequence, targets from ``first``."""
+    keep = (stop - first) >= cfg.min_targets
+    first, stop, starts = first[keep], stop[keep], starts[keep]
+    return np.maximum(first - cfg.history_events, 0), first, stop, starts
+
+
+def sequence_rows(hist: np.ndarray, first: np.ndarray, stop: np.ndarray, starts: np.ndarray, t: np.ndarray,
+                  base: int = 0):
+    """The long layout of sequences [hist, stop): per row its event row, sequence number (0-based here),
+    position, target flag and window start. ``t`` holds the event times from row ``base`` on."""
+    lengths = stop - hist
+    rows = np.concatenate([np.arange(h, s) for h, s in zip(hist, stop)]) if len(lengths) else np.array([], int)
+    seq = np.repeat(np.arange(len(lengths)), lengths)
+    offsets = np.repeat(np.cumsum(np.r_[0, lengths[:-1]]), lengths)
+    position = np.arange(len(rows)) - offsets
+    is_target = rows >= np.repeat(first, lengths)
+    t_start = np.where(np.isnan(starts), np.take(t, hist - base, mode="clip") if len(hist) else starts, starts)
+    return rows, seq, position, is_target, np.repeat(t_start, lengths)
 
 
 def build_sequences(events: pd.DataFrame, split: np.ndarray, cfg: SequenceConfig,
@@ -70,33 +95,21 @@ def build_sequences(events: pd.DataFrame, split: np.ndarray, cfg: SequenceConfig
     t = events["t"].to_numpy()
     if len(t) > 1 and np.any(np.diff(t) < 0):
         raise ValueError("events must be sorted by t before building sequences")
-    ends = {"train": bounds.get("val_start"), "val": bounds.get("test_start"), "test": bounds.get("end")}
     pieces = []
     for name in SPLITS:
-        idx = np.flatnonzero(split == name)
+        idx = np.flatnonzero(split == name)  # contiguous: t is sorted and splits are time ranges
         if len(idx) == 0:
             continue
         if cfg.mode == "windows":
-            lo = bounds.get(f"{name}_start")
-            lo = t[idx[0]] if lo is None else lo
-            hi = ends[name]
-            hi = np.nextafter(t[idx[-1]], np.inf) if hi is None else hi
-            first, stop, starts = _windows(t, lo, hi, cfg)
+            starts, ends = window_edges(name, bounds, t[idx[0]], t[idx[-1]], cfg)
+            first, stop = np.searchsorted(t, starts, side="left"), np.searchsorted(t, ends, side="left")
         elif cfg.mode == "chunks":
-            first, stop, starts = _chunks(idx, cfg)
+            first, stop, starts = chunk_edges(idx[0], idx[-1] + 1, cfg)
         else:
             raise ValueError(f"sequence mode {cfg.mode!r} needs the source's own sequences (mode 'given')")
-        keep = (stop - first) >= cfg.min_targets
-        first, stop, starts = first[keep], stop[keep], starts[keep]
-        hist = np.maximum(first - cfg.history_events, 0)
-        lengths = stop - hist
-        rows = np.concatenate([np.arange(h, s) for h, s in zip(hist, stop)]) if len(lengths) else np.array([], int)
-        seq = np.repeat(np.arange(len(lengths)), lengths)
-        offsets = np.repeat(np.cumsum(np.r_[0, lengths[:-1]]), lengths)
-        position = np.arange(len(rows)) - offsets
-        is_target = rows >= np.repeat(first, lengths)
-        t_start = np.where(np.isnan(starts), t[hist] if len(hist) else starts, starts)
-        pieces.append(_frame(events, rows, name, seq, position, is_target, np.repeat(t_start, lengths)))
+        hist, first, stop, starts = sequence_ranges(first, stop, starts, cfg)
+        rows, seq, position, is_target, t_start = sequence_rows(hist, first, stop, starts, t)
+        pieces.append(_frame(events, rows, name, seq, position, is_target, t_start))
     return pd.concat(pieces, ignore_index=True) if pieces else _frame(events, np.array([], int), "train", *[np.array([])] * 4)
 
 
