@@ -55,7 +55,7 @@ class JobResult:
 def load_jobs(path=None) -> tuple[list[Job], Path]:
     """The jobs of a batch config: ``out`` and ``[[job]]`` tables whose keys are :class:`Job` fields (an unknown
     key or a wrong type is an error naming the job and the key)."""
-    from stforecast.config import read_settings_file, typed_fields
+    from stforecast.config import check_name, read_settings_file, typed_fields
 
     path = Path(path or DEFAULT_CONFIG)
     cfg = read_settings_file(path)
@@ -68,7 +68,9 @@ def load_jobs(path=None) -> tuple[list[Job], Path]:
         missing = [k for k in ("name", "catalog", "model") if k not in raw]
         if missing:
             raise ValueError(f"{where}: missing {missing}")
-        jobs.append(Job(**typed_fields(Job, raw, where)))
+        job = Job(**typed_fields(Job, raw, where))
+        check_name(job.name, f"{where}: name", "job name")  # OUT/<date>/<name>: never `..`, never a path
+        jobs.append(job)
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: job names must be unique, got {names}")
@@ -115,6 +117,7 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
     key = hashlib.sha256(json.dumps({"catalog": manifest["input_hash"], "model": model_identity(job.model),
                                      "job": asdict(job), "t_at": t_at}, sort_keys=True).encode()).hexdigest()
     final = out_root / day / job.name
+    sweep_stale(final)  # what killed runs left beside it, also when this job turns out to be up to date
     if (final / JOB_RECORD).exists() and json.loads((final / JOB_RECORD).read_text()).get("key") == key:
         return JobResult(job.name, "skipped", str(final), "inputs unchanged")
     from stforecast.model.registry import load_forecaster
@@ -124,8 +127,7 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
     warnings = [w for w in warnings if w.startswith("warning")]  # not the baseline's "fitting ..." line
     req = ReportRequest(at=job.at, horizon=job.horizon, simulations=job.simulations, samples=job.samples,
                         max_events=job.max_events, seed=job.seed)
-    sweep_stale(final)  # what a killed run left beside it
-    with atomic_dir(final) as staging:  # the report and its manifest appear together, or not at all
+    with atomic_dir(final, kind="batch job", record=JOB_RECORD) as staging:  # the report and its manifest appear together, or not at all
         # MLflow is written by the parent, one job at a time (SQLite stores do not like concurrent writers)
         summary = write_report(catalog, model, req, staging, model_uri=job.model, log=lambda *a: None)
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(staging.iterdir())}
@@ -135,7 +137,8 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
              "forecast_time": str(when),
              "summary": summary, "files_sha256": files}, indent=1, default=str))
     return JobResult(job.name, "done", str(final),
-                     "; ".join([f"{summary['expected_events']:.2f} expected events", *warnings]))
+                     "; ".join([f"{summary['expected_events']:.2f} expected events", *warnings,
+                                *summary.get("warnings", [])]))
 
 
 def run_batch(jobs: list[Job], out_root: Path, client=None) -> list[JobResult]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -55,7 +56,9 @@ def run_demo(args) -> int:
         console.print(f"[bold]stforecast ingest {kind} {name}[/]")
         _run(["ingest", kind, name, *(["--force"] if args.force else [])])
     console.rule("stforecast demo 2/6: train DSTPP on the Japan catalog (validation split selects the model)")
-    train_args = ["train", "--config", str(DEMO_TRAIN_CONFIG), "--data", "japan", "--out", "runs/demo-japan"]
+    # a finished run is kept ("--resume" of a finished run trains nothing); --force starts it over
+    train_args = ["train", "--config", str(DEMO_TRAIN_CONFIG), "--data", "japan", "--out", "runs/demo-japan",
+                  "--force" if args.force else "--resume"]
     console.print("[bold]stforecast " + " ".join(train_args) + "[/]")
     _run(train_args)
     console.rule("stforecast demo 3/6: forecast the week after the catalog ends")
@@ -145,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. A user sees one line per error (what, where, what to do), never a traceback; ``-v``
     shows the traceback. Ctrl-C says what was kept."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for stream in (sys.stdout, sys.stderr):  # a log file gets each line as it is printed (a killed run keeps them)
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_command_in(argv)).parse_args(argv)
     from pipelines.messages import error_line

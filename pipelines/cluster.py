@@ -6,6 +6,22 @@ import contextlib
 import logging
 
 
+#: seconds to reach an existing scheduler before giving up (distributed's default, 30 s, looks like a hang)
+CONNECT_TIMEOUT_S = 10
+
+
+def connect(address: str):
+    """A client of the scheduler at ``address``; one line naming it when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as e:  # refused, timed out, unresolvable, malformed address
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address} ({first}); check the address and that "
+                              "the scheduler runs, or leave out --scheduler to use a local cluster") from None
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None, workers: int = 2):
     """A distributed client: the given scheduler, or a LocalCluster bound to 127.0.0.1 without a dashboard.
@@ -43,7 +59,7 @@ def dask_client(scheduler: str | None, workers: int = 2):
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler:
-        with Client(scheduler) as client:
+        with connect(scheduler) as client:
             yield client
         return
     with no_sigint(defer=True):

@@ -16,3 +16,13 @@ def open_catalog(name: str):
     from stforecast.ingested import IngestedCatalog
 
     return IngestedCatalog.open(name, load_settings().processed_dir)
+
+
+def warn_clamped(share: float | None, what: str, summary: dict, log) -> None:
+    """Say (and record in ``summary["warnings"]``) when a share of the samples sat at the sampler's clamp."""
+    from stforecast.forecast import clamp_warning
+
+    line = clamp_warning(share, what)
+    if line:
+        summary.setdefault("warnings", []).append(line)
+        log(line)

@@ -93,6 +93,7 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
     catalog = open_catalog(task.catalog)
     key = task_key(task, catalog.manifest["input_hash"])
     final = out_root / task.label / task.day
+    sweep_stale(final)  # what killed runs left beside it, also when this day turns out to be up to date
     if (final / DAY_RECORD).exists() and json.loads((final / DAY_RECORD).read_text()).get("key") == key:
         return DayResult(task.label, task.day, "skipped", json.loads((final / DAY_RECORD).read_text()))
     model = load_forecaster(task.model, catalog, allow_other_catalog=task.allow_other_catalog, log=lambda *a: None,
@@ -102,8 +103,7 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
     # above Mc), not its fit's b of everything above the threshold (0.22 on Japan, incomplete below M4: M8+ common)
     model.configure(sampler=task.sampler, magnitudes=task.magnitudes, magnitude_b=b)
     magnitudes = task.magnitudes if "magnitude" in model.forecast_marks else "gutenberg-richter"
-    sweep_stale(final)
-    with atomic_dir(final) as staging:
+    with atomic_dir(final, kind="csep day", record=DAY_RECORD) as staging:
         record = forecast_day(catalog, model, pd.Timestamp(task.day, tz="UTC"), task.catalogs, staging,
                               magnitudes=magnitudes, chunk=task.chunk, max_events=task.max_events, seed=task.seed,
                               gr=(mc, b))
@@ -124,8 +124,11 @@ def label_of(spec: str) -> str:
 
     if is_baseline(spec):
         return spec
+    from stforecast.config import safe_name
+
     p = Path(spec)
-    return "dstpp-" + (p.parent.name if p.suffix == ".pt" else "".join(c if c.isalnum() else "-" for c in spec))
+    return "dstpp-" + safe_name(p.parent.name if p.suffix == ".pt" else "".join(c if c.isalnum() else "-" for c in spec),
+                                "model")
 
 
 def run_period(tasks: list[DayTask], out_root: Path, client=None, progress: bool = True) -> list[DayResult]:
@@ -161,6 +164,29 @@ def _bar(items, progress: bool, total: int | None = None):
     return tqdm(items, total=total, desc="model-days forecast and tested", unit="day")
 
 
+def results_on_disk(out: Path, results: list[DayResult]) -> list[DayResult]:
+    """Every complete model-day folder under ``out`` (``<model>/<day>/day.json``: this run's and earlier runs'),
+    plus this run's failures, in (model, day) order: what the summary describes is exactly the folders beside
+    it."""
+    found = {}
+    for record_file in sorted(out.glob(f"*/*/{DAY_RECORD}")):
+        try:
+            record = json.loads(record_file.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged record: the day is redone by the next run that asks for it
+        label, day = record_file.parent.parent.name, record_file.parent.name
+        found[(label, day)] = DayResult(label, day, "done", record)
+    for r in results:
+        if r.status == "failed" and (r.label, r.day) not in found:
+            found[(r.label, r.day)] = r
+        elif (r.label, r.day) in found:
+            found[(r.label, r.day)].status = r.status
+    for key, r in found.items():
+        if r.status == "done" and key not in {(x.label, x.day) for x in results}:
+            r.status = "earlier run"
+    return [found[k] for k in sorted(found)]
+
+
 def summarise(results: list[DayResult], out: Path) -> tuple[pd.DataFrame, dict]:
     """The summary table (per model and test: days scored, share passed at 5 %, mean quantile score, the
     calibration's KS p-value) and per model the calibration plots; written to ``out``."""
@@ -181,6 +207,7 @@ def summarise(results: list[DayResult], out: Path) -> tuple[pd.DataFrame, dict]:
             except ValueError as e:  # no day scored for this test
                 plots[f"{label}/{test}"] = {"note": str(e)}
     per_day = pd.DataFrame([{"model": r.label, "day": r.day, "status": r.status,
+                             "catalogs": ((r.record or {}).get("task") or {}).get("catalogs"),
                              "mean_events": (r.record or {}).get("mean_events"),
                              "observed_above_mc": (r.record or {}).get("csep", {}).get("observed_events"),
                              "seconds": (r.record or {}).get("seconds"),
@@ -252,6 +279,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from pipelines.common import open_catalog
+    from stforecast.config import safe_name
     from stforecast.model.registry import load_forecaster
 
     catalog = open_catalog(args.data)
@@ -266,10 +294,13 @@ def run(args) -> int:
     # (and cached) once here, not once per worker
     mc = completeness(catalog)[0]
     for spec in specs:
-        load_forecaster(spec, catalog, allow_other_catalog=args.allow_other_catalog,
-                        mc=mc if is_baseline(spec) else None).configure(sampler=args.sampler,
-                                                                        magnitudes=args.magnitudes)
-    out = Path(args.out or f"reports/csep/{catalog.name}-{start:%Y-%m-%d}-{args.days}d")
+        model = load_forecaster(spec, catalog, allow_other_catalog=args.allow_other_catalog,
+                                mc=mc if is_baseline(spec) else None)
+        if args.magnitudes == "model" and not is_baseline(spec) and "magnitude" not in model.forecast_marks:
+            raise ValueError(f"{spec} forecasts no magnitudes (a DSTPP trained without mark_head); rerun with "
+                             "`--magnitudes gutenberg-richter` to draw them from a Gutenberg-Richter law")
+        model.configure(sampler=args.sampler, magnitudes=args.magnitudes)
+    out = Path(args.out or f"reports/csep/{safe_name(catalog.folder.name)}-{start:%Y-%m-%d}-{args.days}d")
     out.mkdir(parents=True, exist_ok=True)
     data = str(catalog.folder.absolute())
     tasks = [DayTask(data, str(Path(s).absolute()) if Path(s).is_file() else s, label_of(s),
@@ -282,7 +313,7 @@ def run(args) -> int:
     else:
         with dask_client(args.scheduler, args.workers) as client:
             results = run_period(tasks, out, client)
-    table, _ = summarise(results, out)
+    table, _ = summarise(results_on_disk(out, results), out)
     if not args.no_track:
         track(table, out, {"catalog": catalog.name, "start": f"{start:%Y-%m-%d}", "days": str(args.days),
                            "catalogs": str(args.catalogs)})

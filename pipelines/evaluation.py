@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.common import add_model_guard, open_catalog
+from stforecast.config import safe_name
 from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
 from stforecast.io.atomic import atomic_write_text
 from stforecast.model.registry import BASELINES, load_forecaster
@@ -81,7 +82,7 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
                                         hdr_events=hdr_events)
     table["hdr_events"] = n_hdr
     table.insert(0, "catalog", manifest["name"])
-    out = Path(out_dir or Path("reports") / f"{folder.name}-{split}")
+    out = Path(out_dir or Path("reports") / f"{safe_name(folder.name)}-{split}")
     out.mkdir(parents=True, exist_ok=True)
     time_unit, space_unit = manifest["schema"]["time_unit"], manifest["schema"]["spatial_unit"]
     describe = "; ".join(m.describe() for m in models.values())

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.common import add_model_guard, open_catalog
+from pipelines.common import add_model_guard, open_catalog, warn_clamped
+from stforecast.config import safe_name
 from stforecast.defaults import SAMPLER_STEPS
 from stforecast.forecast import count_summary, history_of, next_event, simulate_horizon
 from stforecast.ingested import as_catalog
@@ -74,7 +75,9 @@ def run_forecast(catalog, model, req: ForecastRequest, out: Path, log=print) -> 
                                        steps=req.steps, seed=req.seed))
     summary["files"]["next_event"] = str(write_table(nxt, out / "next_event", req.fmt))
     summary["next_event"] = {"dt_median": float(nxt["dt"].median()),
-                             "dt_q10_q90": [float(v) for v in nxt["dt"].quantile([0.1, 0.9])]}
+                             "dt_q10_q90": [float(v) for v in nxt["dt"].quantile([0.1, 0.9])],
+                             "clamped_share": nxt.attrs.get("clamped_share")}
+    warn_clamped(nxt.attrs.get("clamped_share"), "next-event samples", summary, log)
     if req.horizon:
         t_end = t_at + units.horizon(req.horizon)
         hf = simulate_horizon(model, t_hist, xy_hist, t_end, req.simulations, marks=marks, max_events=req.max_events,
@@ -85,7 +88,8 @@ def run_forecast(catalog, model, req: ForecastRequest, out: Path, log=print) -> 
         summary["files"]["horizon_counts"] = str(write_table(per_sim, out / "horizon_counts", "csv"))
         counts = count_summary(hf)
         summary["files"]["horizon_summary"] = str(write_table(counts, out / "horizon_summary", "csv"))
-        summary["horizon"] = {"end_model_time": t_end, **counts.iloc[0].to_dict()}
+        summary["horizon"] = {"end_model_time": t_end, **counts.iloc[0].to_dict(), "clamped_share": hf.clamped_share}
+        warn_clamped(hf.clamped_share, "simulated events' values", summary, log)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -166,7 +170,7 @@ def run(args) -> int:
     req = ForecastRequest(at=args.at, samples=args.samples, horizon=args.horizon, simulations=args.simulations,
                           max_events=args.max_events, max_history=args.max_history, steps=args.steps, fmt=args.fmt,
                           days=args.days, csep_test=args.csep_test, seed=args.seed)
-    out = Path(args.out or Path("reports") / f"forecast-{catalog.folder.name}")
+    out = Path(args.out or Path("reports") / f"forecast-{safe_name(catalog.folder.name)}")
     summary = run_forecast(catalog, model, req, out, log=console.print)
     if "next_event" in summary:
         lo, hi = summary["next_event"]["dt_q10_q90"]

@@ -166,8 +166,10 @@ def read_spike_task(inputs, cfg: IngestConfig, time_range, origin):
     return add_keys(kept), pd.concat([rejects, filtered], ignore_index=True), int(info["spikes_read"]), info
 
 
-def part_bounds(part, train_range) -> tuple[float, float, float, float] | None:
-    """Extent of a chunk's training-period events (the projection centre must not depend on val/test data)."""
+def part_bounds(part, train_range) -> tuple[float, ...] | None:
+    """Extent of a chunk's training-period events (the projection centre must not depend on val/test data):
+    ``(min x, min y, max x, max y, min x', max x')`` with x' = x mod 360, the longitude range measured across the
+    antimeridian (:func:`stforecast.clean.lonlat_centre`)."""
     events = part[0]
     lo, hi = train_range
     if lo is not None:
@@ -176,7 +178,9 @@ def part_bounds(part, train_range) -> tuple[float, float, float, float] | None:
         events = events[events["t"] < hi]
     if events.empty:
         return None
-    return (float(events["x"].min()), float(events["y"].min()), float(events["x"].max()), float(events["y"].max()))
+    wrapped = events["x"].to_numpy() % 360.0
+    return (float(events["x"].min()), float(events["y"].min()), float(events["x"].max()), float(events["y"].max()),
+            float(wrapped.min()), float(wrapped.max()))
 
 
 def choose_projection(bounds, cfg: IngestConfig, crs_in):
@@ -184,8 +188,8 @@ def choose_projection(bounds, cfg: IngestConfig, crs_in):
     if crs_in is None:
         return None, None
     bounds = [b for b in bounds if b is not None]
-    total = (min(b[0] for b in bounds), min(b[1] for b in bounds), max(b[2] for b in bounds),
-             max(b[3] for b in bounds)) if bounds else None
+    total = tuple(min(b[i] for b in bounds) if i in (0, 1, 4) else max(b[i] for b in bounds)
+                  for i in range(6)) if bounds else None
     return projection_for(cfg.projection, total)
 
 
@@ -537,7 +541,7 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
     split_of_file = {names[role]: role for role in data_inputs if role in SPLITS}
     parquet_only = all(str(p).endswith((".parquet", ".pq")) for p in data_inputs.values())
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="catalog", record="manifest.json") as tmp:
         # ---- the graph: parse chunks in parallel → extent → project in parallel → finish (order, split, write)
         delayed = dask.delayed
         if spikes:

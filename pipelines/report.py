@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.common import add_model_guard, open_catalog
+from pipelines.common import add_model_guard, open_catalog, warn_clamped
+from stforecast.config import safe_name
 from stforecast.defaults import SAMPLER_STEPS
 from stforecast.forecast import history_of, next_event, simulate_horizon
 from stforecast.ingested import as_catalog
@@ -46,11 +47,10 @@ def run_report(catalog, model, req: ReportRequest, out: Path, model_uri: str = "
                log=print) -> dict:
     """Write the report of ``catalog`` (an IngestedCatalog, folder or name) from any forecaster into ``out``
     (swapped into place when complete) and log it to MLflow."""
-    from stforecast.io.atomic import atomic_dir, sweep_stale
+    from stforecast.io.atomic import atomic_dir
 
     catalog, out = as_catalog(catalog), Path(out)
-    sweep_stale(out)  # what a killed run left beside it
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="report", record="summary.json") as tmp:  # (removes what killed runs left beside it)
         summary = write_report(catalog, model, req, tmp, model_uri, log)
     if track:
         import mlflow
@@ -162,12 +162,16 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
                "reference_time": attrs["reference_time"],
                "horizon": req.horizon, "simulations": req.simulations, "samples": req.samples,
                "expected_events": float(hf.counts.mean()), "capped_simulations": int(hf.capped.sum()),
+               "clamped_share": {"next_event": samples.attrs.get("clamped_share"), "horizon": hf.clamped_share},
                # the simulated count's distribution beside what happened: is the observed count inside its 95 %?
                "simulated_count_quantiles": {f"{q:g}": float(v) for q, v in
                                              zip(COUNT_QUANTILES, np.quantile(hf.counts, COUNT_QUANTILES))},
                "observed_events_in_horizon": int(len(truth)) if req.at else None,
                "share_of_held_out_events_inside_horizon_regions": covered or None,
                "files": sorted(p.name for p in tmp.iterdir())}
+    for share, what in ((samples.attrs.get("clamped_share"), "next-event samples"),
+                        (hf.clamped_share, "simulated events' values")):
+        warn_clamped(share, what, summary, log)
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -212,7 +216,7 @@ def run(args) -> int:
     req = ReportRequest(at=args.at, horizon=args.horizon, lead_bins=args.lead_bins, samples=args.samples,
                         simulations=args.simulations, levels=tuple(float(v) for v in args.levels.split(",")),
                         show_samples=args.show_samples, online_tiles=args.online_tiles, steps=args.steps, seed=args.seed)
-    out = Path(args.out or Path("reports") / f"map-{catalog.folder.name}")
+    out = Path(args.out or Path("reports") / f"map-{safe_name(catalog.folder.name)}")
     summary = run_report(catalog, model, req, out, model_uri=args.model, track=not args.no_track,
                          log=console.print)
     console.print(f"expected events in the next {args.horizon}: {summary['expected_events']:.2f}")

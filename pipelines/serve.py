@@ -76,10 +76,17 @@ def write_static(batch_root, path) -> Path:
     return atomic_write_text(path, riskmap_html(latest_forecasts(batch_root)))
 
 
+#: seconds a connection may stay silent (headers not sent, response not read) before the server drops it: each
+#: open connection holds a thread, so half-open ones must not pile up
+IDLE_TIMEOUT_S = 5.0
+
+
 def make_server(batch_root, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
     root = Path(batch_root)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = IDLE_TIMEOUT_S  # the socket's timeout: a client that sends no headers is dropped after it
+
         def do_GET(self):  # noqa: N802 - the http.server API
             if self.path.split("?")[0] not in ("/", "/index.html"):
                 self.send_error(404, "only / is served")

@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
                    help="any setting, e.g. model.d_model=32 or lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt with the settings it was started with")
+    p.add_argument("--force", action="store_true",
+                   help="start over in an --out that already holds a run (its checkpoints are replaced)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.add_argument("--experiment", default="stforecast", help="MLflow experiment")
     p.add_argument("--register-as", default="dstpp", help="registered model name ('' to skip registering)")
@@ -42,8 +44,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from stforecast.config import check_name
     from stforecast.train import TrainConfig, load_train_config, train
 
+    check_name(args.experiment, "--experiment", "experiment name")  # before any work: it becomes a folder
     overrides = list(args.set)
     base = None
     if args.resume and args.out and not args.config and (Path(args.out) / "last.pt").is_file():
@@ -64,11 +68,11 @@ def run(args) -> int:
     elif cfg.out_dir == TrainConfig().out_dir:  # neither the file nor --set chose one
         cfg.out_dir = str(Path("runs") / f"{Path(cfg.data).name}-{cfg.preset}")
     if args.no_track:
-        result, uri = train(cfg, resume=args.resume), None
+        result, uri = train(cfg, resume=args.resume, force=args.force), None
     else:
         from stforecast.tracking import tracking_uri, train_and_track
 
-        result, uri = train_and_track(cfg, resume=args.resume, experiment=args.experiment,
+        result, uri = train_and_track(cfg, resume=args.resume, force=args.force, experiment=args.experiment,
                                       registered_name=args.register_as or None)
     print(f"best validation loss {result.best_val:.4f} at step {result.best_step} of {result.steps}"
           f"{' (early stop)' if result.stopped_early else ''}; {result.events_per_second:,.0f} target events/s")

@@ -1,6 +1,7 @@
 """Keep expected outcomes out of the Dask workers' logs.
 
-A task that raises :class:`stforecast.catalog.CatalogError` (a bad row, a truncated file) is an expected outcome:
+A task that raises :class:`stforecast.catalog.CatalogError` (a bad row, a truncated file), or fails because the
+disk is full, is an expected outcome:
 the client re-raises it and the CLI prints it as one ``error:`` line. The worker, however, logs every failed task
 as a ``distributed.worker - ERROR - Compute Failed`` block with the internal traceback, which would appear on the
 user's terminal before that line. Likewise a run cancelled with Ctrl-C closes the workers while tasks execute, and
@@ -24,12 +25,13 @@ import logging
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-QUIET_EXCEPTIONS = ("CatalogError(",)
+QUIET_EXCEPTIONS = ("CatalogError(", "OSError(28,", "OSError(122,", "NoSpaceLeft(")  # 28 ENOSPC, 122 EDQUOT
 LOGGERS = ("distributed.worker", "distributed.worker.state_machine")
 
 
 class CatalogErrorFilter(logging.Filter):
-    """Drop a worker's "Compute Failed" record of a task that raised a :class:`CatalogError`, and the
+    """Drop a worker's "Compute Failed" record of a task that raised a :class:`CatalogError` or ran out of disk
+    space (the CLI says so in one line), and the
     "ended with CancelledError" warnings of a worker closed while a cancelled run's tasks executed, and the heartbeat
     error of a worker that outlives its scheduler by a moment."""
 

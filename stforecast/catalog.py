@@ -80,6 +80,12 @@ def empty_rejects() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("row", "line") else "object") for c in REJECT_COLUMNS})
 
 
+def shorten(text: str, limit: int = 200) -> str:
+    """A value as a reject keeps it: at most ``limit`` characters (a runaway field must not fill the message and
+    the quarantine file), with its length said."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def make_rejects(
     frame: pd.DataFrame, mask: np.ndarray | pd.Series, field: str, values: Iterable, reason: str,
     kind: str = "invalid", line_offset: int | None = 1,
@@ -95,7 +101,7 @@ def make_rejects(
         "row": rows,
         "line": rows + line_offset if line_offset is not None else np.full(len(rows), -1, dtype="int64"),
         "field": field,
-        "value": [None if v is None else str(v) for v in vals],
+        "value": [None if v is None else shorten(str(v)) for v in vals],
         "reason": reason,
         "kind": kind,
     })

@@ -185,10 +185,35 @@ def break_ties(t: np.ndarray, resolution: float, barriers=(), after: float = np.
     return t + tick[group] * rank / sizes[group]
 
 
-def projection_for(cfg: ProjectionConfig, bounds: tuple[float, float, float, float] | None
+#: a catalog whose events span more than this much longitude and reach this close to a pole is projected about
+#: the pole (a polar azimuthal equidistant projection)
+POLAR_SPAN_DEG, POLAR_LAT_DEG = 180.0, 80.0
+
+
+def lonlat_centre(bounds: tuple[float, ...]) -> tuple[float, float]:
+    """The centre of the azimuthal projection for events with extent ``bounds`` = (min lon, min lat, max lon,
+    max lat[, min lon', max lon']) where lon' = lon mod 360: the middle of the shorter of the two longitude
+    ranges (so a Fiji or Aleutian catalog, lon 175..180 and -180..-175, is centred on 180°, not on 0°), and the
+    middle latitude. Events around a pole (spanning over 180° of longitude and reaching within 10° of the pole)
+    are projected about the pole.
+
+    Limits: the shorter of the two ranges is the smallest arc holding the events when the largest gap between
+    them contains 0° or 180° (any regional catalog); a catalog spanning over 180° of longitude away from the
+    poles (a band around the globe) has no good azimuthal centre: distances far from it are distorted."""
+    lon_lo, lat_lo, lon_hi, lat_hi = bounds[:4]
+    span, lon0 = lon_hi - lon_lo, (lon_lo + lon_hi) / 2
+    if len(bounds) >= 6 and bounds[5] - bounds[4] < span:  # shorter across the antimeridian
+        span, lon0 = bounds[5] - bounds[4], ((bounds[4] + bounds[5]) / 2 + 180.0) % 360.0 - 180.0
+    if span > POLAR_SPAN_DEG and max(lat_hi, -lat_lo) >= POLAR_LAT_DEG:
+        return 0.0, 90.0 if lat_hi >= -lat_lo else -90.0
+    return lon0, (lat_lo + lat_hi) / 2
+
+
+def projection_for(cfg: ProjectionConfig, bounds: tuple[float, ...] | None
                    ) -> tuple[str | None, list[float] | None]:
     """The model CRS as a PROJ string (or None when coordinates are kept) and the centre used.
-    ``bounds``: (min lon, min lat, max lon, max lat) of the data, for the default ``aeqd`` centre."""
+    ``bounds``: (min lon, min lat, max lon, max lat[, min lon mod 360, max lon mod 360]) of the data, for the
+    default ``aeqd`` centre (:func:`lonlat_centre`)."""
     kind = cfg.crs.lower()
     if kind == "none":
         return None, None
@@ -196,7 +221,7 @@ def projection_for(cfg: ProjectionConfig, bounds: tuple[float, float, float, flo
         if cfg.center:
             lon0, lat0 = cfg.center
         elif bounds is not None:
-            lon0, lat0 = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
+            lon0, lat0 = lonlat_centre(bounds)
         else:
             return None, None
         return f"+proj=aeqd +lat_0={lat0:.6f} +lon_0={lon0:.6f} +datum=WGS84 +units={cfg.unit} +no_defs", [lon0, lat0]

@@ -113,19 +113,20 @@ class IngestConfig:
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 
 
-def check_name(name: object, where: str = "catalog name") -> str:
-    """A catalog name becomes the folder OUT/NAME: allow letters, digits, ``_``, ``-`` and ``.``, not starting with
-    ``.`` (so no ``..``, no path separators, no hidden folders)."""
+def check_name(name: object, where: str = "catalog name", what: str = "catalog name") -> str:
+    """A name that becomes a folder (a catalog's OUT/NAME, a batch job's, an MLflow experiment's artifact folder):
+    allow letters, digits, ``_``, ``-`` and ``.``, not starting with ``.`` (so no ``..``, no path separators, no
+    hidden folders). ``what`` says what the name is, in the message."""
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or len(name) > 200:
-        raise ValueError(f"{where}: {name!r} is not a valid catalog name: it becomes the output folder OUT/NAME, "
-                         "so use only letters, digits, '_', '-' and '.', not starting with '.' (e.g. my_catalog)")
+        raise ValueError(f"{where}: {name!r} is not a valid {what}: it becomes a folder name, so use only letters, "
+                         "digits, '_', '-' and '.', not starting with '.' (e.g. my_catalog)")
     return name
 
 
-def safe_name(text: str) -> str:
-    """A valid catalog name made from ``text`` (e.g. a file name): other characters become ``_``."""
+def safe_name(text: str, default: str = "catalog") -> str:
+    """A valid name made from ``text`` (e.g. a file name): other characters become ``_``."""
     name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).lstrip(".")[:200]
-    return name or "catalog"
+    return name or default
 
 
 def _build(cls, values: dict, where: str):

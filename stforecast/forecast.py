@@ -25,13 +25,28 @@ from stforecast.model.base import MARK_COLUMNS, Forecaster, Histories
 @dataclass
 class HorizonForecast:
     """``events``: one row per simulated event (``simulation``, ``index`` within it, ``t``, ``dt``, ``x``, ``y``);
-    ``counts``: (m,) events per simulation in the horizon; ``capped``: (m,) True where ``max_events`` cut it."""
+    ``counts``: (m,) events per simulation in the horizon; ``capped``: (m,) True where ``max_events`` cut it;
+    ``clamped_share``: the share of sampled values at the sampler's safety clamp (None: the model samples
+    exactly, see :meth:`~stforecast.model.base.Forecaster.take_clamped_share`)."""
 
     events: pd.DataFrame
     counts: np.ndarray
     capped: np.ndarray
     t_start: float
     t_end: float
+    clamped_share: float | None = None
+
+
+#: a share of samples at the sampler's clamp above which forecasts warn (a well-trained model has none)
+CLAMP_WARNING_SHARE = 0.001
+
+
+def clamp_warning(share: float | None, what: str) -> str | None:
+    """One line warning that ``share`` of ``what`` sat at the sampler's clamp, or None when it is negligible."""
+    if share is None or share <= CLAMP_WARNING_SHARE:
+        return None
+    return (f"warning: {share:.1%} of the {what} sat at the sampler's safety clamp (far outside the training "
+            "range): the model extrapolates there, so treat these forecasts with care")
 
 
 def history_of(past: pd.DataFrame, keep: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -58,10 +73,13 @@ def next_event(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, n: in
     keep = _context(model, max_history)
     t_hist, xy_hist = np.asarray(t_hist, float)[-keep:], np.asarray(xy_hist, float)[-keep:]
     h = Histories(t_hist[None], xy_hist[None], {k: np.asarray(v, float)[-keep:][None] for k, v in (marks or {}).items()})
+    model.take_clamped_share()  # count this forecast's samples only
     s = model.forecast(h).sample(n, np.random.default_rng(seed))
     e = s.events[0]
-    return pd.DataFrame({"sample": np.arange(n), "t": t_hist[-1] + e[:, 0], "dt": e[:, 0], "x": e[:, 1], "y": e[:, 2],
-                         **{k: v[0] for k, v in s.marks.items()}})
+    frame = pd.DataFrame({"sample": np.arange(n), "t": t_hist[-1] + e[:, 0], "dt": e[:, 0], "x": e[:, 1],
+                          "y": e[:, 2], **{k: v[0] for k, v in s.marks.items()}})
+    frame.attrs["clamped_share"] = model.take_clamped_share()
+    return frame
 
 
 @torch.no_grad()
@@ -86,6 +104,7 @@ def simulate_horizon(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray,
     if len(t_hist) == 0:
         raise ValueError("a horizon forecast needs at least one observed event")
     t0 = float(t_hist[-1])
+    model.take_clamped_share()  # count this forecast's samples only
     chunks = list(model.simulate_catalogs(t_hist, xy_hist, marks or {}, float(t_end), m, np.random.default_rng(seed),
                                           chunk=chunk, max_events=max_events, max_history=_context(model, max_history),
                                           progress=progress))
@@ -104,7 +123,8 @@ def simulate_horizon(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray,
         events = events.reset_index(drop=True)
     else:
         events = pd.DataFrame(columns=["simulation", "index", "t", "dt", "x", "y"])
-    return HorizonForecast(events=events, counts=counts, capped=capped, t_start=t0, t_end=float(t_end))
+    return HorizonForecast(events=events, counts=counts, capped=capped, t_start=t0, t_end=float(t_end),
+                           clamped_share=model.take_clamped_share())
 
 
 def count_summary(forecast: HorizonForecast) -> pd.DataFrame:

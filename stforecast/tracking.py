@@ -31,6 +31,9 @@ def artifact_root() -> Path:
 def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the store and return the experiment id (created with an explicit artifact folder, so
     artifacts do not land relative to the current directory)."""
+    from stforecast.config import check_name
+
+    check_name(experiment, "MLflow experiment", "experiment name")  # its artifact folder is ARTIFACT_ROOT/<name>
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import logging
 
@@ -147,20 +150,27 @@ def load_model(uri: str):
     return load_checkpoint_model(found[0])
 
 
-def train_and_track(cfg, *, resume: bool = False, experiment: str = DEFAULT_EXPERIMENT,
+def train_and_track(cfg, *, resume: bool = False, force: bool = False, experiment: str = DEFAULT_EXPERIMENT,
                     registered_name: str | None = DEFAULT_MODEL_NAME, run_name: str | None = None):
     """Train (see :func:`stforecast.train.train`) inside an MLflow run: configuration, data manifest hash, git
     commit, per-evaluation metrics, the best checkpoint and the registered model. A resumed training continues
-    the MLflow run it started (its id is kept in ``out_dir/mlflow_run.json``). Returns (TrainResult, model URI)."""
+    the MLflow run it started (its id is kept in ``out_dir/mlflow_run.json``). The run folder is claimed before
+    the MLflow run opens, so a refused training leaves no empty run. Returns (TrainResult, model URI)."""
+    from stforecast.train import claimed_run_folder, train
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks to MLflow
+        return train(cfg, resume=resume, force=force), None
+    with claimed_run_folder(Path(cfg.out_dir), resume=resume, force=force):
+        return _train_and_track(cfg, resume, experiment, registered_name, run_name)
+
+
+def _train_and_track(cfg, resume: bool, experiment: str, registered_name: str | None, run_name: str | None):
     import mlflow
 
     from stforecast.batch import load_manifest
     from stforecast.train import train
 
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks to MLflow
-        return train(cfg, resume=resume), None
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     marker = out / "mlflow_run.json"
     run_id = json.loads(marker.read_text())["run_id"] if resume and marker.exists() else None
     manifest = load_manifest(cfg.data)

@@ -12,6 +12,7 @@ precision (bf16) and optionally ``torch.compile``; under ``torchrun`` it runs Di
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -59,7 +60,11 @@ class TrainConfig:
         base = PAPER if self.preset == "paper" else ModelConfig()
         if self.preset not in ("paper", "default"):
             raise ValueError(f"preset must be 'default' or 'paper', not {self.preset!r}")
-        return dataclasses.replace(base, **self.model)
+        cfg = dataclasses.replace(base, **self.model)
+        for key, (lo, hi) in CONFIG_LIMITS.items():  # a typo must not ask for 480 GB
+            if not lo <= getattr(cfg, key) <= hi:
+                raise ValueError(f"setting model.{key} = {getattr(cfg, key)} is outside [{lo}, {hi}]")
+        return cfg
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -267,6 +272,76 @@ class TrainResult:
     trained_now: bool = True  # False when a resumed run had already finished
 
 
+# ------------------------------------------------------------------------------------------------ the run folder
+#: the lock file of a run folder: held (flock) while a training runs in it, with the holder's pid, host and start
+LOCK_FILE = ".train.lock"
+_held: dict[str, list] = {}  # run folder → [open lock file, depth]: a process may claim its own folder again
+
+
+@contextlib.contextmanager
+def claimed_run_folder(out: Path, *, resume: bool, force: bool = False):
+    """Hold the run folder ``out`` for one training run. A second run in the same folder (another process, or
+    another machine on a shared disk where flock works) is refused with one line naming the holder; a new run
+    over a folder that already holds checkpoints is refused unless ``resume`` (continue it) or ``force`` (start
+    over: its checkpoints are removed). The lock is the kernel's (``flock``): a killed run holds nothing.
+    Temp files of killed runs (``.last.*.part.pt``) are removed. Re-entrant within one process (the MLflow
+    wrapper claims the folder before it opens a run, then :func:`train` claims it again)."""
+    import fcntl
+    import socket
+
+    from stforecast.io.atomic import sweep_temp_files
+
+    out = Path(out)
+    key = str(out.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"{out} is in use by another training run ({holder}); wait for it to finish, or train "
+                         "into another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        for name in ("last.pt", "best.pt"):
+            sweep_temp_files(out / name)
+        existing = [p for p in (out / "last.pt", out / "best.pt") if p.exists()]
+        if existing and not resume:
+            if not force:
+                raise ValueError(f"{out} already holds a training run ({describe_run(out)}); continue it with "
+                                 "--resume, start over with --force, or train into another --out")
+            for stale in existing:
+                stale.unlink()
+        _held[key] = [handle, 1]
+        try:
+            yield
+        finally:
+            del _held[key]
+    finally:
+        handle.close()  # releases the lock
+
+
+def describe_run(out: Path) -> str:
+    """"finished at step N" / "stopped at step N" for the run whose ``last.pt`` is in ``out``."""
+    try:
+        state = load_checkpoint(out / "last.pt")["state"]
+        return f"{'finished' if state['finished'] else 'stopped'} at step {state['step']}"
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return "its best.pt and last.pt"
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 class _Dist:
     """Rank, world size and the few collectives the loop needs (no-ops in a single process)."""
@@ -311,21 +386,29 @@ class _Dist:
             dist.destroy_process_group()
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], None] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
+          on_eval: Callable[[dict], None] | None = None) -> TrainResult:
     """Train DSTPP on ``cfg.data``. ``on_eval(metrics)`` is called on rank 0 at the end of every epoch with the
-    mean train loss and learning rate, plus ``val_loss`` when the epoch was evaluated (MLflow logging)."""
+    mean train loss and learning rate, plus ``val_loss`` when the epoch was evaluated (MLflow logging). The run
+    folder is held for the run (:func:`claimed_run_folder`): a folder that already holds a run needs ``resume``
+    or ``force``."""
     dist = _Dist(pick_device(cfg.device))
+    out = Path(cfg.out_dir)
+    claim = claimed_run_folder(out, resume=resume, force=force) if dist.rank == 0 else contextlib.nullcontext()
+    with claim:
+        if dist.rank == 0 and force and not resume and str(out.resolve()) in _held and \
+                _held[str(out.resolve())][1] == 1:  # not under the MLflow wrapper, which keeps its own record
+            (out / "mlflow_run.json").unlink(missing_ok=True)
+        if dist.on:
+            dist.from_rank0(None)  # wait for the clean-up
+        return _train(cfg, dist, resume, on_eval)
+
+
+def _train(cfg: TrainConfig, dist: "_Dist", resume: bool, on_eval) -> TrainResult:
     device, rank = dist.device, dist.rank
     seed_everything(cfg.seed + rank)  # ranks draw different noise; each rank's RNG state is checkpointed
     out = Path(cfg.out_dir)
     last, best = out / "last.pt", out / "best.pt"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:  # a fresh run must never report or resume a previous run's files
-            for stale in (last, best, out / "mlflow_run.json"):
-                stale.unlink(missing_ok=True)
-    if dist.on:
-        dist.from_rank0(None)  # wait for the clean-up
     manifest = load_manifest(cfg.data)
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     model_cfg = cfg.model_config()
@@ -473,21 +556,73 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_eval: Callable[[dict], N
                        trained_now=events > 0)
 
 
-def load_model(checkpoint: str | os.PathLike, map_location="cpu") -> DSTPP:
-    """A trained model from ``best.pt``/``last.pt`` (weights only: nothing in the file is executed)."""
-    ckpt = load_checkpoint(Path(checkpoint), map_location)
+#: bounds of a stored model configuration, checked before anything is built from it: a crafted checkpoint could
+#: otherwise size memory (d_model = 200000 asks for about 480 GB) or a schedule of a billion steps
+CONFIG_LIMITS = {"d_model": (1, 4096), "n_layers": (1, 64), "n_heads": (1, 64), "d_ff": (1, 65536),
+                 "rnn_hidden": (0, 8192), "denoiser_width": (1, 8192), "denoiser_layers": (1, 64),
+                 "steps": (1, 10_000), "mark_components": (1, 64)}
+SCALER_SHAPES = {"scaler.lo": (3,), "scaler.hi": (3,), "scaler.log_time": (), "scaler.r0": (),
+                 "scaler.xy_lo": (2,), "scaler.xy_hi": (2,)}
+
+
+def checked_model_config(raw, state: dict, where: str) -> ModelConfig:
+    """The stored configuration ``raw`` (JSON text) as a :class:`ModelConfig`, checked against the stored weights
+    ``state`` before any network is built: known fields of the right types, sizes within :data:`CONFIG_LIMITS`,
+    and every weight's shape the one the configuration implies (networks built on the meta device: no memory).
+    A ValueError naming ``where`` and the first mismatch otherwise."""
+    from stforecast.config import typed_fields
+
+    damaged = f"{where}: the checkpoint's model configuration does not match its weights"
+    advice = "the file is damaged or was edited; retrain it with `stforecast train`"
     try:
-        cfg = ModelConfig(**json.loads(ckpt["model_config"]))
-        state = ckpt["model"]
+        values = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: the checkpoint's model configuration is not valid JSON ({e.msg}); {advice}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: the checkpoint's model configuration is not a table; {advice}")
+    cfg = ModelConfig(**typed_fields(ModelConfig, values, f"{where}: model configuration", "model."))
+    for key, (lo, hi) in CONFIG_LIMITS.items():
+        value = getattr(cfg, key)
+        if not lo <= value <= hi:
+            raise ValueError(f"{where}: model.{key} = {value} is outside [{lo}, {hi}]; {advice}")
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"{where}: model.d_model = {cfg.d_model} is not a multiple of n_heads = {cfg.n_heads}; {advice}")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{where}: the checkpoint's weights are not a table of tensors; {advice}")
+    with torch.device("meta"):
+        nets = DSTPP.networks(cfg)
+    expected = {**SCALER_SHAPES, **{f"{name}.{k}": tuple(v.shape) for name, net in nets.items()
+                                    for k, v in net.state_dict().items()}}
+    stored = {k: tuple(v.shape) for k, v in state.items()}
+    for key in sorted(set(expected) | set(stored)):
+        if key not in stored:
+            raise ValueError(f"{damaged} (no weights for {key}); {advice}")
+        if key not in expected:
+            raise ValueError(f"{damaged} (unexpected weights {key}); {advice}")
+        if stored[key] != expected[key]:
+            raise ValueError(f"{damaged} ({key}: the configuration implies shape {expected[key]}, the weights have "
+                             f"{stored[key]}); {advice}")
+    return cfg
+
+
+def load_model(checkpoint: str | os.PathLike, map_location="cpu") -> DSTPP:
+    """A trained model from ``best.pt``/``last.pt`` (weights only: nothing in the file is executed). The stored
+    configuration is checked against the weights before anything is built (:func:`checked_model_config`)."""
+    ckpt = load_checkpoint(Path(checkpoint), map_location)
+    state = ckpt["model"]
+    if isinstance(state, dict):
         # checkpoints written before the relative location carry no r0 / absolute-position range
         state.setdefault("scaler.r0", torch.tensor(0.0))
-        state.setdefault("scaler.xy_lo", state["scaler.lo"][1:])
-        state.setdefault("scaler.xy_hi", state["scaler.hi"][1:])
+        if isinstance(state.get("scaler.lo"), torch.Tensor) and isinstance(state.get("scaler.hi"), torch.Tensor):
+            state.setdefault("scaler.xy_lo", state["scaler.lo"][1:])
+            state.setdefault("scaler.xy_hi", state["scaler.hi"][1:])
+    cfg = checked_model_config(ckpt["model_config"], state, str(checkpoint))
+    try:
         scaler = Scaler(state["scaler.lo"], state["scaler.hi"], bool(state["scaler.log_time"]), float(state["scaler.r0"]),
                         state["scaler.xy_lo"], state["scaler.xy_hi"])
         model = DSTPP(cfg, scaler)
         model.load_state_dict(state)
-    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ValueError(f"{checkpoint}: the checkpoint does not fit this version's model ({first}); "
                          "retrain it with `stforecast train`") from None

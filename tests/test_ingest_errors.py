@@ -303,8 +303,8 @@ def test_atomic_dir_cleans_up_when_a_rename_fails(tmp_path, monkeypatch, fail_on
     import stforecast.io.atomic as ing
 
     target = tmp_path / "out" / "cat"
-    target.mkdir(parents=True)
-    (target / "manifest.json").write_text("previous")
+    with atomic_dir(target) as tmp:  # a previous output, written by stforecast
+        (tmp / "manifest.json").write_text("previous")
     real = os.replace
 
     def flaky(src, dst):

@@ -80,7 +80,7 @@ def test_resume_gives_the_same_run(windows, tmp_path, monkeypatch):
 def test_a_fresh_run_never_reports_a_previous_runs_checkpoint(windows, tmp_path):
     train(tiny(windows, tmp_path, max_steps=2))
     other = dict(TINY, d_model=8)
-    result = train(tiny(windows, tmp_path, max_steps=1, model=other))
+    result = train(tiny(windows, tmp_path, max_steps=1, model=other), force=True)  # start the folder over
     assert result.best_step == 1
     assert load_model(tmp_path / "run" / "best.pt").cfg.d_model == 8
 

@@ -59,7 +59,7 @@ from stforecast.baselines.hawkes import (CELL_BLOCK, PILOT_LAG, PRUNE_DENSITY, P
                                          needed_length, pair_blocks, parent_until, pick_columns, recent,
                                          stream_pairs, window_starts)
 from stforecast.baselines.poisson_kde import GaussianKDE2D
-from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples, SimulatedChunk
+from stforecast.model.base import MAX_RATE, NLL, Forecaster, Histories, NextEvent, Samples, SimulatedChunk, check_number
 
 NAMES = ("mu", "A", "alpha", "c", "p", "D", "q", "gamma")
 VARIANTS = ("power-law", "power-law-alpha", "gaussian")
@@ -301,6 +301,33 @@ class ETAS(Forecaster):
                 "cutoff_mass": self.cutoff_mass, "max_lag": self.max_lag, "selected_on": self.selected_on,
                 "validation_nll": dict(self.validation), "variants": self.summary,
                 **{k: (None if math.isinf(v) else float(v)) for k, v in getattr(self, "fit_info", {}).items()}}
+
+    @staticmethod
+    def check_state(state: dict) -> None:
+        """Raise a ValueError naming the field unless ``state`` is what :meth:`state` writes: a known variant, the
+        unconstrained parameters finite and inside the fit's bounds, a b-value and cut-off the fit could give."""
+        if state.get("variant") not in VARIANTS:
+            raise ValueError(f"field 'variant' must be one of {list(VARIANTS)}, not {state.get('variant')!r}")
+        theta = state.get("theta")
+        if not isinstance(theta, list) or len(theta) != len(NAMES):
+            raise ValueError(f"field 'theta' must be a list of {len(NAMES)} numbers, not {theta!r}")
+        for i, (lo, hi) in enumerate(BOUNDS):  # log μ is free in the fit: bounded here by the largest sane rate
+            check_number({f"theta[{i}]": theta[i]}, f"theta[{i}]", -700.0 if lo is None else lo - 1e-9,
+                         math.log(MAX_RATE) if hi is None else hi + 1e-9)
+        check_number(state, "mc", -3, 10)
+        check_number(state, "b_value", 1e-3, 10)
+        check_number(state, "cutoff", 0, optional=True)
+        check_number(state, "loglik", finite=False)
+        if not isinstance(state.get("converged"), bool):
+            raise ValueError(f"field 'converged' must be true or false, not {state.get('converged')!r}")
+        for key in ("selected_on", "variants"):
+            if key not in state:
+                raise ValueError(f"field {key!r} is missing")
+        scores = state.get("validation_nll")
+        if not isinstance(scores, dict):
+            raise ValueError(f"field 'validation_nll' must be a table, not {scores!r}")
+        for variant in scores:
+            check_number(scores, variant, finite=False)
 
     def restore(self, state: dict, events, fit_end: float) -> "ETAS":
         past = events[(events["t"] < fit_end) & (events["magnitude"] >= self.mc - 1e-9)]

@@ -38,7 +38,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from stforecast.baselines.poisson_kde import GaussianKDE2D
-from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
+from stforecast.model.base import MAX_RATE, NLL, Forecaster, Histories, NextEvent, Samples, check_number
 
 #: (event, parent) pairs per block when pairs are built or summed in pieces
 PAIR_BLOCK = 2_000_000
@@ -167,6 +167,10 @@ def cutoff_lag(beta: float, mass: float) -> float:
     return math.log(1 / mass) / beta if mass > 0 else math.inf
 
 
+#: the fit's bounds on log α, log β and log σ (log μ is free)
+LOG_BOUNDS = {"alpha": (-10, math.log(5)), "beta": (-12, 12), "sigma": (-12, 12)}
+
+
 class HawkesST(Forecaster):
     name = "hawkes"
 
@@ -198,7 +202,7 @@ class HawkesST(Forecaster):
 
     def _optimise(self, x0, pairs, f0, n, period):
         res = minimize(self._objective, x0, args=(pairs, f0, n, period), jac=True, method="L-BFGS-B",
-                       bounds=[(None, None), (-10, math.log(5)), (-12, 12), (-12, 12)])
+                       bounds=[(None, None), *LOG_BOUNDS.values()])
         return res
 
     def fit(self, t, xy, t_end: float, t_start: float | None = None, init=(None, 0.5, 1.0, None)) -> "HawkesST":
@@ -271,6 +275,21 @@ class HawkesST(Forecaster):
                 "cutoff_mass": self.cutoff_mass, "mass_beyond_cutoff": self.mass_beyond_cutoff,
                 "max_lag": self.max_lag, "cap_binds": self.cap_binds, "pruning_gap": self.pruning_gap,
                 "mass_left_out": self.mass_left_out}
+
+    @staticmethod
+    def check_state(state: dict) -> None:
+        """Raise a ValueError naming the field unless ``state`` is what :meth:`state` writes (parameters finite and
+        inside the fit's bounds)."""
+        check_number(state, "mu", 1e-300, MAX_RATE)
+        for key, (lo, hi) in LOG_BOUNDS.items():
+            check_number(state, key, math.exp(lo) * (1 - 1e-9), math.exp(hi) * (1 + 1e-9))
+        check_number(state, "cutoff", 0, optional=True)
+        check_number(state, "loglik", finite=False)
+        for key in ("mass_beyond_cutoff", "cap_binds", "mass_left_out"):  # shares (rounding may dip below 0)
+            check_number(state, key, -1e-9, 1)
+        check_number(state, "pruning_gap", finite=False)
+        if not isinstance(state.get("converged"), bool):
+            raise ValueError(f"field 'converged' must be true or false, not {state.get('converged')!r}")
 
     def restore(self, state: dict, events, fit_end: float) -> "HawkesST":
         past = events[events["t"] < fit_end]

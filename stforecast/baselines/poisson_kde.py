@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
+from stforecast.model.base import MAX_RATE, NLL, Forecaster, Histories, NextEvent, Samples, check_number
 
 
 class GaussianKDE2D:
@@ -53,6 +53,11 @@ class PoissonKDE(Forecaster):
 
     def state(self) -> dict:
         return {"rate": float(self.rate)}
+
+    @staticmethod
+    def check_state(state: dict) -> None:
+        """Raise a ValueError naming the field unless ``state`` is what :meth:`state` writes."""
+        check_number(state, "rate", 1e-300, MAX_RATE)
 
     def restore(self, state: dict, events, fit_end: float) -> "PoissonKDE":
         self.fit_events(events, fit_end)  # the KDE is the training locations themselves: cheap to rebuild

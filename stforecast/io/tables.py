@@ -277,12 +277,14 @@ def _parse_text(data: bytes, header: list[str], spec: TableSpec, name: str, firs
     # index_col=False: never turn a surplus first field into an index (which shifts every column silently)
     kw = dict(sep=spec.sep, header=None, names=header, index_col=False, skip_blank_lines=False,
               dtype={c: str for c in _string_cols(spec)}, keep_default_na=True, encoding=spec.encoding)
-    frame = _parse_regular(data, kw, header, spec)
+    starts, ends = _line_bounds(data)
+    long_rows = _long_rows(data, starts, ends, header, spec)  # set aside before the parser sees them
+    frame = None if long_rows else _parse_regular(data, kw, header, spec)
     if frame is not None:
         frame["_row"] = np.arange(first_row, first_row + len(frame), dtype="int64")
         return _drop_blank(frame)[usecols + ["_row"]], empty_rejects()
-    starts, ends = _line_bounds(data)
-    bad = _bad_lines(data, starts, ends, header, spec, data_offset)
+    bad = _bad_lines(data, starts, ends, header, spec, data_offset, skip=long_rows)
+    bad.update(long_rows)
     n_lines = len(starts)
     if bad:
         keep = np.setdiff1d(np.arange(n_lines), np.fromiter(bad, dtype="int64", count=len(bad)))
@@ -348,16 +350,40 @@ def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends - cr
 
 
+#: the longest row (bytes) and field (characters) a table may hold: a catalog row is a few hundred bytes, and
+#: a runaway field (a missing quote, a binary blob) would otherwise be parsed whole (640 MB for a 100 MB field)
+MAX_ROW_BYTES = MAX_FIELD_CHARS = 65_536
+
+
+def _long_rows(data: bytes, starts: np.ndarray, ends: np.ndarray, header: list[str],
+               spec: TableSpec) -> dict[int, tuple[str, str, str]]:
+    """Line index → (field, value, reason) for lines longer than :data:`MAX_ROW_BYTES`, naming the longest
+    field (separators counted without regard to quotes: a best guess for a line that will not be parsed)."""
+    out = {}
+    sep = spec.sep.encode("latin-1", "replace") if len(spec.sep) == 1 else b","
+    for i in np.flatnonzero(ends - starts > MAX_ROW_BYTES).tolist():
+        line = data[starts[i]:ends[i]]
+        sizes = [len(f) for f in line.split(sep)]
+        k = int(np.argmax(sizes))
+        out[i] = (header[k] if k < len(header) else "*", f"{sizes[k]:,} bytes",
+                  f"row of {len(line):,} bytes, longer than the {MAX_ROW_BYTES:,} a row may hold (a field left "
+                  "unterminated, or binary data?)")
+    return out
+
+
 def _bad_lines(data: bytes, starts: np.ndarray, ends: np.ndarray, header: list[str], spec: TableSpec,
-               data_offset: int) -> dict[int, tuple[str, str, str]]:
-    """Line index → (field, value, reason) for lines that cannot be parsed as a row of this table."""
-    bad: dict[int, tuple[str, str, str]] = {}
+               data_offset: int, skip=()) -> dict[int, tuple[str, str, str]]:
+    """Line index → (field, value, reason) for lines that cannot be parsed as a row of this table (lines in
+    ``skip`` are not looked at)."""
+    bad: dict[int, tuple[str, str, str]] = {i: ("", "", "") for i in skip}
     n_header = len(header)
     enc = spec.encoding
     try:
         data.decode(enc)
     except UnicodeDecodeError:
         for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+            if i in bad:
+                continue
             try:
                 data[a:b].decode(enc)
             except UnicodeDecodeError as e:
@@ -398,7 +424,7 @@ def _bad_lines(data: bytes, starts: np.ndarray, ends: np.ndarray, header: list[s
         else:
             bad[i] = (header[n], f"{n} fields",
                       f"malformed row: fewer fields than the {n_header} in the header (it ends before this one)")
-    return bad
+    return {i: problem for i, problem in bad.items() if i not in skip}
 
 
 def _unquoted_fields(arr, sep_pos, starts, ends, fields, sep: int):
@@ -450,14 +476,28 @@ def _drop_blank(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~blank].reset_index(drop=True) if blank.any() else frame
 
 
+#: the times pandas can hold (nanosecond timestamps): about 1677-09-21 to 2262-04-11
+TIME_RANGE = (pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC"))
+
+
+def _in_ns_range(times: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Parsed UTC timestamps (of whatever resolution pandas inferred) as nanosecond ones, and the mask of those
+    outside pandas' nanosecond range (1677 to 2262), which become NaT instead of aborting the whole chunk."""
+    outside = ((times < TIME_RANGE[0]) | (times > TIME_RANGE[1])).to_numpy(dtype=bool)
+    if outside.any():
+        times = times.where(~outside)
+    return times.astype("datetime64[ns, UTC]"), outside
+
+
 def parse_times(values: pd.Series, spec: TableSpec) -> tuple[pd.Series, dict]:
-    """Strings → UTC timestamps (or numbers in ``spec.time_unit``). Unparseable values become NaT/NaN.
+    """Strings → UTC timestamps (or numbers in ``spec.time_unit``). Unparseable values become NaT/NaN, and so do
+    times outside pandas' nanosecond range (``info["out_of_range"]``, a boolean mask, marks those).
 
     Local times are localised with the spec's zone: a wall-clock time that occurs twice at the end of
     daylight saving is taken as its first occurrence, one that does not exist (the spring gap) is moved
     forward to the first valid time. Both are counted in the returned info.
     """
-    info = {"ambiguous_local_times": 0, "nonexistent_local_times": 0}
+    info = {"ambiguous_local_times": 0, "nonexistent_local_times": 0, "out_of_range": np.zeros(len(values), bool)}
     if spec.time_unit is not None:
         return pd.to_numeric(values, errors="coerce").astype("float64"), info
     s = values.astype("str") if values.dtype != object else values
@@ -467,19 +507,28 @@ def parse_times(values: pd.Series, spec: TableSpec) -> tuple[pd.Series, dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if spec.tz.upper() == "UTC":
-            return pd.to_datetime(s, format=fmt, errors="coerce", utc=True).astype("datetime64[ns, UTC]"), info
+            out, info["out_of_range"] = _in_ns_range(pd.to_datetime(s, format=fmt, errors="coerce", utc=True))
+            return out, info
         if fmt is None or fmt == "ISO8601":
             aware = s.str.contains(r"(Z|[+-]\d\d:?\d\d)$", regex=True, na=False).to_numpy()
         else:  # an explicit pattern says itself whether it carries a zone
             aware = np.full(len(s), "%z" in fmt or "%Z" in fmt)
         naive = pd.to_datetime(s.where(~aware), format=fmt, errors="coerce")
+    # localising near the ends of the range could overflow: those times are set aside first
+    naive, outside = _in_ns_range(naive.dt.tz_localize("UTC"))
+    naive = naive.dt.tz_localize(None)
     local_first = naive.dt.tz_localize(spec.tz, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward")
     local_other = naive.dt.tz_localize(spec.tz, ambiguous=np.zeros(len(naive), dtype=bool), nonexistent="NaT")
     info["ambiguous_local_times"] = int(((local_first != local_other) & local_other.notna()).sum())
     info["nonexistent_local_times"] = int((local_other.isna() & naive.notna()).sum())
     out = local_first.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
     if aware.any():
-        out[aware] = pd.to_datetime(s[aware], format=fmt, errors="coerce", utc=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed, outside_aware = _in_ns_range(pd.to_datetime(s[aware], format=fmt, errors="coerce", utc=True))
+        out[aware] = parsed
+        outside[aware] = outside_aware
+    info["out_of_range"] = outside
     return out, info
 
 
@@ -495,10 +544,17 @@ def to_events(raw: pd.DataFrame, spec: TableSpec, source: str, line_offset: int 
             rejects.append(make_rejects(raw, mask, col, raw[col], reason, kind, line_offset))
             bad |= mask
 
-    time, _ = parse_times(raw[spec.time_col], spec)
+    for col in dict.fromkeys(c for c in _string_cols(spec) + [spec.time_col] if c in raw):  # (Parquet inputs)
+        text = raw[col]
+        if text.dtype == object or pd.api.types.is_string_dtype(text):
+            reject(text.astype("str").str.len().to_numpy() > MAX_FIELD_CHARS, col,
+                   f"field longer than the {MAX_FIELD_CHARS:,} characters a field may hold")
+    time, info = parse_times(raw[spec.time_col], spec)
     missing_time = raw[spec.time_col].isna().to_numpy()
     reject(missing_time, spec.time_col, "missing time")
-    reject(time.isna().to_numpy() & ~missing_time, spec.time_col,
+    reject(info["out_of_range"], spec.time_col, f"time outside the range stforecast can hold "
+           f"({TIME_RANGE[0]:%Y-%m-%d} to {TIME_RANGE[1]:%Y-%m-%d})")
+    reject(time.isna().to_numpy() & ~missing_time & ~info["out_of_range"], spec.time_col,
            f"unparseable time (expected {spec.time_format or 'a number in ' + str(spec.time_unit)})")
 
     coords = {}

@@ -218,6 +218,12 @@ class Forecaster(ABC):
     def forecast(self, histories: Histories) -> NextEvent:
         """The next-event distribution after each history."""
 
+    def take_clamped_share(self) -> float | None:
+        """The share of sampled values that sat at the sampler's safety clamp since the last call (then reset to
+        zero); None for models that sample exactly (no clamp). A large share means the model extrapolates far
+        outside its training range and those samples say little."""
+        return None
+
     def describe(self) -> str:
         """One line for titles, logs and file attributes."""
         return self.name
@@ -292,3 +298,29 @@ class Forecaster(ABC):
             yield SimulatedChunk(events, first, counts, capped)
         if bar is not None:
             bar.close()
+
+
+# ------------------------------------------------------------------------------------------ stored fits
+#: the largest event rate (events per model time unit) a stored fit may claim: the finest unit is the second,
+#: and no catalog has a billion events a second (a crafted 1e300 would overflow the samplers)
+MAX_RATE = 1e9
+
+
+def check_number(state: dict, key: str, lo: float = -np.inf, hi: float = np.inf, *, optional: bool = False,
+                 integer: bool = False, finite: bool = True) -> None:
+    """``state[key]`` a number (an integer with ``integer``) in [lo, hi] (finite unless ``finite`` is False; None
+    allowed with ``optional``): a stored fit read back must be what the fit could have written. Raises a
+    ValueError naming the field and the value."""
+    if key not in state:
+        raise ValueError(f"field {key!r} is missing")
+    value = state[key]
+    if value is None and optional:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"field {key!r} must be {'a whole number' if integer else 'a number'}, not {value!r}")
+    if np.isnan(value) or (finite and not np.isfinite(value)):
+        raise ValueError(f"field {key!r} must be a finite number, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"field {key!r} = {value!r} is outside the fit's range [{lo:g}, {hi:g}]")
+

@@ -545,8 +545,8 @@ class DSTPP(nn.Module, Forecaster):
         super().__init__()
         self.cfg = cfg
         self.scaler = scaler
-        self.encoder = HistoryEncoder(cfg)
-        self.denoiser = CoAttentionDenoiser(cfg.d_model, cfg.denoiser_width, cfg.denoiser_layers)
+        for name, module in self.networks(cfg).items():  # encoder, denoiser (and magnitude_head)
+            setattr(self, name, module)
         self.schedule = NoiseSchedule(cfg.steps, cfg.schedule)
         # the Forecaster face: forecasts sample the probability-flow ODE whose exact density they report (a DDIM
         # sampler can be chosen for speed: then the density belongs to the ODE that DDIM discretises)
@@ -555,11 +555,22 @@ class DSTPP(nn.Module, Forecaster):
         self.bound_repeats, self.x0_mse = 4, None
         self.fast = make_sampler(self.schedule, "dpm", min(FAST_STEPS, cfg.steps))
         self.mark_names = ("magnitude",) if cfg.mark_inputs else ()
-        self.magnitude_head = MagnitudeHead(3 * cfg.d_model, cfg) if cfg.mark_head else None
+        if not cfg.mark_head:
+            self.magnitude_head = None
         # where simulated events' magnitudes come from: the model's head, or (an explicit option, and what a model
         # that reads magnitudes without forecasting them needs) Gutenberg-Richter above Mc
         self.magnitudes = "model" if cfg.mark_head else ("gutenberg-richter" if cfg.mark_inputs else "none")
         self.fill_b = cfg.mark_b
+
+    @staticmethod
+    def networks(cfg: ModelConfig) -> dict[str, nn.Module]:
+        """The model's networks (everything with weights but the scaler), by attribute name. Built on the meta
+        device, they give a checkpoint's expected weight shapes without allocating any memory."""
+        nets = {"encoder": HistoryEncoder(cfg),
+                "denoiser": CoAttentionDenoiser(cfg.d_model, cfg.denoiser_width, cfg.denoiser_layers)}
+        if cfg.mark_head:
+            nets["magnitude_head"] = MagnitudeHead(3 * cfg.d_model, cfg)
+        return nets
 
     # ------------------------------------------------------------------------------------ forecaster interface
     def configure(self, *, steps: int | None = None, bound_repeats: int | None = None, sampler: str | None = None,
@@ -907,15 +918,26 @@ class DSTPP(nn.Module, Forecaster):
         if isinstance(sampler, ProbabilityFlow):
             # unclipped (clipping would leave the density the ODE reports); the clamp far outside the training
             # range [-1, 1] only keeps exp/sinh finite for an untrained or diverging model
-            x0 = sampler.sample(self.continuous_denoiser(ctx), x).clamp(-OUTSIDE, OUTSIDE).to(cond.dtype)
+            x0 = self._clamp_far(sampler.sample(self.continuous_denoiser(ctx), x)).to(cond.dtype)
         else:
             def denoise(x_k, k):
                 return self.denoiser(x_k, torch.tensor(k, device=x_k.device), ctx)
 
             x0 = sample_loop(sampler, denoise, x, generator)
             if isinstance(sampler, DPMSolverSampler):  # unclipped like the ODE it solves: the same far clamp
-                x0 = x0.clamp(-OUTSIDE, OUTSIDE)
+                x0 = self._clamp_far(x0)
         return self.scaler.inverse(x0, None if ref is None else ref.unsqueeze(1))
+
+    def _clamp_far(self, x0: torch.Tensor) -> torch.Tensor:
+        """``x0`` clamped to ±OUTSIDE, counting the values the clamp moved (:meth:`take_clamped_share`)."""
+        counts = self.__dict__.setdefault("_clamp_counts", [0, 0])
+        counts[0] += int((x0.abs() > OUTSIDE).sum())
+        counts[1] += x0.numel()
+        return x0.clamp(-OUTSIDE, OUTSIDE)
+
+    def take_clamped_share(self) -> float | None:
+        clamped, total = self.__dict__.pop("_clamp_counts", (0, 0))
+        return clamped / total if total else 0.0
 
     @torch.no_grad()
     def exact_nll(self, histories: Batch, truth: torch.Tensor, tolerance: float | None = None,

@@ -118,8 +118,9 @@ def cached_baseline(name: str, catalog: IngestedCatalog, cache_root: Path | None
     root = cache_root or os.environ.get("STFORECAST_BASELINE_CACHE") or REPO_ROOT / "runs" / "baselines"
     path = Path(root) / catalog.name / f"{name}-{key}.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        return BASELINES[name](mc).restore(saved["state"], events[events["t"] < fit_end], fit_end)
+        saved = read_cached_fit(path, name, catalog.input_hash, log)
+        if saved is not None:
+            return BASELINES[name](mc).restore(saved["state"], events[events["t"] < fit_end], fit_end)
     log(f"fitting {DESCRIPTIONS[name]} on {int((events['t'] < fit_end).sum()):,} events before the validation "
         f"start (kept in {path} for next time)")
     model = fit_baseline(name, events, fit_end, mc)
@@ -141,6 +142,25 @@ def cached_baseline(name: str, catalog: IngestedCatalog, cache_root: Path | None
                 mlflow.log_metric("train_loglik", values["loglik"])
             mlflow.log_artifact(str(path))
     return model
+
+
+def read_cached_fit(path: Path, name: str, input_hash: str, log=print) -> dict | None:
+    """A cached fit, validated (:meth:`check_state` of the baseline: types, finite values inside the fit's bounds)
+    before anything is built from it. A file that fails is set aside as ``<file>.bad`` (replacing an older one)
+    with a warning naming the file and the field, and None is returned so the caller refits."""
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+            raise ValueError("no 'state' table")
+        if saved.get("name") != name or saved.get("catalog_input_hash") != input_hash:
+            raise ValueError(f"it is not a {name} fit of this catalog")
+        BASELINES[name](None).check_state(saved["state"])
+        return saved
+    except (ValueError, UnicodeDecodeError, OSError) as e:  # json.JSONDecodeError is a ValueError
+        aside = path.with_name(path.name + ".bad")
+        os.replace(path, aside)
+        log(f"warning: cached {name} fit {path} is unusable ({e}); set aside as {aside.name} and refitted")
+        return None
 
 
 def load_forecaster(spec: str, catalog: IngestedCatalog, *, allow_other_catalog: bool = False,
