@@ -210,13 +210,16 @@ def run(args) -> int:
     from rich.console import Console
 
     console = Console()
+    from stforecast.io.atomic import check_replaceable
+
     catalog = open_catalog(args.data)
+    out = Path(args.out or Path("reports") / f"map-{safe_name(catalog.folder.name)}")
+    check_replaceable(out, "report", "summary.json")  # refuse before any work (atomic_dir checks again at the end)
     model = load_forecaster(args.model, catalog, allow_other_catalog=args.allow_other_catalog, log=console.print,
-                                track=not args.no_track)
+                            track=not args.no_track)
     req = ReportRequest(at=args.at, horizon=args.horizon, lead_bins=args.lead_bins, samples=args.samples,
                         simulations=args.simulations, levels=tuple(float(v) for v in args.levels.split(",")),
                         show_samples=args.show_samples, online_tiles=args.online_tiles, steps=args.steps, seed=args.seed)
-    out = Path(args.out or Path("reports") / f"map-{safe_name(catalog.folder.name)}")
     summary = run_report(catalog, model, req, out, model_uri=args.model, track=not args.no_track,
                          log=console.print)
     console.print(f"expected events in the next {args.horizon}: {summary['expected_events']:.2f}")

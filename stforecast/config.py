@@ -119,7 +119,7 @@ def check_name(name: object, where: str = "catalog name", what: str = "catalog n
     hidden folders). ``what`` says what the name is, in the message."""
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or len(name) > 200:
         raise ValueError(f"{where}: {name!r} is not a valid {what}: it becomes a folder name, so use only letters, "
-                         "digits, '_', '-' and '.', not starting with '.' (e.g. my_catalog)")
+                         "digits, '_', '-' and '.', not starting with '.' (e.g. my_{what.split()[0]})")
     return name
 
 
