@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from scipy.stats import gaussian_kde
 
+from stforecast.sampling import Sampling
+
 
 def main(argv=None) -> None:
     from stforecast.config import load_settings
@@ -51,7 +53,7 @@ def main(argv=None) -> None:
     exact, info = model.exact_nll(batch, truth)
     exact = exact.numpy()
     # draws of the ODE sampler, taken to the diffusion's coordinates, where the density is smooth enough for a KDE
-    model.configure(sampler="ode")
+    model = model.with_sampling(Sampling(sampler="ode"))
     draws = model.forecast(Histories.from_sequences(test.histories)).sample(a.samples, np.random.default_rng(a.seed))
     ref = model.reference_location(batch)
     u = model.scaler(torch.as_tensor(draws.events[..., 0]), torch.as_tensor(draws.events[..., 1:3]),

@@ -25,7 +25,7 @@ What it measures, with the benchmark's Japan training settings (``data/benchmark
    optimum (early stopping as configured) and reports its wall time and best validation loss.
 3. **Sampling throughput**: next-event samples/s, encoder included (``last_states`` → reference locations →
    sampler), for ``--sizes`` (histories × samples per history; default 256x1 and 1000x100, prefixes of the test
-   windows) with DDIM-50 and the probability-flow ODE (``model.configure(sampler=...)``, the benchmark's ODE
+   windows) with DDIM-50 and the probability-flow ODE (``model.with_sampling(Sampling(sampler=...))``, the benchmark's ODE
    tolerance), under bf16 autocast, encoder and denoiser compiled, and the ODE once more in float32
    (``ode:fp32``: its adaptive step control sees bf16 rounding as error and takes more steps); each timed call
    follows an untimed one of the same size, and CUDA is synchronised before and after timing.
@@ -56,6 +56,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from stforecast.sampling import Sampling
 
 #: exit statuses: a check failed (loss parity, or torch.compile of a measured path); no CUDA device
 EXIT_CHECK, EXIT_NO_DEVICE = 1, 2
@@ -330,10 +332,10 @@ def histories(data, count: int, seed: int):
 @torch.no_grad()
 def next_event_samples(model, batch, n: int, generator: torch.Generator) -> torch.Tensor:
     """(B, n, 3) next-event draws as :meth:`DiffusionNextEvent.sample` makes them (encoder, reference location,
-    ``model.sampler``), with a generator on the model's device (that method's own generator is a CPU one)."""
+    ``model.sampling``), with a generator on the model's device (that method's own generator is a CPU one)."""
     cond = model.last_states(batch)
-    sampler = model.flow() if model.sampler == "ode" else model.ddim
-    return model.sample_from_condition_with(cond, n, sampler, generator, model.reference_location(batch))
+    return model.sample_from_condition_with(cond, n, model.sampler_object(), generator,
+                                            model.reference_location(batch))
 
 
 def sampling_throughput(model, data, device: torch.device, sizes: list[tuple[int, int]], samplers: list[str],
@@ -361,11 +363,11 @@ def sampling_throughput(model, data, device: torch.device, sizes: list[tuple[int
     for name in samplers:
         kind, bf16 = name.removesuffix(":fp32"), amp and not name.endswith(":fp32")
         if kind == "ode":
-            model.configure(sampler="ode", ode_tolerance=ode_tolerance)
+            model = model.with_sampling(Sampling(sampler="ode", tolerance=ode_tolerance))
             label = f"ODE (tol {ode_tolerance:g})"
         else:
-            model.configure(sampler="ddim", steps=int(kind[4:]))
-            label = f"DDIM-{len(model.ddim.timesteps)}"
+            model = model.with_sampling(Sampling(sampler="ddim", steps=int(kind[4:])))
+            label = f"DDIM-{min(int(kind[4:]), model.cfg.steps)}"
         label += "" if bf16 == amp else ", float32"
         gen = torch.Generator(device=device).manual_seed(seed + 1)
         for count, n in sizes:
@@ -384,7 +386,7 @@ def sampling_throughput(model, data, device: torch.device, sizes: list[tuple[int
             finite = float(torch.isfinite(draws).all(-1).float().mean())
             rows.append({"sampler": name, "label": label, "histories": count, "samples_per_history": n,
                          "samples": count * n, "seconds": seconds, "samples_per_s": count * n / seconds,
-                         "network_evaluations": calls[0] if kind == "ode" else len(model.ddim.timesteps),
+                         "network_evaluations": calls[0] if kind == "ode" else len(model.sampler_object().timesteps),
                          "finite_fraction": finite, "peak_mb": peak_mb(device), "amp": bf16, "compiled": compile_})
     return rows
 
@@ -446,17 +448,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_DEVICE
 
     from benchmarks.prepare import ensure_ingested
-    from stforecast.batch import load_manifest, load_split
+    from stforecast.batch import load_split
     from stforecast.train import build_model, load_model
 
     folder = ensure_ingested(args.data)
     tc, ode_tolerance = train_settings(args, folder, device)
-    manifest, train_set, test_set = load_manifest(folder), load_split(folder, "train"), load_split(folder, "test")
+    train_set, test_set = load_split(folder, "train"), load_split(folder, "test")
     torch.manual_seed(tc.seed)
     if args.checkpoint:
         model = load_model(args.checkpoint)
     else:
-        model = build_model(tc.model_config(), manifest, train_set)
+        model = build_model(tc.model_config(), tc.data, train_set)
     compile_ = args.compile
     print(f"benchmarks.gpu on {device}: {'untrained' if not args.checkpoint else args.checkpoint} DSTPP with the "
           f"{args.settings_of} benchmark settings on {folder}", flush=True)

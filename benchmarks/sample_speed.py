@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from stforecast.batch import load_manifest, load_split
+from stforecast.batch import load_split
 from stforecast.model.base import Histories
 from stforecast.model.schedule import make_sampler
 from stforecast.train import TrainConfig, build_model, load_model, pick_device
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
     if args.checkpoint:
         model = load_model(args.checkpoint).to(device)
     else:
-        model = build_model(TrainConfig(preset=args.preset).model_config(), load_manifest(args.data)).to(device)
+        model = build_model(TrainConfig(preset=args.preset).model_config(), args.data).to(device)
     model.eval()
     data = load_split(args.data, args.split)
     print(f"device {device}, {torch.get_num_threads()} threads; model K={model.cfg.steps} "

@@ -18,7 +18,7 @@ import time
 import torch
 
 from stforecast import train as training
-from stforecast.batch import load_manifest, load_split, padding_fraction
+from stforecast.batch import load_split, padding_fraction
 from stforecast.train import TrainConfig, build_model, pick_device
 
 from benchmarks.prepare import ensure_ingested
@@ -30,9 +30,8 @@ def measure(preset: str, steps: int, device: torch.device, data: str, batch_size
     learning rate ``TrainConfig.lr``), each with its batch's collation, after 3 untimed warm-up steps.
     ``model_overrides``: ModelConfig fields over the preset (tests use a tiny model)."""
     cfg = TrainConfig(data=data, preset=preset, model=dict(model_overrides or {}))
-    manifest = load_manifest(data)
     train = load_split(data, "train")
-    model = build_model(cfg.model_config(), manifest).to(device).train()
+    model = build_model(cfg.model_config(), data).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     amp = cfg.amp and device.type == "cuda"
     batches = []

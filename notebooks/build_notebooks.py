@@ -66,10 +66,12 @@ def cells(kind: str, spec: dict) -> list:
              "EPOCHS, MAX_STEPS = (1, 10) if QUICK else (30, None)\n"
              "TARGETS, SAMPLES = (40, 20) if QUICK else (500, 100)\n"
              "SIMULATIONS, MAX_EVENTS = (20, 60) if QUICK else (200, 1000)"),
-        code("import json\n\nimport matplotlib.pyplot as plt\nimport pandas as pd\nfrom IPython.display import IFrame, "
+        code("import json\nfrom pathlib import Path\n\nimport matplotlib.pyplot as plt\nimport pandas as pd\nfrom IPython.display import IFrame, "
              "Image, Markdown, display\n\nfrom pipelines.ingest import run_ingest\nfrom stforecast.config import "
-             "REPO_ROOT, load_settings\n\nsettings = load_settings()\nWORK = REPO_ROOT / 'reports' / 'notebooks' / "
-             "CATALOG\nWORK.mkdir(parents=True, exist_ok=True)"),
+             "REPO_ROOT, load_settings\nfrom stforecast.sampling import Sampling\n\nsettings = load_settings()\n"
+             "# where this notebook's model, scores and report go (STFORECAST_NOTEBOOK_WORK: somewhere else)\n"
+             "WORK = Path(os.environ.get('STFORECAST_NOTEBOOK_WORK', REPO_ROOT / 'reports' / 'notebooks')) / CATALOG\n"
+             "WORK.mkdir(parents=True, exist_ok=True)"),
         md("## 1. Ingest\n\nThe raw file is read in place from the data root, every row is validated (a bad row is "
            "reported by file, line and field), duplicates are dropped, times are ordered and ties spread inside one "
            "clock tick, coordinates are projected to a local metric frame, and the events are split by **date** "
@@ -95,7 +97,8 @@ def cells(kind: str, spec: dict) -> list:
              "    cfg = TrainConfig(data=str(ingested.out_dir), epochs=EPOCHS, max_steps=MAX_STEPS, batch_size=8, lr=2e-3,\n"
              "                      model={'d_model': 32, 'n_layers': 2, 'n_heads': 4, 'd_ff': 64, 'rnn_hidden': 64},\n"
              "                      out_dir=str(WORK / 'run'), progress=False)\n"
-             "    result = train(cfg)\n"
+             "    # run again, it reuses (or continues) the run in WORK/run; force=True starts it over\n"
+             "    result = train(cfg, resume=True)\n"
              "    print(f'best validation loss {result.best_val:.4f} after {result.steps} steps')\n"
              "    model = load_model(str(WORK / 'run' / 'best.pt'))"),
         md("## 3. Forecast the next event\n\nA forecast is a cloud of samples: each is one plausible next event. "
@@ -119,10 +122,11 @@ def cells(kind: str, spec: dict) -> list:
            + (", and **ETAS**, the seismologists' standard (aftershock productivity grows with magnitude)"
               if kind == "earthquakes" else "") +
            ". Lower is better for the likelihood (NLL), CRPS and energy score; coverage should match its nominal "
-           "level. DSTPP's NLL is an upper bound (diffusion models have no closed-form density)."),
+           "level. DSTPP's NLL is the exact density of its probability-flow ODE (the distribution its samples come from)."),
         code("from pipelines.evaluation import evaluate_catalog\n\n"
              "ev = evaluate_catalog(ingested.out_dir, model, ('poisson_kde', 'hawkes', 'etas'), 'test', TARGETS,\n"
-             "                      SAMPLES, 20 if QUICK else 50, bound_repeats=1 if QUICK else 4, out_dir=WORK / 'eval',\n"
+             "                      SAMPLES, Sampling(tolerance=1e-2 if QUICK else 1e-4), bound_repeats=1 if QUICK else 4,\n"
+             "                      out_dir=WORK / 'eval',\n"
              "                      baseline_fit_events=1500 if QUICK else None, log=lambda *a: None)\n"
              "cols = ['model', 'nll_joint', 'nll_dt', 'nll_xy', 'crps_dt', 'energy_xy', 'cover_dt_80', 'cover_xy_80', "
              "'nll_kind']\nev.table[cols].round(3)"),
@@ -132,7 +136,7 @@ def cells(kind: str, spec: dict) -> list:
            "catalog). The map works offline."),
         code("from pipelines.report import ReportRequest, run_report\n\n"
              "req = ReportRequest(at=FORECAST_AT, horizon=HORIZON, samples=SAMPLES * 10, simulations=SIMULATIONS,\n"
-             "                    max_events=MAX_EVENTS, lead_bins=3, steps=20 if QUICK else 50)\n"
+             "                    max_events=MAX_EVENTS, lead_bins=3)\n"
              "summary = run_report(ingested.out_dir, model, req, WORK / 'report', model_uri=MODEL_URI or 'notebook',\n"
              "                     track=False, log=lambda *a: None)\n"
              "print(json.dumps({k: summary[k] for k in ('reference_time', 'horizon', 'expected_events', "

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.cluster import dask_client
+from stforecast.sampling import DEFAULT, Sampling
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "batch.toml"
 #: a finished job's record in its folder: key, inputs, summary and the SHA-256 of every output
@@ -41,6 +42,14 @@ class Job:
     refresh: bool = False
     seed: int = 0
     allow_other_catalog: bool = False  # run a model trained on a catalog in other units/frame (else refused)
+    # how DSTPP samples (stforecast.sampling.Sampling; the defaults are every command's)
+    sampler: str = DEFAULT.sampler
+    steps: int = DEFAULT.steps
+    ode_tolerance: float = DEFAULT.tolerance
+    magnitudes: str = DEFAULT.magnitudes
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.sampler, self.steps, self.ode_tolerance, self.magnitudes)
 
 
 @dataclass
@@ -70,6 +79,10 @@ def load_jobs(path=None) -> tuple[list[Job], Path]:
             raise ValueError(f"{where}: missing {missing}")
         job = Job(**typed_fields(Job, raw, where))
         check_name(job.name, f"{where}: name", "job name")  # OUT/<date>/<name>: never `..`, never a path
+        try:
+            job.sampling()
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         jobs.append(job)
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
@@ -126,7 +139,7 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
     model = load_forecaster(job.model, catalog, allow_other_catalog=job.allow_other_catalog, log=warnings.append)
     warnings = [w for w in warnings if w.startswith("warning")]  # not the baseline's "fitting ..." line
     req = ReportRequest(at=job.at, horizon=job.horizon, simulations=job.simulations, samples=job.samples,
-                        max_events=job.max_events, seed=job.seed)
+                        max_events=job.max_events, seed=job.seed, sampling=job.sampling())
     with atomic_dir(final, kind="batch job", record=JOB_RECORD) as staging:  # the report and its manifest appear together, or not at all
         # MLflow is written by the parent, one job at a time (SQLite stores do not like concurrent writers)
         summary = write_report(catalog, model, req, staging, model_uri=job.model, log=lambda *a: None)
@@ -152,7 +165,13 @@ def run_batch(jobs: list[Job], out_root: Path, client=None) -> list[JobResult]:
             for j in jobs]
     if client is None:
         return [run_job(j, root, env) for j in jobs]
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
     futures = [client.submit(run_job, j, root, env, key=f"batch-{j.name}", pure=False) for j in jobs]
+    with tqdm(total=len(futures), desc="batch jobs", unit="job", disable=None) as bar:  # (a terminal only)
+        for _ in as_completed(futures):
+            bar.update(1)
     return client.gather(futures)
 
 
@@ -187,6 +206,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="output root (default: the config's `out`, reports/batch)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)")
     p.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
+    p.add_argument("--local", action="store_true",
+                   help="run the jobs one after another in this process, without Dask (their progress shows)")
     p.add_argument("--no-track", action="store_true", help="do not log the jobs to MLflow")
 
 
@@ -196,8 +217,11 @@ def run(args) -> int:
     out = Path(args.out) if args.out else out
     if not jobs:
         raise ValueError(f"no [[job]] in {args.config or 'data/batch.toml'}")
-    with dask_client(args.scheduler, args.workers) as client:
-        results = run_batch(jobs, out, client)
+    if args.local:
+        results = run_batch(jobs, out)
+    else:
+        with dask_client(args.scheduler, args.workers) as client:
+            results = run_batch(jobs, out, client)
     if not args.no_track:
         track_results(results)
     for r in results:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipelines.evaluation import PAPER_JAPAN, evaluate_catalog, log_evaluation, markdown_table, paper_comparison
 from stforecast.config import read_settings_file, typed_fields
-from stforecast.defaults import SAMPLER_STEPS, SCORE_SAMPLES
+from stforecast.defaults import SCORE_SAMPLES
 from stforecast.io.atomic import atomic_write_text
 from stforecast.model.registry import BASELINES
 
@@ -46,7 +46,8 @@ class BenchmarkSettings:
     seed: int = 0
     targets: int = 1000
     samples: int = SCORE_SAMPLES
-    ddim_steps: int = SAMPLER_STEPS
+    sampler: str = "ode"  # DSTPP's sampler for the scores from samples (stforecast.sampling.Sampling)
+    sampler_steps: int = 10  # network evaluations of dpm / steps of ddim
     bound_repeats: int = 4
     ode_tolerance: float = 1e-4  # DSTPP's probability-flow ODE (sampling and exact likelihood): rtol = atol
     baselines: list = field(default_factory=lambda: list(BASELINES))
@@ -67,6 +68,13 @@ class AblationSettings:
     samples: int = 100
     variants: dict = field(default_factory=dict)  # name -> {ModelConfig field: value}
     only: dict = field(default_factory=dict)  # variant -> catalogs it applies to (e.g. magnitudes: earthquakes)
+
+
+def benchmark_sampling(cfg: dict):
+    """The :class:`~stforecast.sampling.Sampling` the benchmark's DSTPP is sampled and scored with."""
+    from stforecast.sampling import Sampling
+
+    return Sampling(sampler=cfg["sampler"], steps=cfg["sampler_steps"], tolerance=cfg["ode_tolerance"])
 
 
 def load_benchmark_config(path=None, quick: bool = False) -> dict:
@@ -160,9 +168,8 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
                                                                      out, track, device, progress, log)
         log(f"== {name}: evaluate")
         ev = evaluate_catalog(ingested.out_dir, model, cfg["baselines"], "test", cfg["targets"] or None,
-                              cfg["samples"], cfg["ddim_steps"], cfg["seed"], cfg["bound_repeats"],
-                              out_dir=out / name, baseline_fit_events=cfg.get("baseline_fit_events"), log=log,
-                              ode_tolerance=cfg["ode_tolerance"])
+                              cfg["samples"], benchmark_sampling(cfg), cfg["seed"], cfg["bound_repeats"],
+                              out_dir=out / name, baseline_fit_events=cfg.get("baseline_fit_events"), log=log)
         if track:
             log_evaluation(ev, f"benchmark-{name}", {"benchmark": "quick" if quick else "full", "model_uri": uri or ""},
                            experiment="stforecast-benchmark")
@@ -249,9 +256,9 @@ def run_ablations(cfg: dict, name: str, ingested, train_values: dict, runs_dir: 
         train_s = time.perf_counter() - t0
         model = load_model(Path(tc.out_dir) / "best.pt")
         ev = evaluate_catalog(ingested.out_dir, model, [] if baselines_done else cfg["baselines"], "val",
-                              ab["targets"], ab["samples"], cfg["ddim_steps"], cfg["seed"], 1,
+                              ab["targets"], ab["samples"], benchmark_sampling(cfg), cfg["seed"], 1,
                               out_dir=out / name / "ablations" / variant, log=log,
-                              baseline_fit_events=cfg.get("baseline_fit_events"), ode_tolerance=cfg["ode_tolerance"])
+                              baseline_fit_events=cfg.get("baseline_fit_events"))
         for _, row in ev.table.iterrows():
             is_dstpp = row["model"] == "dstpp"
             rows.append({"catalog": name, "variant": variant if is_dstpp else "baseline", "model": row["model"],

@@ -67,7 +67,8 @@ def run_demo(args) -> int:
     console.print("[bold]stforecast " + " ".join(fc_args) + "[/]")
     _run(fc_args)
     console.rule("stforecast demo 4/6: score DSTPP against Poisson, Hawkes and ETAS on the held-out test years")
-    eval_args = ["evaluate", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--targets", "500"]
+    eval_args = ["evaluate", "--data", "japan", "--model", "runs/demo-japan/best.pt", "--targets", "500",
+                 "--out", "reports/japan-test"]
     console.print("[bold]stforecast " + " ".join(eval_args) + "[/]")
     _run(eval_args)
     console.rule("stforecast demo 5/6: report - the 2016 Kumamoto sequence, 3 days from its first shock")
@@ -83,11 +84,12 @@ def run_demo(args) -> int:
     print_report_comparison(console, {"DSTPP": Path("reports/map-japan"),
                                       LABELS[REFERENCE]: Path(f"reports/map-japan-{REFERENCE}")})
     console.rule("stforecast demo 6/6: a scheduled batch forecast (data/batch.toml), so the risk map has one to show")
-    console.print("[bold]stforecast batch[/]")
-    status = _run(["batch"])
+    console.print("[bold]stforecast batch --local[/]  (one job, in this process: its progress shows)")
+    status = _run(["batch", "--local"])
     console.rule("done")
-    console.print("open the risk map:        stforecast serve   (then http://127.0.0.1:8765/)")
-    console.print("open the Kumamoto report: reports/map-japan/map.html (works offline)")
+    console.print("open the risk map:        .venv/bin/stforecast serve   (then http://127.0.0.1:8765/)")
+    console.print("open the Kumamoto report: reports/map-japan/map.html, and ETAS's: reports/map-japan-etas/map.html "
+                  "(both work offline)")
     return status
 
 

@@ -26,3 +26,18 @@ def warn_clamped(share: float | None, what: str, summary: dict, log) -> None:
     if line:
         summary.setdefault("warnings", []).append(line)
         log(line)
+
+
+def model_label(spec: str) -> str:
+    """A folder-safe label for what ``--model`` names: a baseline's name, or "dstpp-<the checkpoint's folder>" (an
+    MLflow URI's words joined by "-"). Default output folders carry it, so reports of two models never collide."""
+    from pathlib import Path
+
+    from stforecast.config import safe_name
+    from stforecast.model.registry import is_baseline
+
+    if is_baseline(spec):
+        return spec
+    p = Path(spec)
+    return "dstpp-" + safe_name(p.parent.name if p.suffix == ".pt" else "".join(c if c.isalnum() else "-" for c in spec),
+                                "model")

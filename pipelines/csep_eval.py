@@ -30,7 +30,11 @@ import pandas as pd
 
 from pipelines.batch_forecast import model_identity
 from pipelines.cluster import dask_client
+from pipelines.common import model_label
 from stforecast.model.registry import REFERENCE
+from stforecast.sampling import CATALOGS, Sampling
+from stforecast.sampling import add_arguments as add_sampling_arguments
+from stforecast.sampling import from_args as sampling_from_args
 
 DAY_RECORD = "day.json"
 TESTS = ("number", "magnitude", "spatial", "pseudolikelihood")  # pyCSEP's catalog-based tests, as stforecast.csep
@@ -43,8 +47,10 @@ class DayTask:
     label: str  # folder name of the model's results
     day: str  # YYYY-MM-DD (UTC)
     catalogs: int = 10_000
-    sampler: str = "dpm"  # DSTPP's sampler for simulations
-    magnitudes: str = "model"
+    sampler: str = CATALOGS.sampler  # DSTPP's sampling (stforecast.sampling.Sampling; CSEP's default: CATALOGS)
+    steps: int = CATALOGS.steps
+    ode_tolerance: float = CATALOGS.tolerance
+    magnitudes: str = CATALOGS.magnitudes
     max_events: int = 1000
     chunk: int = 1000
     seed: int = 0
@@ -85,7 +91,7 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
     import torch
 
     from pipelines.common import open_catalog
-    from stforecast.csep import completeness, forecast_day, run_csep_tests
+    from stforecast.csep import catalog_forecaster, forecast_day, run_csep_tests
     from stforecast.io.atomic import atomic_dir, sweep_stale
     from stforecast.model.registry import load_forecaster
 
@@ -98,11 +104,9 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
         return DayResult(task.label, task.day, "skipped", json.loads((final / DAY_RECORD).read_text()))
     model = load_forecaster(task.model, catalog, allow_other_catalog=task.allow_other_catalog, log=lambda *a: None,
                             mc=task.baseline_mc)
-    mc, b = completeness(catalog)
-    # DSTPP: its sampler and magnitudes; ETAS: Gutenberg-Richter with the b of the complete part of the catalog (Aki
-    # above Mc), not its fit's b of everything above the threshold (0.22 on Japan, incomplete below M4: M8+ common)
-    model.configure(sampler=task.sampler, magnitudes=task.magnitudes, magnitude_b=b)
-    magnitudes = task.magnitudes if "magnitude" in model.forecast_marks else "gutenberg-richter"
+    # as `forecast --format csep` draws them: the same sampling, the same b-value, the same magnitudes
+    sampling = Sampling(task.sampler, task.steps, task.ode_tolerance, task.magnitudes)
+    model, magnitudes, (mc, b) = catalog_forecaster(catalog, model, sampling)
     with atomic_dir(final, kind="csep day", record=DAY_RECORD) as staging:
         record = forecast_day(catalog, model, pd.Timestamp(task.day, tz="UTC"), task.catalogs, staging,
                               magnitudes=magnitudes, chunk=task.chunk, max_events=task.max_events, seed=task.seed,
@@ -116,19 +120,6 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
         record.update(key=key, task=asdict(task), model_identity=model_identity(task.model))
         (staging / DAY_RECORD).write_text(json.dumps(record, indent=1, default=str))
     return DayResult(task.label, task.day, "done", record)
-
-
-def label_of(spec: str) -> str:
-    """A folder-safe label: a baseline's name, or "dstpp-<the checkpoint's folder>"."""
-    from stforecast.model.registry import is_baseline
-
-    if is_baseline(spec):
-        return spec
-    from stforecast.config import safe_name
-
-    p = Path(spec)
-    return "dstpp-" + safe_name(p.parent.name if p.suffix == ".pt" else "".join(c if c.isalnum() else "-" for c in spec),
-                                "model")
 
 
 def run_period(tasks: list[DayTask], out_root: Path, client=None, progress: bool = True) -> list[DayResult]:
@@ -262,10 +253,6 @@ def add_parser(sub) -> None:
     p.add_argument("--start", required=True, help="first forecast day (UTC date)")
     p.add_argument("--days", type=int, default=30, help="number of consecutive daily forecasts (default 30)")
     p.add_argument("--catalogs", type=int, default=10_000, help="simulated catalogs per day (CSEP's standard 10,000)")
-    p.add_argument("--sampler", default="dpm", choices=["dpm", "ode", "ddim"],
-                   help="DSTPP's sampler (default dpm: DPM-Solver++ with 10 network evaluations)")
-    p.add_argument("--magnitudes", default="model", choices=["model", "gutenberg-richter"],
-                   help="simulated magnitudes: the model's own (default) or a Gutenberg-Richter fill-in")
     p.add_argument("--max-events", type=int, default=1000, help="cap per simulated catalog")
     p.add_argument("--chunk", type=int, default=1000, help="catalogs simulated together (bounds memory)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the first day (day d uses seed + d)")
@@ -275,6 +262,7 @@ def add_parser(sub) -> None:
     p.add_argument("--local", action="store_true", help="run the days in this process, without Dask")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     add_model_guard(p)
+    add_sampling_arguments(p, CATALOGS)
 
 
 def run(args) -> int:
@@ -287,6 +275,7 @@ def run(args) -> int:
     if args.days < 1 or args.catalogs < 1:
         raise ValueError("--days and --catalogs must be at least 1")
     specs = [args.model] + ([] if args.reference in ("", "none") else [args.reference])
+    sampling = sampling_from_args(args, CATALOGS)
     from stforecast.csep import completeness
     from stforecast.model.registry import is_baseline
 
@@ -299,13 +288,12 @@ def run(args) -> int:
         if args.magnitudes == "model" and not is_baseline(spec) and "magnitude" not in model.forecast_marks:
             raise ValueError(f"{spec} forecasts no magnitudes (a DSTPP trained without mark_head); rerun with "
                              "`--magnitudes gutenberg-richter` to draw them from a Gutenberg-Richter law")
-        model.configure(sampler=args.sampler, magnitudes=args.magnitudes)
     out = Path(args.out or f"reports/csep/{safe_name(catalog.folder.name)}-{start:%Y-%m-%d}-{args.days}d")
     out.mkdir(parents=True, exist_ok=True)
     data = str(catalog.folder.absolute())
-    tasks = [DayTask(data, str(Path(s).absolute()) if Path(s).is_file() else s, label_of(s),
-                     f"{start + pd.Timedelta(days=d):%Y-%m-%d}", args.catalogs, args.sampler, args.magnitudes,
-                     args.max_events, args.chunk, args.seed + d, args.allow_other_catalog,
+    tasks = [DayTask(data, str(Path(s).absolute()) if Path(s).is_file() else s, model_label(s),
+                     f"{start + pd.Timedelta(days=d):%Y-%m-%d}", args.catalogs, sampling.sampler, sampling.steps,
+                     sampling.tolerance, sampling.magnitudes, args.max_events, args.chunk, args.seed + d, args.allow_other_catalog,
                      mc if is_baseline(s) else None)
              for s in specs for d in range(args.days)]
     if args.local:

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.common import add_model_guard, open_catalog
+from pipelines.common import add_model_guard, model_label, open_catalog
 from stforecast.config import safe_name
-from stforecast.defaults import HDR_EVENTS, SAMPLER_STEPS, SCORE_SAMPLES
+from stforecast.defaults import HDR_EVENTS, SCORE_SAMPLES
 from stforecast.io.atomic import atomic_write_text
 from stforecast.model.registry import BASELINES, load_forecaster
+from stforecast.sampling import DEFAULT, Sampling
+from stforecast.sampling import add_arguments as add_sampling_arguments
+from stforecast.sampling import from_args as sampling_from_args
 
 #: the paper's Japan numbers (DSTPP row of Tables 2 and 3), for the ``given``-split DSTPP windows
 PAPER_JAPAN = {"paper_nll_xy_scaled": 0.308, "paper_nll_dt_scaled": -1.96, "dist_xy_single": 2.84,
@@ -46,10 +49,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str = "test",
-                     max_targets: int | None = 1000, samples: int = SCORE_SAMPLES, steps: int = SAMPLER_STEPS,
+                     max_targets: int | None = 1000, samples: int = SCORE_SAMPLES, sampling: Sampling = DEFAULT,
                      seed: int = 0, bound_repeats: int = 4, out_dir: Path | None = None,
                      baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print,
-                     ode_tolerance: float | None = None) -> Evaluation:
+                     progress: bool = False) -> Evaluation:
     """Score ``model`` (any loaded :class:`~stforecast.model.base.Forecaster`, or None) and the named baselines on
     ``split`` of ``catalog`` (an IngestedCatalog, folder or name). Baselines are fitted on events before the validation start; every model
     is offered the validation events to calibrate on (DSTPP's bound variances). Catalogs with the source's own
@@ -72,14 +75,14 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
         log(f"fitting baselines {list(baselines)} on events before the validation start ...")
         models.update(fit_baselines(events, catalog.split_start("val"), mc=catalog.completeness(),
                                     max_events=baseline_fit_events, names=baselines))
-    for m in models.values():
-        m.configure(steps=steps, bound_repeats=bound_repeats, ode_tolerance=ode_tolerance)
+    models = {name: m.with_sampling(sampling).configure(bound_repeats=bound_repeats) for name, m in models.items()}
     n_hdr = min(hdr_events, len(targets.truth))
     log(f"scoring {len(targets.truth):,} held-out events x {samples} samples for {list(models)} "
         f"({'; '.join(m.describe() for m in models.values())}; location coverage from a KDE per event on the first "
         f"{n_hdr:,} of them) ...")
     table, curves = evaluate_next_event(targets, events, models, n=samples, seed=seed, calibration=calibration,
-                                        hdr_events=hdr_events)
+                                        hdr_events=hdr_events, progress=progress)
+    table["sampling"] = sampling.describe()
     table["hdr_events"] = n_hdr
     table.insert(0, "catalog", manifest["name"])
     out = Path(out_dir or Path("reports") / f"{safe_name(folder.name)}-{split}")
@@ -158,12 +161,12 @@ def add_parser(sub) -> None:
                    help=f"samples per forecast (default {SCORE_SAMPLES}, as in the benchmark)")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"baselines to compare with, comma-separated (default {','.join(BASELINES)}; '' for none)")
-    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"DDIM steps for DSTPP (default {SAMPLER_STEPS})")
     p.add_argument("--hdr-events", type=int, default=HDR_EVENTS,
                    help=f"location coverage needs a KDE per event: compute it on this many events (default {HDR_EVENTS})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", help="output folder (default reports/<data>-<split>)")
+    p.add_argument("--out", help="output folder (default reports/<data>-<split>-<model>)")
     add_model_guard(p)
+    add_sampling_arguments(p)
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
@@ -178,9 +181,13 @@ def run(args) -> int:
     if args.model and args.model.lower() != "none":
         model = load_forecaster(args.model, catalog, allow_other_catalog=args.allow_other_catalog, log=console.print,
                                 track=not args.no_track)
+    label = model_label(args.model) if model is not None else "baselines"
+    out = Path(args.out or Path("reports") / f"{safe_name(catalog.folder.name)}-{args.split}-{label}")
+    if out.exists():
+        console.print(f"replacing the previous scores in {out}")
     ev = evaluate_catalog(catalog, model, [b for b in args.baselines.split(",") if b], args.split,
-                          args.targets or None, args.samples, args.steps, args.seed,
-                          out_dir=Path(args.out) if args.out else None, hdr_events=args.hdr_events, log=console.print)
+                          args.targets or None, args.samples, sampling_from_args(args), args.seed,
+                          out_dir=out, hdr_events=args.hdr_events, log=console.print, progress=True)
     print_scores(console, ev)
     if not args.no_track:
         log_evaluation(ev, f"{catalog.folder.name}-{args.split}", {"model": args.model or "", "split": args.split})

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.common import add_model_guard, open_catalog, warn_clamped
+from pipelines.common import add_model_guard, model_label, open_catalog, warn_clamped
 from stforecast.config import safe_name
-from stforecast.defaults import SAMPLER_STEPS
 from stforecast.forecast import history_of, next_event, simulate_horizon
-from stforecast.ingested import as_catalog
+from stforecast.ingested import as_catalog, unwrap_longitudes
 from stforecast.model.registry import BASELINES, load_forecaster
+from stforecast.sampling import DEFAULT, Sampling
+from stforecast.sampling import add_arguments as add_sampling_arguments
+from stforecast.sampling import from_args as sampling_from_args
 
 
 @dataclass
@@ -38,7 +40,7 @@ class ReportRequest:
     recent: int = 300  # observed events shown
     show_samples: bool = False
     online_tiles: bool = False
-    steps: int = SAMPLER_STEPS  # DDIM steps
+    sampling: Sampling = DEFAULT  # how DSTPP samples (recorded in the summary)
     seed: int = 0
     grid_shape: tuple = (120, 160)
 
@@ -80,6 +82,7 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
 
     catalog, tmp = as_catalog(catalog), Path(tmp)
     catalog.require_continuous("a report")
+    model = model.with_sampling(req.sampling)
     manifest, schema, units, events = catalog.manifest, catalog.schema, catalog.units, catalog.events
     t_at = units.model_time_of(req.at) if req.at else float(events["t"].iloc[-1])
     past = catalog.before(t_at) if req.at else events
@@ -92,23 +95,30 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
     hist_t, hist_xy, marks = history_of(past, model.context)
 
     log(f"next event: {req.samples} samples; horizon {req.horizon}: {req.simulations} simulations")
-    samples = next_event(model, hist_t, hist_xy, req.samples, marks=marks, steps=req.steps, seed=req.seed)
+    samples = next_event(model, hist_t, hist_xy, req.samples, marks=marks, seed=req.seed)
     hf = simulate_horizon(model, hist_t, hist_xy, t_end, req.simulations, marks=marks, max_events=req.max_events,
-                          steps=req.steps, seed=req.seed, progress=True)
-    # contours of the next event's location, and of all simulated events in the horizon
-    next_contours = mass_contours(kde_grid(samples[["x", "y"]].to_numpy(), crs=crs), req.levels,
-                                  to_crs="EPSG:4326" if geographic else None)
+                          seed=req.seed, progress=True)
+    # the samples behind the next-event regions, in the catalog's units and its own (the forecast command's table)
+    units.to_original(samples).to_parquet(tmp / "next_event.parquet", index=False)
+    # contours of the next event's location, and of all simulated events in the horizon, on the catalog's region
+    # grid (so no region can leave it, nor wrap the globe across the antimeridian)
+    box = catalog.view_box()
+    lon_center = catalog.lon_center if geographic else None
+
+    def regions(xy):
+        return mass_contours(kde_grid(xy, shape=req.grid_shape, bounds=box, crs=crs), req.levels,
+                             to_crs="EPSG:4326" if geographic else None, lon_center=lon_center)
+
+    next_contours = regions(samples[["x", "y"]].to_numpy())
     layers = [("next event", next_contours)]
     if len(hf.events) >= 3:
-        layers.append((f"events in the next {req.horizon}",
-                       mass_contours(kde_grid(hf.events[["x", "y"]].to_numpy(), crs=crs), req.levels,
-                                     to_crs="EPSG:4326" if geographic else None)))
+        layers.append((f"events in the next {req.horizon}", regions(hf.events[["x", "y"]].to_numpy())))
     for i, (_, frame) in enumerate(layers):
         (tmp / f"contours_{i}.geojson").write_text(frame.to_json(drop_id=True))
 
     # the gridded forecast over the catalog's extent
     train = catalog.train_events
-    x, y = grid_axes(catalog.extent(0.05), req.grid_shape)
+    x, y = grid_axes(box, req.grid_shape)
     attrs = {"title": f"stforecast forecast for {catalog.name}", "source": f"{model.describe()}: {model_uri}",
              "catalog": catalog.name, "catalog_input_hash": catalog.input_hash,
              "forecast_time_model_units": t_at, "time_unit": units.time_unit,
@@ -125,12 +135,15 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
     # the map
     lat, lon = ("lat", "lon") if geographic else ("y", "x")
     view = past.tail(req.recent)
-    bounds = maps.view_bounds(np.r_[view[lat], next_contours.total_bounds[[1, 3]]],
-                              np.r_[view[lon], next_contours.total_bounds[[0, 2]]])
+    if geographic:  # longitudes continuous across the antimeridian, as the regions'
+        view = view.assign(lon=unwrap_longitudes(view["lon"], lon_center))
+        truth = truth.assign(lon=unwrap_longitudes(truth["lon"], lon_center))
+    bounds = catalog.view_bounds()  # the map opens on the catalog's region
     m = maps.new_map("geographic" if geographic else "pixel", bounds=bounds, online_tiles=req.online_tiles)
     # the catalog's own outline (Chicago's city shape, a fault zone, the maze): where events can be recorded
     sample = train.iloc[:: max(1, len(train) // 20000)]
-    maps.add_outline(m, maps.footprint(sample[lon].to_numpy(), sample[lat].to_numpy()),
+    outline_x = unwrap_longitudes(sample[lon], lon_center) if geographic else sample[lon].to_numpy()
+    maps.add_outline(m, maps.footprint(outline_x, sample[lat].to_numpy()),
                      "area covered by the catalog (training events)")
     for (name, frame), palette in zip(layers, (maps.NEXT_EVENT_COLOURS, maps.HORIZON_COLOURS)):
         maps.add_contours(m, frame, name, palette=palette)
@@ -147,6 +160,7 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
                         lat=lat, lon=lon, label_cols=marks, tick_s=tick)
     if req.show_samples:
         s = units.to_original(samples) if geographic else samples
+        s = s.assign(lon=unwrap_longitudes(s["lon"], lon_center)) if geographic else s
         maps.add_events(m, s, "next-event samples", colour="#6a51a3", radius=1.5, lat=lat, lon=lon,
                         label_cols=(), show=False, limit=1000)
     folium.LayerControl(collapsed=False).add_to(m)
@@ -159,7 +173,7 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
         for _, row in layers[-1][1].iterrows():
             covered[f"{row['level']:.2f}"] = float(shapely.contains_xy(row.geometry, truth["lon"], truth["lat"]).mean())
     summary = {"catalog": catalog.name, "model": model_uri, "model_kind": model.name,
-               "reference_time": attrs["reference_time"],
+               "reference_time": attrs["reference_time"], "sampling": req.sampling.to_dict(),
                "horizon": req.horizon, "simulations": req.simulations, "samples": req.samples,
                "expected_events": float(hf.counts.mean()), "capped_simulations": int(hf.capped.sum()),
                "clamped_share": {"next_event": samples.attrs.get("clamped_share"), "horizon": hf.clamped_share},
@@ -168,6 +182,7 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
                                              zip(COUNT_QUANTILES, np.quantile(hf.counts, COUNT_QUANTILES))},
                "observed_events_in_horizon": int(len(truth)) if req.at else None,
                "share_of_held_out_events_inside_horizon_regions": covered or None,
+               "view_bounds": bounds,
                "files": sorted(p.name for p in tmp.iterdir())}
     for share, what in ((samples.attrs.get("clamped_share"), "next-event samples"),
                         (hf.clamped_share, "simulated events' values")):
@@ -196,13 +211,13 @@ def add_parser(sub) -> None:
     p.add_argument("--samples", type=int, default=2000, help="next-event samples for its regions (default 2000)")
     p.add_argument("--simulations", type=int, default=200,
                    help="continuations simulated over the horizon (default 200)")
-    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"DDIM denoising steps (default {SAMPLER_STEPS})")
     p.add_argument("--levels", default="0.5,0.8,0.95", help="probability levels of the regions")
     p.add_argument("--show-samples", action="store_true", help="add a (hidden) layer with the samples")
     p.add_argument("--online-tiles", action="store_true", help="offer OpenStreetMap tiles (needs internet)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", help="output folder (default reports/map-<data>)")
+    p.add_argument("--out", help="output folder (default reports/map-<data>-<model>)")
     add_model_guard(p)
+    add_sampling_arguments(p)
     p.add_argument("--no-track", action="store_true", help="do not log the report to MLflow")
 
 
@@ -213,13 +228,16 @@ def run(args) -> int:
     from stforecast.io.atomic import check_replaceable
 
     catalog = open_catalog(args.data)
-    out = Path(args.out or Path("reports") / f"map-{safe_name(catalog.folder.name)}")
+    out = Path(args.out or Path("reports") / f"map-{safe_name(catalog.folder.name)}-{model_label(args.model)}")
     check_replaceable(out, "report", "summary.json")  # refuse before any work (atomic_dir checks again at the end)
+    if out.exists():
+        console.print(f"replacing the previous report in {out} when this one is complete")
     model = load_forecaster(args.model, catalog, allow_other_catalog=args.allow_other_catalog, log=console.print,
                             track=not args.no_track)
     req = ReportRequest(at=args.at, horizon=args.horizon, lead_bins=args.lead_bins, samples=args.samples,
                         simulations=args.simulations, levels=tuple(float(v) for v in args.levels.split(",")),
-                        show_samples=args.show_samples, online_tiles=args.online_tiles, steps=args.steps, seed=args.seed)
+                        show_samples=args.show_samples, online_tiles=args.online_tiles,
+                        sampling=sampling_from_args(args), seed=args.seed)
     summary = run_report(catalog, model, req, out, model_uri=args.model, track=not args.no_track,
                          log=console.print)
     console.print(f"expected events in the next {args.horizon}: {summary['expected_events']:.2f}")

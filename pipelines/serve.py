@@ -47,7 +47,8 @@ def latest_forecasts(batch_root) -> list[dict]:
         out.append({"region": m["catalog"], "horizon": m["job"]["horizon"], "forecast_time": _shown_time(m["forecast_time"]),
                     "expected_events": m["summary"]["expected_events"], "frame": recent.get("frame", "geographic"),
                     "contours": {f"{f['properties']['level']:g}": f["geometry"] for f in features},
-                    "observed": recent, "job": job, "model": model_label(m)})
+                    "observed": recent, "job": job, "model": model_label(m),
+                    "view": (m.get("summary") or {}).get("view_bounds")})
     seen: dict[tuple, int] = {}
     for f in out:
         key = (f["region"], f["horizon"], f["model"])

@@ -447,6 +447,18 @@ def completeness(catalog) -> tuple[float, float]:
     return mc, aki_b_value(train[train >= mc - 1e-9], mc)
 
 
+def catalog_forecaster(catalog, model, sampling):
+    """``(model, magnitudes, (Mc, b))``: the model as CSEP catalog forecasts draw from it, the same in ``forecast
+    --format csep`` and ``csep-eval``: sampling as ``sampling`` says, with the b-value of the catalog's complete
+    part (Aki above Mc, :func:`completeness`) where it names none (ETAS's own fit of everything above the catalog's
+    threshold gives 0.22 on Japan: M8+ common); ``magnitudes`` "model" where the model forecasts its own and the
+    sampling asks for them, else "gutenberg-richter" (the fill-in)."""
+    mc, b = completeness(catalog)
+    model = model.with_sampling(sampling.replace(magnitude_b=sampling.magnitude_b or b))
+    own = sampling.magnitudes == "model" and "magnitude" in model.forecast_marks
+    return model, "model" if own else "gutenberg-richter", (mc, b)
+
+
 def forecast_day(catalog, model, start, n_catalogs: int, folder, *, days: float = 1.0, magnitudes: str = "model",
                  chunk: int = 1000, max_events: int = 1000, max_history: int | None = None, seed: int = 0,
                  progress: bool = False, gr: tuple[float, float] | None = None) -> dict:

@@ -83,10 +83,17 @@ def density_on_grid(samples: np.ndarray, x: np.ndarray, y: np.ndarray, crs: str 
     return DensityGrid(x, y, dens, crs)
 
 
-def mass_contours(grid: DensityGrid, levels=(0.5, 0.8, 0.95), to_crs: str | None = "EPSG:4326"):
+def mass_contours(grid: DensityGrid, levels=(0.5, 0.8, 0.95), to_crs: str | None = "EPSG:4326",
+                  lon_center: float | None = None):
     """Highest-density regions as a GeoDataFrame: one row per level (``level``, ``threshold``, ``mass`` on the
     grid, ``geometry`` a (Multi)Polygon with holes), largest region first so smaller ones draw on top. Coordinates
-    are projected from ``grid.crs`` to ``to_crs`` (None keeps the grid's frame, e.g. pixels)."""
+    are projected from ``grid.crs`` to ``to_crs`` (None keeps the grid's frame, e.g. pixels); with ``lon_center``
+    longitudes stay within 180° of it (:func:`stforecast.ingested.unwrap_longitudes`), so a region across the
+    antimeridian is drawn where it is instead of around the globe.
+
+    Each region is the superlevel set {density ≥ threshold} of the one grid, with thresholds falling as the level
+    rises: the 50 % region lies inside the 80 % one, which lies inside the 95 % one, by construction; every
+    region lies on the grid (a catalog's region grid: :meth:`stforecast.ingested.IngestedCatalog.view_box`)."""
     import contourpy
     import geopandas as gpd
     import shapely
@@ -104,8 +111,13 @@ def mass_contours(grid: DensityGrid, levels=(0.5, 0.8, 0.95), to_crs: str | None
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=grid.crs if grid.crs else None)
     if to_crs is not None and grid.crs:
         frame = frame.to_crs(to_crs)
+        if lon_center is not None:
+            from stforecast.ingested import unwrap_longitudes
+
+            frame = frame.set_geometry(shapely.transform(
+                frame.geometry.to_numpy(), lambda xy: np.column_stack([unwrap_longitudes(xy[:, 0], lon_center),
+                                                                      xy[:, 1]])), crs=frame.crs)
         # reprojecting a region hundreds of km wide can fold its rings, and an invalid polygon answers
-        # point-in-polygon wrongly. (Not handled yet: a region that crosses the antimeridian, e.g. Japan's 95 %
-        # horizon region, wraps around the globe in lon/lat and then holds none of the events it contains.)
+        # point-in-polygon wrongly
         frame = frame.set_geometry(shapely.make_valid(frame.geometry.to_numpy()), crs=frame.crs)
     return frame

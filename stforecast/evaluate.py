@@ -100,24 +100,39 @@ def collate_all(histories: SequenceSet):
 
 def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: dict, n: int = SCORE_SAMPLES,
                         seed: int = 0, calibration: Targets | None = None,
-                        hdr_events: int = HDR_EVENTS) -> tuple[pd.DataFrame, dict]:
+                        hdr_events: int = HDR_EVENTS, progress: bool = False) -> tuple[pd.DataFrame, dict]:
     """One row per model (sample scores and the NLL columns of the module docstring), and per model its
     reliability curves ``{"dt": {level: coverage}, "xy": {...}}``. Every model is a
     :class:`~stforecast.model.base.Forecaster`: each forecasts the same histories, is sampled ``n`` times per
     target and scored by the same functions. ``calibration`` (validation targets) is offered to every model
     (DSTPP fits its bound's reverse variances on it); ``events`` (the whole stream) gives the histories their
-    whole past (None for the source's own windows)."""
+    whole past (None for the source's own windows). ``progress``: a bar over the models' stages (calibrate,
+    sample, likelihood, coverage), with counts and an ETA."""
     rows, curves = [], {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(models) * (4 if calibration is not None else 3), desc="scoring", unit="stage")
+
+    def done(stage: str, name: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{name}: {stage}")
+            bar.update(1)
+
     context = max((m.context for m in models.values()), default=1)
     histories = targets.histories_for(events, context)
     if calibration is not None:
         val_histories = calibration.histories_for(events, context)
-        for model in models.values():
+        for name, model in models.items():
             model.calibrate(val_histories, calibration.truth)
+            done("calibrated", name)
     for name, model in models.items():
         dist = model.forecast(histories)
         samples = dist.sample(n, np.random.default_rng(seed)).events
+        done("sampled", name)
         nll = dist.nll(targets.truth)
+        done("likelihood", name)
         row = {"model": name, **nll.row(), "nll_magnitude": float("nan"), "nll_magnitude_gr": float("nan")}
         # the magnitude's NLL where the model forecasts magnitudes (DSTPP's head, ETAS's Gutenberg-Richter law)
         for mark, values in dist.mark_nll(targets.truth_marks).items():
@@ -127,6 +142,9 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: d
         curves[name]["nll_joint"] = [float(v) for v in nll.joint_per_event]
         row.update(sample_scores(samples, targets.truth, curves=curves[name]))
         rows.append(row)
+        done("scored", name)
+    if bar is not None:
+        bar.close()
     return pd.DataFrame(rows), curves
 
 

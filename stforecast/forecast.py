@@ -60,21 +60,44 @@ def _context(model, max_history: int | None) -> int:
     return int(max_history or model.context)
 
 
+def histories_from_table(frame: pd.DataFrame, context: int) -> tuple[np.ndarray, Histories]:
+    """A long table of histories (``history``, ``t``, ``x``, ``y`` and marks such as ``magnitude``; sorted or not)
+    as (history ids (H,), :class:`Histories` of each one's newest ``context`` events): what the MLflow model
+    takes, built as :func:`next_event` builds its one history."""
+    frame = frame.sort_values(["history", "t"], kind="stable")
+    ids, first = np.unique(frame["history"].to_numpy(), return_index=True)
+    ends = np.r_[first[1:], len(frame)]
+    starts = np.maximum(first, ends - context)
+    lengths = (ends - starts).astype(np.int64)
+    L = int(lengths.max())
+    cols = {"t": frame["t"].to_numpy(float), "x": frame["x"].to_numpy(float), "y": frame["y"].to_numpy(float),
+            **{c: frame[c].to_numpy(float) for c in MARK_COLUMNS if c in frame}}
+    pos = np.arange(L)[None, :] - (L - lengths)[:, None]  # left padding: the newest event last
+    valid = pos >= 0
+    rows = np.where(valid, starts[:, None] + pos, 0)
+
+    def gather(values):
+        out = values[rows]
+        out[~valid] = np.nan
+        return out
+
+    h = Histories(gather(cols["t"]), np.stack([gather(cols["x"]), gather(cols["y"])], -1),
+                  {c: gather(cols[c]) for c in MARK_COLUMNS if c in cols}, lengths)
+    return ids, h
+
+
 @torch.no_grad()
 def next_event(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, n: int = 100, *,
-               marks: dict | None = None, max_history: int | None = None, steps: int | None = None,
-               seed: int = 0) -> pd.DataFrame:
+               marks: dict | None = None, max_history: int | None = None, seed: int = 0) -> pd.DataFrame:
     """``n`` samples of the event after a history (times ``t_hist`` (L,), locations ``xy_hist`` (L, 2), marks
-    {name: (L,)}, sorted) from any :class:`~stforecast.model.base.Forecaster`: columns ``sample, t, dt, x, y``
-    and the marks the model forecasts. The model reads its newest ``max_history`` events (default: its own
-    context); ``steps`` sets DSTPP's DDIM steps."""
-    if steps is not None:
-        model.configure(steps=steps)
+    {name: (L,)}, sorted) from any :class:`~stforecast.model.base.Forecaster`, drawn as its
+    :class:`~stforecast.sampling.Sampling` says: columns ``sample, t, dt, x, y`` and the marks the model
+    forecasts. The model reads its newest ``max_history`` events (default: its own context)."""
     keep = _context(model, max_history)
     t_hist, xy_hist = np.asarray(t_hist, float)[-keep:], np.asarray(xy_hist, float)[-keep:]
     h = Histories(t_hist[None], xy_hist[None], {k: np.asarray(v, float)[-keep:][None] for k, v in (marks or {}).items()})
     model.take_clamped_share()  # count this forecast's samples only
-    s = model.forecast(h).sample(n, np.random.default_rng(seed))
+    s = model.forecast_within(h).sample(n, np.random.default_rng(seed))
     e = s.events[0]
     frame = pd.DataFrame({"sample": np.arange(n), "t": t_hist[-1] + e[:, 0], "dt": e[:, 0], "x": e[:, 1],
                           "y": e[:, 2], **{k: v[0] for k, v in s.marks.items()}})
@@ -85,8 +108,7 @@ def next_event(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, n: in
 @torch.no_grad()
 def simulate_horizon(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, t_end: float, m: int = 100, *,
                      marks: dict | None = None, max_events: int = 1000, max_history: int | None = None,
-                     steps: int | None = None, seed: int = 0, progress: bool = False,
-                     chunk: int = 1000) -> HorizonForecast:
+                     seed: int = 0, progress: bool = False, chunk: int = 1000) -> HorizonForecast:
     """``m`` simulated continuations of a history from its last event ``t_hist[-1]`` to ``t_end``, from any
     :class:`~stforecast.model.base.Forecaster` (``marks``: the history's marks, {name: (L,)}; the model's own
     ``mark_names`` must be among them, and simulated events carry the marks the model samples, e.g. ETAS's
@@ -98,8 +120,6 @@ def simulate_horizon(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray,
     from the observed history, ETAS runs its branching process. A cap of ``max_events`` per simulation bounds
     runaway (explosive) simulations; hitting it warns.
     """
-    if steps is not None:
-        model.configure(steps=steps)
     t_hist, xy_hist = np.asarray(t_hist, float), np.asarray(xy_hist, float)
     if len(t_hist) == 0:
         raise ValueError("a horizon forecast needs at least one observed event")

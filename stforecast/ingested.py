@@ -193,6 +193,57 @@ class IngestedCatalog:
         return (float(lonlat["lon"].min()), float(lonlat["lat"].min()), float(lonlat["lon"].max()) + 0.1,
                 float(lonlat["lat"].max()) + 0.1)
 
+    @functools.cached_property
+    def region_box(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) in model units: the catalog's region, the box every one of its events lies in — the
+        extent of all its events, joined with the ingestion bounding box (projected) when one was set. A bounded
+        DSTPP's support is this box plus a margin; maps and gridded forecasts cover it."""
+        lo, hi = self.events[["x", "y"]].min().to_numpy(), self.events[["x", "y"]].max().to_numpy()
+        bbox = self.manifest["config"]["filters"].get("bbox")
+        if bbox and self.units.crs_model:
+            import numpy as np
+
+            from stforecast.clean import project
+
+            edge = np.linspace(0, 1, 101)  # the box's outline, densified: its projection is curved
+            x0, y0, x1, y1 = (float(v) for v in bbox)
+            lon = np.r_[x0 + (x1 - x0) * edge, np.full(101, x1), x1 - (x1 - x0) * edge, np.full(101, x0)]
+            lat = np.r_[np.full(101, y0), y0 + (y1 - y0) * edge, np.full(101, y1), y1 - (y1 - y0) * edge]
+            px, py = project(lon, lat, self.units.crs_input, self.units.crs_model)
+            lo, hi = np.minimum(lo, [px.min(), py.min()]), np.maximum(hi, [px.max(), py.max()])
+        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+    def view_box(self, pad: float = 0.05) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) in model units: :attr:`region_box` widened by ``pad`` of its size on each side (a
+        bounded DSTPP's support with the default margin): what maps, grids and highest-density regions cover."""
+        x0, y0, x1, y1 = self.region_box
+        px, py = pad * (x1 - x0), pad * (y1 - y0)
+        return x0 - px, y0 - py, x1 + px, y1 + py
+
+    def view_bounds(self, pad: float = 0.05) -> list[list[float]]:
+        """[[south, west], [north, east]] of :meth:`view_box` in the map's frame (lon/lat, longitudes continuous
+        across the antimeridian around the catalog's centre; pixels for a pixel frame): where a map opens."""
+        import numpy as np
+
+        x0, y0, x1, y1 = self.view_box(pad)
+        edge = np.linspace(0, 1, 41)
+        xs = np.r_[x0 + (x1 - x0) * edge, np.full(41, x1), x1 - (x1 - x0) * edge, np.full(41, x0)]
+        ys = np.r_[np.full(41, y0), y0 + (y1 - y0) * edge, np.full(41, y1), y1 - (y1 - y0) * edge]
+        if self.units.crs_model and self.units.geographic:
+            from stforecast.clean import project
+
+            lon, lat = project(xs, ys, self.units.crs_model, self.units.crs_input)
+            lon = unwrap_longitudes(lon, self.lon_center)
+        else:
+            lon, lat = xs, ys
+        return [[float(lat.min()), float(lon.min())], [float(lat.max()), float(lon.max())]]
+
+    @property
+    def lon_center(self) -> float | None:
+        """The longitude a geographic catalog's maps are centred on (its projection centre), None otherwise."""
+        center = self.schema.get("projection_center_lonlat")
+        return float(center[0]) if center else None
+
     def extent(self, pad: float = 0.05) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) in model units: the training events' extent widened by ``pad`` of its size."""
         train = self.train_events if self.continuous else self.events
@@ -208,4 +259,15 @@ class IngestedCatalog:
 def as_catalog(catalog) -> IngestedCatalog:
     """An IngestedCatalog from itself, a folder or a name."""
     return catalog if isinstance(catalog, IngestedCatalog) else IngestedCatalog.open(catalog)
+
+
+def unwrap_longitudes(lon, center: float | None):
+    """Longitudes (array) shifted by whole turns into [center − 180, center + 180): a catalog across the antimeridian
+    keeps continuous longitudes (179 and 181, not 179 and −179), so its polygons and views never wrap the globe."""
+    import numpy as np
+
+    lon = np.asarray(lon, dtype=float)
+    if center is None:
+        return lon
+    return center + (lon - center + 180.0) % 360.0 - 180.0
 

@@ -130,7 +130,8 @@ function draw() {
       layer.bindPopup(div);
     }}).addTo(overlay);
   b = b.extend(points.getBounds());
-  if (b.isValid()) map.fitBounds(b.pad(0.05));
+  if (f.view) map.fitBounds(f.view);   // the catalog's region
+  else if (b.isValid()) map.fitBounds(b.pad(0.05));
   sel("info").textContent = `${f.region}, ${f.model}, next ${f.horizon} from ${f.forecast_time}: ` +
     `${f.expected_events.toFixed(1)} events expected; shaded: the region holding ${Math.round(level * 100)} % ` +
     `of the forecast events` + (other ? ` (dashed: ${other.model}, ${other.expected_events.toFixed(1)} ` +
@@ -193,11 +194,21 @@ def _text_properties(collection: dict) -> dict:
     return {**collection, "features": features}
 
 
+def _view(bounds) -> list | None:
+    """[[south, west], [north, east]] as four numbers, or None (the map then fits the forecast's shapes)."""
+    try:
+        (s, w), (n, e) = bounds
+        return [[float(s), float(w)], [float(n), float(e)]]
+    except (TypeError, ValueError):
+        return None
+
+
 def riskmap_html(forecasts: list[dict]) -> str:
     """``forecasts``: dicts with ``region``, ``horizon``, ``model`` (the label the Model picker shows: one
     forecast per region, horizon and model), ``forecast_time``, ``expected_events``, ``frame`` ("geographic" or
-    "pixel"), ``contours`` {level string: GeoJSON geometry or FeatureCollection} and ``observed`` (a GeoJSON
-    FeatureCollection of points). Returns the page."""
+    "pixel"), ``contours`` {level string: GeoJSON geometry or FeatureCollection}, ``observed`` (a GeoJSON
+    FeatureCollection of points) and optionally ``view`` ([[south, west], [north, east]]: the catalog's region,
+    where the map opens). Returns the page."""
     if not forecasts:
         raise ValueError("no forecasts to show: run `stforecast batch` first")
     clean = []
@@ -208,7 +219,8 @@ def riskmap_html(forecasts: list[dict]) -> str:
                       "expected_events": float(f["expected_events"]),
                       "frame": "pixel" if f.get("frame") == "pixel" else "geographic",
                       "contours": {str(k): v for k, v in f["contours"].items()},
-                      "observed": _text_properties(f["observed"])})
+                      "observed": _text_properties(f["observed"]),
+                      "view": _view(f.get("view"))})
     # the bundled basemap is trusted and already GeoJSON: spliced in (first key, so first match) rather than
     # parsed and dumped again on every request
     data = json.dumps({"basemap": "__BASEMAP__", "forecasts": clean}, separators=(",", ":"))

@@ -100,10 +100,15 @@ def log_trained_model(checkpoint: Path, model_config: dict, registered_name: str
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # MLflow hints about integer columns and input examples do not apply: the signature is written by hand
         warnings.simplefilter("ignore", UserWarning)
-        example_in = pd.DataFrame({"history": [0, 0], "t": [0.0, 1.0], "x": [0.0, 1.0], "y": [0.0, 1.0]})
-        example_out = pd.DataFrame({"history": [0], "sample": [0], "dt": [0.5], "t": [1.5], "x": [0.0], "y": [0.0]})
+        from stforecast.sampling import DEFAULT
+
+        marks = {"magnitude": [3.0, 3.5]} if model_config.get("mark_inputs") or model_config.get("mark_head") else {}
+        example_in = pd.DataFrame({"history": [0, 0], "t": [0.0, 1.0], "x": [0.0, 1.0], "y": [0.0, 1.0], **marks})
+        example_out = pd.DataFrame({"history": [0], "sample": [0], "dt": [0.5], "t": [1.5], "x": [0.0], "y": [0.0],
+                                    **({"magnitude": [3.2]} if model_config.get("mark_head") else {})})
         signature = infer_signature(example_in, example_out,
-                                    params={"n": 100, "sampler": "ddim", "steps": 50, "seed": 0})
+                                    params={"n": 100, "seed": 0, "sampler": DEFAULT.sampler, "steps": DEFAULT.steps,
+                                            "tolerance": DEFAULT.tolerance, "magnitudes": DEFAULT.magnitudes})
         cfg = Path(tmp) / "model_config.json"
         cfg.write_text(json.dumps(model_config, indent=2))
         info = mlflow.pyfunc.log_model(name="model", python_model=str(code),

@@ -28,6 +28,7 @@ import torch
 
 from stforecast.batch import Batch, SequenceSet, load_manifest, load_split
 from stforecast.errors import TrainingInterrupted
+from stforecast.ingested import IngestedCatalog
 from stforecast.model.dstpp import DSTPP, PAPER, ModelConfig, Scaler
 
 
@@ -191,9 +192,14 @@ def check_catalog(model, manifest: dict, allow_other: bool = False, warn=print) 
              "which has the same units and frame")
 
 
-def build_model(cfg: ModelConfig, manifest: dict, train_set: SequenceSet | None = None) -> DSTPP:
-    """A new model scaled by the manifest's train statistics; with ``mark_inputs`` or ``mark_head``, the magnitudes of
-    ``train_set`` (the train split) set their standardisation and the Gutenberg-Richter law simulated events draw."""
+def build_model(cfg: ModelConfig, data: str | os.PathLike, train_set: SequenceSet | None = None) -> DSTPP:
+    """A new model for the ingested catalog in folder ``data``, scaled by its manifest's train statistics; a
+    bounded location's support is the catalog's region (:attr:`IngestedCatalog.region_box` with the margin); with
+    ``mark_inputs`` or ``mark_head``, the magnitudes of ``train_set`` (the train split) set their standardisation and
+    the Gutenberg-Richter law simulated events draw."""
+    catalog = IngestedCatalog.open(data, Path(data).parent)
+    manifest = catalog.manifest
+    region = catalog.region_box if cfg.location == "bounded" else None
     if cfg.mark_inputs or cfg.mark_head:
         marks = None if train_set is None or train_set.mark is None else train_set.mark[np.isfinite(train_set.mark)]
         if marks is None or len(marks) < 2:
@@ -206,7 +212,7 @@ def build_model(cfg: ModelConfig, manifest: dict, train_set: SequenceSet | None 
     if cfg.location == "parent":  # Omori's c: a tenth of the typical (geometric-mean) waiting time
         cfg = dataclasses.replace(cfg, parent_c=0.1 * math.exp(manifest["normalisation"]["log_dt"]["mean"]))
     scaler = Scaler.from_stats(manifest["normalisation"], cfg.time_transform, cfg.range_margin, cfg.location,
-                               cfg.location_scale)
+                               cfg.location_scale, region)
     return DSTPP(cfg, scaler)
 
 
@@ -413,7 +419,7 @@ def _train(cfg: TrainConfig, dist: "_Dist", resume: bool, on_eval) -> TrainResul
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     model_cfg = cfg.model_config()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(model_cfg, manifest, train_set).to(device)
+    model = build_model(model_cfg, cfg.data, train_set).to(device)
     model_cfg = model.cfg  # with the statistics build_model filled in (magnitudes), as the checkpoint stores it
     torch.manual_seed(cfg.seed + rank)
     amp = cfg.amp and device.type == "cuda"
@@ -562,7 +568,7 @@ CONFIG_LIMITS = {"d_model": (1, 4096), "n_layers": (1, 64), "n_heads": (1, 64), 
                  "rnn_hidden": (0, 8192), "denoiser_width": (1, 8192), "denoiser_layers": (1, 64),
                  "steps": (1, 10_000), "mark_components": (1, 64)}
 SCALER_SHAPES = {"scaler.lo": (3,), "scaler.hi": (3,), "scaler.log_time": (), "scaler.r0": (),
-                 "scaler.xy_lo": (2,), "scaler.xy_hi": (2,)}
+                 "scaler.xy_lo": (2,), "scaler.xy_hi": (2,), "scaler.box_lo": (2,), "scaler.box_hi": (2,)}
 
 
 def checked_model_config(raw, state: dict, where: str) -> ModelConfig:
@@ -616,10 +622,12 @@ def load_model(checkpoint: str | os.PathLike, map_location="cpu") -> DSTPP:
         if isinstance(state.get("scaler.lo"), torch.Tensor) and isinstance(state.get("scaler.hi"), torch.Tensor):
             state.setdefault("scaler.xy_lo", state["scaler.lo"][1:])
             state.setdefault("scaler.xy_hi", state["scaler.hi"][1:])
+        for key in ("scaler.box_lo", "scaler.box_hi"):  # written before the bounded location: unbounded
+            state.setdefault(key, torch.zeros(2))
     cfg = checked_model_config(ckpt["model_config"], state, str(checkpoint))
     try:
         scaler = Scaler(state["scaler.lo"], state["scaler.hi"], bool(state["scaler.log_time"]), float(state["scaler.r0"]),
-                        state["scaler.xy_lo"], state["scaler.xy_hi"])
+                        state["scaler.xy_lo"], state["scaler.xy_hi"], state["scaler.box_lo"], state["scaler.box_hi"])
         model = DSTPP(cfg, scaler)
         model.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError, ValueError) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,31 @@ import pytest
 from stforecast.config import load_settings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+#: where the suite writes what commands would put in the checkout (processed catalogs, baseline fits, MLflow runs,
+#: reports, screenshots): a temporary root, so `make test` leaves the checkout as it found it and a later
+#: `make demo` is a first run. Set before any test (subprocesses inherit it).
+TEST_ROOT = Path(tempfile.mkdtemp(prefix="stforecast-tests-"))
+for _key, _value in {"STFORECAST_PROCESSED_DIR": TEST_ROOT / "processed",
+                     "STFORECAST_BASELINE_CACHE": TEST_ROOT / "baselines",
+                     "MLFLOW_TRACKING_URI": f"sqlite:///{TEST_ROOT / 'mlruns' / 'mlflow.db'}",
+                     "STFORECAST_ARTIFACT_ROOT": TEST_ROOT / "mlruns" / "artifacts"}.items():
+    os.environ[_key] = str(_value)
+#: screenshots and other files a person may want to look at after a run
+ARTIFACTS = TEST_ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_checkout():
+    """Run every test from a working folder under :data:`TEST_ROOT`: commands' default outputs (``reports/...``,
+    ``runs/...``) land there, not in the checkout."""
+    work = TEST_ROOT / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    before = os.getcwd()
+    os.chdir(work)
+    yield
+    os.chdir(before)
+    print(f"\ntest outputs (screenshots in test-artifacts/): {TEST_ROOT}")
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +67,8 @@ def ridgecrest_tiny(settings, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ridgecrest-tiny")
     r = run_ingest(settings.catalog("ridgecrest"), settings, out_root=tmp / "p", progress=False)
     cfg = TrainConfig(data=str(r.out_dir), model={"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
-                                                  "rnn_hidden": 16, "steps": 30}, epochs=1, max_steps=5,
+                                                  "rnn_hidden": 16, "steps": 30, "location": "bounded"},
+                      epochs=2, max_steps=40,
                       batch_size=8, progress=False, out_dir=str(tmp / "run"))
     train(cfg)
     return r, tmp / "run" / "best.pt"

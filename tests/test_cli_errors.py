@@ -203,16 +203,20 @@ def test_one_set_of_sampling_defaults():
     from pipelines.forecasting import ForecastRequest
     from pipelines.report import ReportRequest
     from stforecast.config import REPO_ROOT
-    from stforecast.defaults import SAMPLER_STEPS, SCORE_SAMPLES
+    from pipelines.benchmark import benchmark_sampling, load_benchmark_config
+    from stforecast.defaults import SCORE_SAMPLES
+    from stforecast.sampling import CATALOGS, DEFAULT, from_args
 
     parse = build_parser().parse_args
     bench = tomllib.loads((REPO_ROOT / "data" / "benchmark.toml").read_text())
-    assert parse(["forecast", "--data", "d", "--model", "m"]).steps == SAMPLER_STEPS
-    assert parse(["report", "--data", "d", "--model", "m"]).steps == SAMPLER_STEPS
-    ev = parse(["evaluate", "--data", "d"])
-    assert ev.steps == SAMPLER_STEPS == bench["ddim_steps"] and ev.samples == SCORE_SAMPLES == bench["samples"]
-    assert ForecastRequest().steps == ReportRequest().steps == SAMPLER_STEPS
-    assert "steps" not in Job.__dataclass_fields__ or Job("a", "b", "c").steps == SAMPLER_STEPS
+    for argv in (["forecast", "--data", "d", "--model", "m"], ["report", "--data", "d", "--model", "m"],
+                 ["evaluate", "--data", "d"]):
+        assert from_args(parse(argv)) == DEFAULT, argv
+    assert from_args(parse(["forecast", "--data", "d", "--model", "m", "--format", "csep"]), CATALOGS) == CATALOGS
+    assert from_args(parse(["csep-eval", "--data", "d", "--model", "m", "--start", "2020-01-01"]), CATALOGS) == CATALOGS
+    assert parse(["evaluate", "--data", "d"]).samples == SCORE_SAMPLES == bench["samples"]
+    assert benchmark_sampling(load_benchmark_config()) == DEFAULT
+    assert ForecastRequest().sampling is None and ReportRequest().sampling == DEFAULT == Job("a", "b", "c").sampling()
 
 
 def test_serve_without_a_forecast_says_what_to_run(tmp_path):

@@ -39,7 +39,7 @@ def test_harness_on_ridgecrest(settings, tmp_path):
     ev = events.iloc[targets.stream_index]
     assert np.allclose(ev["x"].to_numpy(), targets.truth[:, 1]) and np.allclose(ev["y"].to_numpy(), targets.truth[:, 2])
     val_start = r.manifest["split"]["model_time"]["val_start"]
-    dstpp = load_model(tmp_path / "run" / "best.pt").configure(steps=10, bound_repeats=2)
+    dstpp = load_model(tmp_path / "run" / "best.pt").configure(bound_repeats=2)
     models = {"dstpp": dstpp, **fit_baselines(events, val_start, mc=2.5)}
     calibration = next_event_targets(r.out_dir, "val")
     table, curves = evaluate_next_event(targets, events, models, n=40, calibration=calibration)

@@ -8,7 +8,6 @@ Every refusal is ONE line on stderr with no traceback, and nothing that was ther
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -133,10 +132,10 @@ def test_experiment_names_and_csep_labels_are_safe_names(tiny, tmp_path, capfd, 
 
     with pytest.raises(ValueError, match="experiment name"):
         setup("../../escape")
-    from pipelines.csep_eval import label_of
+    from pipelines.common import model_label
 
     for spec in ("../../x/best.pt", "/tmp/../../best.pt", "models:/dstpp/1", "a b/c d/best.pt"):
-        label = label_of(spec)
+        label = model_label(spec)
         assert "/" not in label and ".." not in label and " " not in label, label
 
 

@@ -76,5 +76,5 @@ def test_horizon_with_a_real_model_runs():
 
     m = tiny_model()
     fc = simulate_horizon(m, np.array([0.0, 0.5, 1.2]), np.array([[0.0, 0.0], [5.0, 3.0], [-2.0, 1.0]]),
-                          t_end=3.0, m=6, max_events=50, steps=5)
+                          t_end=3.0, m=6, max_events=50)
     assert len(fc.counts) == 6 and (fc.events["t"] < 3.0).all() and (fc.events["dt"] > 0).all()

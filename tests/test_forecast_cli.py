@@ -114,7 +114,7 @@ def test_pycsep_number_and_spatial_tests_run_offline(ridgecrest, tmp_path):
     from stforecast.train import load_model
 
     r, ckpt = ridgecrest
-    req = ForecastRequest(at="2019-07-12", fmt="csep", simulations=200, max_events=40, steps=5, csep_test=True)
+    req = ForecastRequest(at="2019-07-12", fmt="csep", simulations=200, max_events=40, csep_test=True)
     summary = run_forecast(r.out_dir, load_model(ckpt), req, tmp_path, log=lambda *a: None)
     day = summary["days"][0]["csep"]
     events = pd.read_parquet(r.out_dir / "events.parquet")

@@ -35,7 +35,7 @@ def models(catalog, tmp_path_factory):
     for name in MODELS:
         spec = str(ckpt) if name == "dstpp" else name
         out[name] = load_forecaster(spec, IngestedCatalog.open(folder), cache_root=cache, log=lambda *a: None)
-        out[name].configure(steps=5, bound_repeats=1)
+        out[name].configure(bound_repeats=1)
     out["_cache"] = cache
     return out
 
@@ -72,11 +72,11 @@ def test_every_model_samples_the_same_shape(catalog, models, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_is_evaluated_the_same_way(catalog, models, name, tmp_path):
     folder, *_ = catalog
-    ev = evaluate_catalog(folder, models[name], (), "test", 15, 12, 5, bound_repeats=1, out_dir=tmp_path,
+    ev = evaluate_catalog(folder, models[name], (), "test", 15, 12, bound_repeats=1, out_dir=tmp_path,
                           log=lambda *a: None)
     expected = json.loads((tmp_path / "reliability.json").read_text())
     assert list(ev.table["model"]) == [name] and list(expected) == [name]
-    reference = evaluate_catalog(folder, models["poisson_kde"], (), "test", 15, 12, 5, out_dir=tmp_path / "ref",
+    reference = evaluate_catalog(folder, models["poisson_kde"], (), "test", 15, 12, out_dir=tmp_path / "ref",
                                  log=lambda *a: None)
     assert list(ev.table.columns) == list(reference.table.columns)
     row = ev.table.iloc[0]
@@ -100,7 +100,7 @@ def test_every_model_simulates_a_horizon_and_writes_pycsep_catalogs(catalog, mod
     assert set(hf.events.columns[6:]) <= set(model.mark_names)
     assert hf.counts.shape == (20,) and hf.counts.sum() == len(hf.events)
     assert (hf.events["t"] < t[-1] + 0.5).all() and (hf.events["t"] > t[-1]).all()
-    req = ForecastRequest(at="2019-07-12T00:00", fmt="csep", simulations=15, max_events=40, seed=0, steps=5)
+    req = ForecastRequest(at="2019-07-12T00:00", fmt="csep", simulations=15, max_events=40, seed=0)
     summary = run_forecast(folder, model, req, tmp_path, log=lambda *a: None)
     files = sorted(tmp_path.glob("ridgecrest_*.csv"))
     assert len(summary["days"]) == 1
@@ -112,7 +112,7 @@ def test_every_model_simulates_a_horizon_and_writes_pycsep_catalogs(catalog, mod
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_draws_a_report(catalog, models, name, tmp_path):
     folder, *_ = catalog
-    req = ReportRequest(at="2019-07-12T00:00", horizon="12h", samples=300, simulations=15, max_events=40, steps=5,
+    req = ReportRequest(at="2019-07-12T00:00", horizon="12h", samples=300, simulations=15, max_events=40,
                         lead_bins=2)
     summary = write_report(folder, models[name], req, tmp_path, model_uri=name, log=lambda *a: None)
     assert summary["model_kind"] == name

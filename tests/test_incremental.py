@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from stforecast.sampling import Sampling
+
 from stforecast.batch import SequenceSet
 from stforecast.model.base import Histories
 from stforecast.model.dstpp import DSTPP, ModelConfig, Scaler
@@ -17,9 +19,11 @@ from stforecast.model.dstpp import DSTPP, ModelConfig, Scaler
 STATS = {"dt": {"min": 0.001, "max": 5.0}, "log_dt": {"min": math.log(0.001), "max": math.log(5.0)},
          "x": {"min": -100.0, "max": 100.0}, "y": {"min": -50.0, "max": 80.0}}
 BASE = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, rnn_hidden=16, denoiser_width=16, steps=50,
-                   dropout=0.0, mark_mc=2.5, mark_b=1.0, mark_center=3.5, mark_scale=0.8)
+                   dropout=0.0, mark_mc=2.5, mark_b=1.0, mark_center=3.5, mark_scale=0.8, location="absolute")
 VARIANTS = {
     "paper-like (absolute, no extras)": {},
+    "bounded + waits + magnitudes + head (the default)": dict(location="bounded", time_features=True,
+                                                               mark_inputs=True, mark_head=True),
     "relative + waits + magnitudes + head": dict(location="relative", time_features=True, mark_inputs=True,
                                                  mark_head=True),
     "no recurrent head": dict(rnn_hidden=0, location="relative"),
@@ -29,7 +33,9 @@ VARIANTS = {
 def make(overrides: dict, seed: int = 0) -> DSTPP:
     cfg = dataclasses.replace(BASE, **overrides)
     torch.manual_seed(seed)
-    m = DSTPP(cfg, Scaler.from_stats(STATS, cfg.time_transform, cfg.range_margin, cfg.location)).eval()
+    region = (STATS["x"]["min"] - 20, STATS["y"]["min"] - 20, STATS["x"]["max"] + 20, STATS["y"]["max"] + 20)
+    m = DSTPP(cfg, Scaler.from_stats(STATS, cfg.time_transform, cfg.range_margin, cfg.location,
+                                     region=region)).eval()
     with torch.no_grad():  # larger weights than the init: differences would show, not average away
         for p in m.encoder.parameters():
             p.mul_(2.0)
@@ -106,7 +112,7 @@ def test_cached_simulation_matches_the_generic_lockstep_in_distribution():
     re-encodes each history, with the context large enough that nothing slides out): same count distribution."""
     from stforecast.model.base import Forecaster
 
-    m = make(VARIANTS["relative + waits + magnitudes + head"]).configure(sampler="dpm", fast_steps=5)
+    m = make(VARIANTS["relative + waits + magnitudes + head"]).with_sampling(Sampling(sampler="dpm", steps=5))
     rng = np.random.default_rng(3)
     t0 = np.cumsum(rng.exponential(0.5, 20) + 0.01)
     xy0 = np.column_stack([rng.uniform(-90, 90, 20), rng.uniform(-40, 70, 20)])

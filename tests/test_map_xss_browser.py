@@ -126,7 +126,7 @@ def test_report_map_shows_payloads_as_text(evil_catalog, browser, tmp_path):
     folder, ckpt = evil_catalog
     out = tmp_path / "report"
     out.mkdir()
-    req = ReportRequest(at="2019-07-12", horizon="24h", samples=200, simulations=10, lead_bins=2, steps=10,
+    req = ReportRequest(at="2019-07-12", horizon="24h", samples=200, simulations=10, lead_bins=2,
                         max_events=60)
     summary = write_report(folder, load_model(ckpt), req, out, log=lambda *a: None)
     assert summary["observed_events_in_horizon"] > 0  # held-out events carry payloads too

@@ -183,7 +183,7 @@ def test_a_failed_report_leaves_the_previous_one_intact(ridgecrest_model, tmp_pa
     r, ckpt = ridgecrest_model
     out = tmp_path / "report"
     model = load_model(ckpt)
-    req = ReportRequest(at="2019-07-12", horizon="12h", samples=200, simulations=10, lead_bins=2, steps=10)
+    req = ReportRequest(at="2019-07-12", horizon="12h", samples=200, simulations=10, lead_bins=2)
     run_report(r.out_dir, model, req, out, track=False, log=lambda *a: None)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
@@ -193,6 +193,6 @@ def test_a_failed_report_leaves_the_previous_one_intact(ridgecrest_model, tmp_pa
     monkeypatch.setattr("stforecast.grids.plot_grid", broken)
     with pytest.raises(OSError, match="disk full"):
         run_report(r.out_dir, model, ReportRequest(at="2019-07-13", horizon="12h", samples=200, simulations=10,
-                                                   lead_bins=2, steps=10), out, track=False, log=lambda *a: None)
+                                                   lead_bins=2), out, track=False, log=lambda *a: None)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folder left behind

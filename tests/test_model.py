@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from stforecast.sampling import Sampling
+
 from stforecast.batch import SequenceSet
 from stforecast.model.dstpp import DSTPP, PAPER, ModelConfig, Scaler
 from stforecast.model.schedule import DDIMSampler, DDPMSampler, NoiseSchedule, sample_loop
 
 TINY = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, rnn_hidden=16, denoiser_width=16, steps=50,
-                   dropout=0.0)
+                   dropout=0.0, location="absolute")
 STATS = {"dt": {"min": 0.001, "max": 5.0}, "log_dt": {"min": math.log(0.001), "max": math.log(5.0)},
          "x": {"min": -100.0, "max": 100.0}, "y": {"min": -50.0, "max": 80.0}}
 
@@ -272,7 +274,7 @@ def test_conditioning_inputs_reach_the_encoder_and_magnitudes_are_forecast():
     assert plain.mark_names == () and torch.equal(plain.encode(other), plain.encode(batch))  # marks ignored
     from stforecast.model.base import Histories
 
-    drawn = m.configure(sampler="ddim", steps=5).forecast(Histories.from_sequences(data)).sample(
+    drawn = m.with_sampling(Sampling(sampler="ddim", steps=5)).forecast(Histories.from_sequences(data)).sample(
         7, np.random.default_rng(0))
     assert drawn.events.shape == (len(data), 7, 3) and drawn.marks["magnitude"].shape == (len(data), 7)
     assert (drawn.marks["magnitude"] >= 2.5).all()

@@ -16,6 +16,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 def test_notebook_runs(name, monkeypatch, tmp_path):
     monkeypatch.setenv("STFORECAST_QUICK", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("STFORECAST_NOTEBOOK_WORK", str(tmp_path / "work"))  # not the checkout's reports/
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()  # raises CellExecutionError on the first failing cell

@@ -8,7 +8,6 @@ import json
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,7 @@ from pipelines.serve import latest_forecasts, make_server, write_static
 from stforecast.maps import external_references
 from stforecast.riskmap import riskmap_html
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "test-artifacts"
+from .conftest import ARTIFACTS
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,8 @@ def batch_root(ridgecrest_tiny, tmp_path_factory):
     # two models for the same region and horizon (ETAS: fitted once, then from the runs/baselines JSON cache)
     jobs = [Job("rc-12h", str(r.out_dir), str(ckpt), "12h", 30, 300, "2019-07-12", max_events=60),
             Job("rc-12h-etas", str(r.out_dir), "etas", "12h", 30, 300, "2019-07-12", max_events=60),
-            Job("rc-2d", str(r.out_dir), str(ckpt), "2d", 30, 300, "2019-07-12", max_events=60)]
+            # another seed: the tiny model's 2-day forecast must differ from its 12-hour one to see the layer change
+            Job("rc-2d", str(r.out_dir), str(ckpt), "2d", 30, 300, "2019-07-12", max_events=60, seed=1)]
     assert all(res.status == "done" for res in run_batch(jobs, tmp / "batch"))
     return tmp / "batch"
 
@@ -140,7 +140,6 @@ def test_risk_map_in_a_headless_browser(batch_root):
         assert options("compare") == ["", "DSTPP"]
         Select(browser.find_element(By.ID, "compare")).select_by_value("DSTPP")  # DSTPP dashed over ETAS
         wait.until(lambda b: b.execute_script("return document.body.dataset.compare") == "DSTPP")
-        # (the view is refitted to both, so the paths' pixel coordinates move)
         assert len(shapes()) == len(etas) and shapes("compare-contour") and "dashed: DSTPP" in info()
         assert browser.execute_script("return document.body.dataset.shown") == "ridgecrest|12h|ETAS|0.5"
         time.sleep(0.3)

@@ -35,7 +35,7 @@ def tiny(windows, tmp_path, **kw) -> TrainConfig:
 def test_short_training_reduces_validation_loss(windows, tmp_path):
     cfg = tiny(windows, tmp_path, epochs=1, max_steps=45)
     torch.manual_seed(cfg.seed)
-    untrained = build_model(cfg.model_config(), load_manifest(windows))
+    untrained = build_model(cfg.model_config(), windows)
     val = load_split(windows, "val")
     before = evaluate_loss(untrained, val, cfg.batch_size, torch.device("cpu"))
     result = train(cfg)

@@ -59,7 +59,8 @@ from stforecast.baselines.hawkes import (CELL_BLOCK, PILOT_LAG, PRUNE_DENSITY, P
                                          needed_length, pair_blocks, parent_until, pick_columns, recent,
                                          stream_pairs, window_starts)
 from stforecast.baselines.poisson_kde import GaussianKDE2D
-from stforecast.model.base import MAX_RATE, NLL, Forecaster, Histories, NextEvent, Samples, SimulatedChunk, check_number
+from stforecast.model.base import (MAX_RATE, NLL, Forecaster, Histories, NextEvent, Samples, SimulatedChunk,
+                                   check_number, chunk_within)
 
 NAMES = ("mu", "A", "alpha", "c", "p", "D", "q", "gamma")
 VARIANTS = ("power-law", "power-law-alpha", "gaussian")
@@ -106,7 +107,8 @@ def log_spatial(r2, log_sig2, q, variant: str):
 
 class ETAS(Forecaster):
     name = "etas"
-    forecast_marks = ("magnitude",)  # Gutenberg-Richter, b fitted (settable as b_value)
+    forecast_marks = ("magnitude",)  # Gutenberg-Richter, b fitted (or the sampling's magnitude_b)
+    b_value = 1.0  # Gutenberg-Richter b of the training events above Mc (Aki), set by the fit
     mark_names = ("magnitude",)  # its histories carry magnitudes; its samples forecast them
 
     def __init__(self, mc: float, background: str | tuple = "kde", max_lag: int = 3000,
@@ -296,7 +298,7 @@ class ETAS(Forecaster):
 
     def state(self) -> dict:
         return {"variant": self.variant, "theta": [float(v) for v in self.theta], "params": self.params,
-                "mc": self.mc, "b_value": float(getattr(self, "b_value", 1.0)), "loglik": float(self.loglik),
+                "mc": self.mc, "b_value": float(self.b_value), "loglik": float(self.loglik),
                 "converged": self.converged, "cutoff": None if math.isinf(self.cutoff) else float(self.cutoff),
                 "cutoff_mass": self.cutoff_mass, "max_lag": self.max_lag, "selected_on": self.selected_on,
                 "validation_nll": dict(self.validation), "variants": self.summary,
@@ -348,12 +350,11 @@ class ETAS(Forecaster):
         cut = f"newest {self.max_lag} events" + ("" if math.isinf(self.cutoff) else f" within {self.cutoff:.4g}")
         return f"etas ({self.variant} spatial kernel, {chosen}; conditions on the {cut})"
 
-    def configure(self, *, magnitude_b: float | None = None, **ignored) -> "ETAS":
-        """``magnitude_b``: the b-value of the simulated magnitudes (Gutenberg-Richter above ``mc``); the fit's Aki
-        estimate otherwise. Sampler settings of other models are ignored (ETAS samples exactly)."""
-        if magnitude_b is not None:
-            self.b_value = float(magnitude_b)
-        return self
+    @property
+    def sampling_b(self) -> float:
+        """The b-value of simulated magnitudes (Gutenberg-Richter above ``mc``): the sampling's ``magnitude_b``,
+        else the fit's Aki estimate. (ETAS samples exactly: the sampler settings do not apply.)"""
+        return float(self.sampling.magnitude_b or self.b_value)
 
     def forecast(self, histories: Histories) -> "ETASNextEvent":
         return ETASNextEvent(self, histories)
@@ -437,10 +438,11 @@ class ETAS(Forecaster):
             raise ValueError("n must be ≥ 0, chunk and max_events ≥ 1")
         if not m_max > self.mc:
             raise ValueError(f"m_max={m_max} must exceed Mc={self.mc}")
-        b_value = float(b_value or getattr(self, "b_value", None) or 1.0)
+        b_value = float(b_value or self.sampling_b)
         parents = self._window_parents(t, xy, m, t_start, t_end, int(max_history or self.max_lag))
-        return _catalog_chunks(self, parents, t_start, t_end, n, rng, b_value, m_max, int(chunk), int(max_events),
-                               progress)
+        chunks = _catalog_chunks(self, parents, t_start, t_end, n, rng, b_value, m_max, int(chunk), int(max_events),
+                                 progress)
+        return chunks if self.support is None else (chunk_within(c, self.support) for c in chunks)
 
     def _window_parents(self, t, xy, m, t_start: float, t_end: float, cap: int) -> dict:
         """The observed parents of the window [t_start, t_end) (the cut-off rule at the history's newest event):
@@ -507,8 +509,7 @@ class ETASNextEvent(NextEvent):
         like DSTPP's head: from half a 0.1 bin below Mc)."""
         if "magnitude" not in marks:
             return {}
-        b = float(getattr(self.model, "b_value", None) or 1.0)
-        return {"magnitude": -gutenberg_richter_log_prob(marks["magnitude"], self.model.mc, b)}
+        return {"magnitude": -gutenberg_richter_log_prob(marks["magnitude"], self.model.mc, self.model.b_value)}
 
     def sample(self, n: int, rng: np.random.Generator, b_value: float | None = None) -> Samples:
         """Exact draws. The triggered part after t_n is a Poisson process (the superposition of each parent's
@@ -522,7 +523,7 @@ class ETASNextEvent(NextEvent):
         The winner's location is the parent's kernel draw or the background density's; magnitudes are
         Gutenberg-Richter with ``b_value`` (default: the fitted one, else 1)."""
         mu, A, alpha, c, p, D, q, gamma = self.theta
-        b_value = b_value or getattr(self.model, "b_value", None) or 1.0
+        b_value = b_value or self.model.sampling_b
         H, W = self.age.shape
         tau = rng.exponential(1 / mu, (H, n))  # the background event; replaced by an earlier offspring
         parent = np.full((H, n), -1, dtype=np.int64)

@@ -15,10 +15,14 @@ calls these methods and never asks which model it holds.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from stforecast.sampling import DEFAULT as DEFAULT_SAMPLING
+from stforecast.sampling import Sampling
 
 #: numeric marks that catalogs carry into histories (categories and units are not numbers: issue 11's work)
 MARK_COLUMNS = ("magnitude",)
@@ -185,12 +189,72 @@ class NextEvent(ABC):
         return {}
 
 
+def inside(xy: np.ndarray, box: tuple) -> np.ndarray:
+    """(...,) True where the (..., 2) locations lie in ``box`` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    return (xy[..., 0] >= x0) & (xy[..., 0] <= x1) & (xy[..., 1] >= y0) & (xy[..., 1] <= y1)
+
+
+def chunk_within(part: SimulatedChunk, box: tuple) -> SimulatedChunk:
+    """A chunk of simulated catalogs with only its events inside ``box`` forecast (those outside may still have
+    shaped the simulation, as a model's process runs on the whole plane), and the counts recounted."""
+    keep = inside(part.events[["x", "y"]].to_numpy(), box)
+    events = part.events[keep].reset_index(drop=True)
+    counts = np.bincount(events["simulation"].to_numpy(np.int64) - part.first, minlength=len(part.counts))
+    return SimulatedChunk(events, part.first, counts, part.capped)
+
+
+class WithinSupport(NextEvent):
+    """``dist``'s next event with its location kept in ``box`` (the catalog's region with its margin): draws outside
+    are redrawn (rejection, up to ``rounds`` times; a draw still outside after that is replaced by one of the same
+    history's inside draws). That samples the distribution conditioned on the box. The likelihood stays ``dist``'s
+    own (the model on the whole plane); :attr:`outside_share` says how much of its mass the box cut off."""
+
+    def __init__(self, dist: NextEvent, box: tuple, rounds: int = 50):
+        self.dist, self.box, self.rounds = dist, box, rounds
+        self.kind = dist.kind
+        self.outside_share = 0.0
+
+    def sample(self, n: int, rng: np.random.Generator) -> Samples:
+        s = self.dist.sample(n, rng)
+        events, marks = s.events.copy(), {k: v.copy() for k, v in s.marks.items()}
+        bad = ~inside(events[..., 1:3], self.box)
+        self.outside_share = float(bad.mean()) if bad.size else 0.0
+        for _ in range(self.rounds):
+            if not bad.any():
+                break
+            fresh = self.dist.sample(n, rng)
+            use = bad & inside(fresh.events[..., 1:3], self.box)
+            events[use] = fresh.events[use]
+            for k in marks:
+                marks[k][use] = fresh.marks[k][use]
+            bad &= ~use
+        for h, j in zip(*np.nonzero(bad)):  # (rare) still outside: another inside draw of the same history
+            good = np.flatnonzero(~bad[h])
+            if len(good):
+                pick = rng.choice(good)
+                events[h, j] = events[h, pick]
+                for k in marks:
+                    marks[k][h, j] = marks[k][h, pick]
+        return Samples(events, marks)
+
+    def nll(self, truth: np.ndarray) -> NLL:
+        return self.dist.nll(truth)
+
+    def mark_nll(self, marks: dict) -> dict:
+        return self.dist.mark_nll(marks)
+
+
 class Forecaster(ABC):
     """A next-event model. Subclasses set ``name``, ``context`` (how many recent events :meth:`forecast` reads:
     histories are built that long) and ``mark_names`` (marks its histories must carry, e.g. ``("magnitude",)``)."""
 
     name = "model"
     context = 128
+    sampling: Sampling = DEFAULT_SAMPLING  # how forecasts are drawn (see with_sampling)
+    #: (x0, y0, x1, y1) model units: where forecast locations are kept (the catalog's region with its margin, set
+    #: by :meth:`within`); None: the whole plane
+    support: tuple | None = None
     mark_names: tuple = ()
     #: marks its simulated events carry from the model itself (ETAS: its Gutenberg-Richter magnitudes)
     forecast_marks: tuple = ()
@@ -211,8 +275,31 @@ class Forecaster(ABC):
         """Use held-out validation events where the model's likelihood needs it (DSTPP's bound variances)."""
 
     def configure(self, **settings) -> "Forecaster":
-        """Sampler settings (DSTPP: ``steps``, ``bound_repeats``); models that sample exactly ignore them."""
+        """Evaluation settings (DSTPP: ``bound_repeats``); other models have none."""
         return self
+
+    def within(self, support: tuple | None) -> "Forecaster":
+        """This forecaster with its forecast locations kept in ``support`` (a shallow copy, as
+        :meth:`with_sampling`): next-event draws outside it are redrawn, simulated events outside it are not
+        forecast (they still trigger others where the model triggers). A bounded DSTPP's own support already
+        lies inside its catalog's region."""
+        twin = copy.copy(self)
+        twin.support = None if support is None else tuple(float(v) for v in support)
+        return twin
+
+    def forecast_within(self, histories: Histories) -> NextEvent:
+        """:meth:`forecast` with its locations kept in :attr:`support` (:class:`WithinSupport`): what forecasts
+        for people (tables, maps, simulations) draw from. Scoring uses :meth:`forecast`, the model itself."""
+        dist = self.forecast(histories)
+        return dist if self.support is None else WithinSupport(dist, self.support)
+
+    def with_sampling(self, sampling: Sampling) -> "Forecaster":
+        """This forecaster drawing its forecasts as ``sampling`` says: a shallow copy sharing every fitted
+        parameter and network (nothing is refitted or copied), so the object a caller holds is never changed.
+        Models that sample exactly ignore the sampler fields."""
+        twin = copy.copy(self)
+        twin.sampling = sampling
+        return twin
 
     @abstractmethod
     def forecast(self, histories: Histories) -> NextEvent:
@@ -271,7 +358,7 @@ class Forecaster(ABC):
                 lo = max(0, length - context)
                 h = Histories(times[ids, lo:length], locs[ids, lo:length],
                               {k: v[ids, lo:length] for k, v in mark_buf.items()})
-                s = self.forecast(h).sample(1, rng)
+                s = self.forecast_within(h).sample(1, rng)
                 d = s.events[:, 0]
                 new_t = times[ids, length - 1] + d[:, 0]
                 inside = new_t < t_end

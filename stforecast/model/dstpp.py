@@ -29,7 +29,6 @@ from torch import nn
 
 from stforecast.baselines.etas import gutenberg_richter_log_prob
 from stforecast.batch import Batch
-from stforecast.defaults import SAMPLER_STEPS
 from stforecast.model.base import NLL, Forecaster, Histories, NextEvent, Samples
 from stforecast.model.ode import ProbabilityFlow, clamp_steps, solver_error
 from stforecast.model.schedule import (DPMSolverSampler, NoiseSchedule, make_sampler, sample_loop,
@@ -55,8 +54,11 @@ class ModelConfig:
     # conditioning that can express clustering (issue 11; each is an ablation row of the benchmark)
     time_features: bool = False  # the encoder also sees each row's log waiting time (not only time since start)
     mark_inputs: bool = False  # the encoder sees each row's magnitude; simulated events draw Gutenberg-Richter ones
-    location: str = "absolute"  # "absolute": diffuse the scaled (x, y); "relative": asinh of the displacement
-    # from the newest event; "parent": from the past event an Omori-Utsu weight 10^m / (lag + c)^1.1 picks
+    location: str = "bounded"  # "absolute": diffuse the scaled (x, y); "relative": asinh of the displacement
+    # from the newest event; "parent": from the past event an Omori-Utsu weight 10^m / (lag + c)^1.1 picks;
+    # "bounded" (issue 20, the default: chosen on the validation NLL of Japan, Chicago and the W-maze,
+    # `python -m benchmarks.location_support`): the region's box mapped onto the plane (logit per coordinate),
+    # then asinh of the displacement from the newest event there, so every sample lies inside the catalog's region
     location_scale: float = 0.002  # relative: asinh's linear scale r0 as a fraction of the region's width
     # issue 12: magnitude as a forecast mark, p(m | h) a mixture of exponentials above Mc (Gutenberg-Richter is one
     # exponential), read from the history state, trained beside the denoising loss; exact NLL in closed form
@@ -74,31 +76,42 @@ class ModelConfig:
         return asdict(self)
 
 
-#: rtol = atol of the probability-flow ODE: on the Japan model, 1e-4 changes the validation NLL by < 0.001 nats
-#: from 1e-5 at a sixth of the function evaluations (1,166 vs 6,872)
-ODE_TOLERANCE = 1e-4
-
-#: network evaluations of the fast sampler (DPM-Solver++(2M)): `python -m benchmarks.sample_speed --quality`
-FAST_STEPS = 10
-
 #: |scaled value| beyond which an ODE sample is clamped (the training data span [-1, 1])
 OUTSIDE = 2.0
 
+#: locations diffused as a displacement from a reference event (the encoder also reads each row's step)
+DISPLACEMENTS = ("relative", "parent", "bounded")
+#: a bounded location's share of the box kept away from its edges (the logit is infinite there)
+EDGE = 1e-6
+
 #: The published configuration (d_model 64, 4 layers, 4 heads, LSTM heads of 256, K = 500, raw waiting times).
-PAPER = ModelConfig(steps=500, time_transform="none", range_margin=0.0, spatial_embedding="mlp", attn_dropout=0.1)
+PAPER = ModelConfig(steps=500, time_transform="none", range_margin=0.0, spatial_embedding="mlp", attn_dropout=0.1,
+                    location="absolute")
 
 
 # -------------------------------------------------------------------------------------------------- scaling
 class Scaler(nn.Module):
     """(dt, x, y) ↔ [-1, 1]³, the coordinates the diffusion runs in, by a min-max fitted on **train targets**
     (from the ingestion manifest). With ``log_time`` the waiting time is log-transformed first (its distribution
-    spans many decades). With ``r0 > 0`` (``location = "relative"``) the location is the displacement from a
-    reference point ``ref`` (the history's newest event) through asinh(d / r0) per coordinate: linear below r0
-    (kilometres on a 2,800 km Japan), logarithmic above, so one scale resolves an aftershock cluster and a jump
-    across the region. ``xy_lo``/``xy_hi`` scale absolute positions for the encoder in either case."""
+    spans many decades). The location is one of three:
+
+    * absolute (``r0 = 0``): the min-max scaled position;
+    * relative (``location = "relative"``/``"parent"``): the displacement ``d`` from a reference point ``ref`` (the
+      history's newest event, or its chosen parent) through asinh(d / r0) per coordinate: linear below r0
+      (kilometres on a 2,800 km Japan), logarithmic above, so one scale resolves an aftershock cluster and a jump
+      across the region. Its support is the whole plane: nothing stops a sample 60,000 km away;
+    * bounded (``location = "bounded"``, a box ``box_lo``..``box_hi`` given): each coordinate of the region's box
+      is first mapped onto the real line, z = logit((x − box_lo) / (box_hi − box_lo)), and the displacement is
+      taken there, asinh((z − z_ref) / r0) (r0 in logit units). The inverse, x = box_lo + (box_hi − box_lo)
+      sigmoid(z_ref + r0 sinh(u)), lies inside the box for every u: samples never leave the region, and the
+      density's mass is all on it. Near the reference the map is the relative one (dz/dx = 4 / width at the
+      box's centre), so it keeps its multi-scale resolution.
+
+    ``xy_lo``/``xy_hi`` scale absolute positions for the encoder in every case."""
 
     def __init__(self, lo: torch.Tensor, hi: torch.Tensor, log_time: bool, r0: float = 0.0,
-                 xy_lo: torch.Tensor | None = None, xy_hi: torch.Tensor | None = None):
+                 xy_lo: torch.Tensor | None = None, xy_hi: torch.Tensor | None = None,
+                 box_lo: torch.Tensor | None = None, box_hi: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("lo", torch.as_tensor(lo, dtype=torch.float32))
         self.register_buffer("hi", torch.as_tensor(hi, dtype=torch.float32))
@@ -106,29 +119,65 @@ class Scaler(nn.Module):
         self.register_buffer("r0", torch.tensor(float(r0)))
         self.register_buffer("xy_lo", torch.as_tensor(self.lo[1:] if xy_lo is None else xy_lo, dtype=torch.float32))
         self.register_buffer("xy_hi", torch.as_tensor(self.hi[1:] if xy_hi is None else xy_hi, dtype=torch.float32))
+        # the support of a bounded location (zeros: unbounded)
+        self.register_buffer("box_lo", torch.zeros(2) if box_lo is None else torch.as_tensor(box_lo, dtype=torch.float32))
+        self.register_buffer("box_hi", torch.zeros(2) if box_hi is None else torch.as_tensor(box_hi, dtype=torch.float32))
 
     @classmethod
     def from_stats(cls, stats: dict, time_transform: str = "log", margin: float = 0.0, location: str = "absolute",
-                   location_scale: float = 0.002) -> "Scaler":
+                   location_scale: float = 0.002, region: tuple | None = None) -> "Scaler":
+        """``region`` (x0, y0, x1, y1), model units: the catalog's region, whose box widened by ``margin`` of its
+        width on each side is a bounded location's support (needed for ``location = "bounded"``)."""
         log_time = time_transform == "log"
         t = stats["log_dt" if log_time else "dt"]
         lo = torch.tensor([t["min"], stats["x"]["min"], stats["y"]["min"]], dtype=torch.float64)
         hi = torch.tensor([t["max"], stats["x"]["max"], stats["y"]["max"]], dtype=torch.float64)
         width = (hi - lo).clamp(min=1e-12)
         lo, hi = lo - margin * width, hi + margin * width
-        xy_lo, xy_hi, r0 = lo[1:].clone(), hi[1:].clone(), 0.0
+        xy_lo, xy_hi, r0, box_lo, box_hi = lo[1:].clone(), hi[1:].clone(), 0.0, None, None
         if location in ("relative", "parent"):
-            region = float(width[1:].max())
-            r0 = location_scale * region
-            half = math.asinh(region / r0) * (1 + margin)  # a displacement across the whole region
+            region_width = float(width[1:].max())
+            r0 = location_scale * region_width
+            half = math.asinh(region_width / r0) * (1 + margin)  # a displacement across the whole region
+            lo[1:], hi[1:] = -half, half
+        elif location == "bounded":
+            if region is None:
+                raise ValueError("a bounded location needs the catalog's region (x0, y0, x1, y1)")
+            r_lo = torch.tensor(region[:2], dtype=torch.float64)
+            r_hi = torch.tensor(region[2:], dtype=torch.float64)
+            pad = max(margin, 0.01) * (r_hi - r_lo).clamp(min=1e-12)
+            box_lo, box_hi = r_lo - pad, r_hi + pad
+            # the region's edges sit at logit(±p_edge) in the box: a displacement between them spans 2 logit(…)
+            p_edge = float((pad / (box_hi - box_lo)).min())
+            span = 2 * math.log((1 - p_edge) / p_edge)
+            r0 = 4 * location_scale  # logit units: dz/dx = 4 / width at the box's centre, as relative's r0 / width
+            half = math.asinh(span / r0) * (1 + margin)
             lo[1:], hi[1:] = -half, half
         elif location != "absolute":
-            raise ValueError(f"location must be 'absolute' or 'relative', not {location!r}")
-        return cls(lo, hi, log_time, r0, xy_lo, xy_hi)
+            raise ValueError(f"location must be 'absolute', 'relative', 'parent' or 'bounded', not {location!r}")
+        return cls(lo, hi, log_time, r0, xy_lo, xy_hi, box_lo, box_hi)
 
     @property
     def relative(self) -> bool:
+        """True when the location is a displacement from a reference point (relative, parent or bounded)."""
         return float(self.r0) > 0
+
+    @property
+    def bounded(self) -> bool:
+        """True when the location's support is the box ``box_lo``..``box_hi`` (samples never leave it)."""
+        return bool((self.box_hi > self.box_lo).all())
+
+    def support(self) -> tuple[float, float, float, float] | None:
+        """(x0, y0, x1, y1): the box every location sample lies in, None for an unbounded location."""
+        if not self.bounded:
+            return None
+        return (*map(float, self.box_lo), *map(float, self.box_hi))
+
+    def _to_line(self, xy: torch.Tensor) -> torch.Tensor:
+        """(..., 2) positions in the box → (..., 2) on the real line (logit of the share of the box's width);
+        positions within EDGE of an edge (or outside: padding rows) are held at that distance."""
+        share = ((xy - self.box_lo) / (self.box_hi - self.box_lo)).clamp(EDGE, 1 - EDGE)
+        return torch.log(share) - torch.log1p(-share)
 
     def _time_value(self, dt: torch.Tensor) -> torch.Tensor:
         if bool(self.log_time):
@@ -140,6 +189,8 @@ class Scaler(nn.Module):
             return xy
         if ref is None:
             raise ValueError("a relative location needs the reference event (the history's newest)")
+        if self.bounded:
+            return torch.asinh((self._to_line(xy) - self._to_line(ref)) / self.r0)
         return torch.asinh((xy - ref) / self.r0)
 
     def forward(self, dt: torch.Tensor, xy: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
@@ -161,21 +212,12 @@ class Scaler(nn.Module):
         v = (u + 1) / 2 * (self.hi - self.lo) + self.lo
         dt = v[..., 0].exp() if bool(self.log_time) else v[..., 0]
         xy = v[..., 1:]
-        if self.relative:
+        if self.bounded:  # held EDGE inside the box, as _to_line holds it: strictly inside, in float32 too
+            z = self._to_line(ref) + self.r0 * torch.sinh(xy)
+            xy = self.box_lo + (self.box_hi - self.box_lo) * torch.sigmoid(z).clamp(EDGE, 1 - EDGE)
+        elif self.relative:
             xy = ref + self.r0 * torch.sinh(xy)
         return torch.cat([dt.unsqueeze(-1), xy], -1)
-
-    @torch.no_grad()
-    def sample_magnitudes(self, cond: torch.Tensor, n: int, rng: np.random.Generator,
-                          generator: torch.Generator | None = None) -> dict:
-        """{"magnitude": (B, n)} numpy magnitudes for ``n`` events after each state ``cond`` (B, 3 d), from the
-        head or the Gutenberg-Richter fill-in (``self.magnitudes``); {} for a model without magnitudes."""
-        if self.magnitudes == "model":
-            return {"magnitude": self.magnitude_head.sample(cond, n, generator).double().cpu().numpy()}
-        if self.magnitudes == "gutenberg-richter":
-            cfg = self.cfg
-            return {"magnitude": cfg.mark_mc + rng.exponential(1 / (self.fill_b * math.log(10)), (len(cond), n))}
-        return {}
 
     def log_jacobian(self, truth: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """(H, 3) log |d scaled / d model units| per coordinate at ``truth`` (H, 3) = (dt, x, y): a density in
@@ -185,7 +227,13 @@ class Scaler(nn.Module):
         out = -torch.log((self.hi - self.lo).double() / 2).expand(truth.shape[0], 3).clone()
         if bool(self.log_time):
             out[:, 0] -= torch.log(truth[:, 0].clamp(min=math.exp(float(self.lo[0]))))  # u = log dt: p(dt) = p(u)/dt
-        if self.relative:  # d asinh(d / r0) / dd = 1 / sqrt(d² + r0²)
+        if self.bounded:  # u = asinh((z - z_ref) / r0), z = logit((x - a) / (b - a)): dz/dx = (b - a) / ((x - a)(b - x))
+            xy, a, b = truth[:, 1:3], self.box_lo.double(), self.box_hi.double()
+            d = self._to_line(xy) - self._to_line(ref.double())
+            inside = (xy > a) & (xy < b)
+            dz = torch.log(b - a) - torch.log((xy - a).clamp(min=1e-300)) - torch.log((b - xy).clamp(min=1e-300))
+            out[:, 1:] += torch.where(inside, dz - 0.5 * torch.log(d**2 + self.r0.double() ** 2), -math.inf)
+        elif self.relative:  # d asinh(d / r0) / dd = 1 / sqrt(d² + r0²)
             d = truth[:, 1:3] - ref.double()
             out[:, 1:] -= 0.5 * torch.log(d**2 + self.r0.double() ** 2)
         return out
@@ -364,7 +412,7 @@ class HistoryEncoder(nn.Module):
         self.streams = nn.ModuleList(Stream(cfg) for _ in range(3))  # temporal, spatial, joint
         # optional inputs (ablations): a linear embedding each, added to the stream inputs
         self.wait = nn.Linear(1, d) if cfg.time_features else None
-        self.step = nn.Linear(2, d) if cfg.location in ("relative", "parent") else None
+        self.step = nn.Linear(2, d) if cfg.location in DISPLACEMENTS else None
         self.mark = nn.Linear(1, d) if cfg.mark_inputs else None
 
     def forward(self, time: torch.Tensor, xy_scaled: torch.Tensor, lengths: torch.Tensor,
@@ -548,19 +596,13 @@ class DSTPP(nn.Module, Forecaster):
         for name, module in self.networks(cfg).items():  # encoder, denoiser (and magnitude_head)
             setattr(self, name, module)
         self.schedule = NoiseSchedule(cfg.steps, cfg.schedule)
-        # the Forecaster face: forecasts sample the probability-flow ODE whose exact density they report (a DDIM
-        # sampler can be chosen for speed: then the density belongs to the ODE that DDIM discretises)
-        self.sampler, self.ode_tolerance, self._flows = "ode", ODE_TOLERANCE, {}
-        self.ddim = make_sampler(self.schedule, "ddim", min(SAMPLER_STEPS, cfg.steps))
+        # the Forecaster face: forecasts sample as ``self.sampling`` says (:meth:`with_sampling`; by default the
+        # probability-flow ODE whose exact density they report); sampler objects are kept per setting
+        self._flows, self._samplers = {}, {}
         self.bound_repeats, self.x0_mse = 4, None
-        self.fast = make_sampler(self.schedule, "dpm", min(FAST_STEPS, cfg.steps))
         self.mark_names = ("magnitude",) if cfg.mark_inputs else ()
         if not cfg.mark_head:
             self.magnitude_head = None
-        # where simulated events' magnitudes come from: the model's head, or (an explicit option, and what a model
-        # that reads magnitudes without forecasting them needs) Gutenberg-Richter above Mc
-        self.magnitudes = "model" if cfg.mark_head else ("gutenberg-richter" if cfg.mark_inputs else "none")
-        self.fill_b = cfg.mark_b
 
     @staticmethod
     def networks(cfg: ModelConfig) -> dict[str, nn.Module]:
@@ -573,36 +615,29 @@ class DSTPP(nn.Module, Forecaster):
         return nets
 
     # ------------------------------------------------------------------------------------ forecaster interface
-    def configure(self, *, steps: int | None = None, bound_repeats: int | None = None, sampler: str | None = None,
-                  ode_tolerance: float | None = None, fast_steps: int | None = None,
-                  magnitudes: str | None = None, magnitude_b: float | None = None) -> "DSTPP":
-        """How forecasts sample: ``sampler`` "ode" (the probability-flow ODE, adaptive, ``ode_tolerance`` as rtol
-        and atol; the default), "dpm" (DPM-Solver++(2M) on the same ODE, ``fast_steps`` network evaluations) or
-        "ddim" with ``steps`` steps (capped at K); Monte-Carlo draws of the bound; ``magnitudes`` of simulated
-        events: "model" (the magnitude head) or "gutenberg-richter" (the fill-in, an explicit option, with
-        ``magnitude_b`` as its b-value if given, else the train split's)."""
-        if magnitude_b is not None:
-            self.fill_b = magnitude_b
-        if sampler is not None:
-            if sampler not in ("ode", "ddim", "dpm"):
-                raise ValueError(f"sampler must be 'ode', 'dpm' or 'ddim', not {sampler!r}")
-            self.sampler = sampler
-        if steps is not None:
-            self.ddim = make_sampler(self.schedule, "ddim", min(steps, self.cfg.steps))
-        if fast_steps is not None:
-            self.fast = make_sampler(self.schedule, "dpm", min(fast_steps, self.cfg.steps))
-        if magnitudes is not None:
-            if magnitudes not in ("model", "gutenberg-richter"):
-                raise ValueError(f"magnitudes must be 'model' or 'gutenberg-richter', not {magnitudes!r}")
-            if magnitudes == "model" and self.magnitude_head is None:
-                raise ValueError("this model has no magnitude head (train it with mark_head = true); "
-                                 "use magnitudes='gutenberg-richter'")
-            self.magnitudes = magnitudes
-        if ode_tolerance is not None:
-            self.ode_tolerance = ode_tolerance
+    def configure(self, *, bound_repeats: int | None = None) -> "DSTPP":
+        """Evaluation settings: Monte-Carlo draws of the likelihood bound. (How forecasts sample is a
+        :class:`~stforecast.sampling.Sampling`, given by :meth:`with_sampling`.)"""
         if bound_repeats is not None:
             self.bound_repeats = bound_repeats
         return self
+
+    @property
+    def magnitudes(self) -> str:
+        """Where simulated events' magnitudes come from: "model" (the head, when the sampling asks for the model's
+        own), "gutenberg-richter" (the fill-in above Mc with :attr:`fill_b`: asked for, or what a model that reads
+        magnitudes without forecasting them needs) or "none"."""
+        has_marks = self.cfg.mark_inputs or self.cfg.mark_head
+        if self.sampling.magnitudes == "model" and self.magnitude_head is not None:
+            return "model"
+        if has_marks and (self.sampling.magnitudes == "gutenberg-richter" or self.cfg.mark_inputs):
+            return "gutenberg-richter"
+        return "none"
+
+    @property
+    def fill_b(self) -> float:
+        """The b-value of the Gutenberg-Richter fill-in: the sampling's, else the model's training split's."""
+        return self.sampling.magnitude_b or self.cfg.mark_b
 
     @property
     def forecast_marks(self) -> tuple:
@@ -610,13 +645,22 @@ class DSTPP(nn.Module, Forecaster):
         return ("magnitude",) if self.magnitudes == "model" else ()
 
     def sampler_object(self):
-        """What forecasts sample with: the ProbabilityFlow, the DPM-Solver or the DDIM sampler."""
-        return {"ode": self.flow, "dpm": lambda: self.fast, "ddim": lambda: self.ddim}[self.sampler]()
+        """What forecasts sample with (:attr:`sampling`): the ProbabilityFlow, the DPM-Solver or the DDIM sampler
+        (DDIM on at most the model's K steps)."""
+        s = self.sampling
+        if s.sampler == "ode":
+            return self.flow(s.tolerance)
+        steps = min(s.steps, self.cfg.steps) if s.sampler == "ddim" else s.steps
+        key = (s.sampler, steps)
+        if key not in self._samplers:
+            self._samplers[key] = make_sampler(self.schedule, s.sampler, steps)
+        return self._samplers[key]
 
     def flow(self, tolerance: float | None = None) -> ProbabilityFlow:
-        """The probability-flow ODE of this model's schedule (adaptive Dormand-Prince, rtol = atol = tolerance).
-        Kept per tolerance and device: a horizon simulation asks for it at every simulated event."""
-        tol = tolerance or self.ode_tolerance
+        """The probability-flow ODE of this model's schedule (adaptive Dormand-Prince, rtol = atol = tolerance,
+        default the sampling's). Kept per tolerance and device: a horizon simulation asks for it at every
+        simulated event."""
+        tol = tolerance or self.sampling.tolerance
         key = (tol, self.schedule.betas.device)
         if key not in self._flows:
             self._flows[key] = ProbabilityFlow(self.schedule, rtol=tol, atol=tol)
@@ -654,9 +698,10 @@ class DSTPP(nn.Module, Forecaster):
         return DiffusionNextEvent(self, self.history_batch(histories), histories=histories)
 
     def describe(self) -> str:
-        how = {"ode": f"the probability-flow ODE (tolerance {self.ode_tolerance:g})",
-               "dpm": f"DPM-Solver++(2M), {len(self.fast.timesteps)} evaluations",
-               "ddim": f"DDIM-{len(self.ddim.timesteps)}"}[self.sampler]
+        s = self.sampling
+        how = {"ode": f"the probability-flow ODE (tolerance {s.tolerance:g})",
+               "dpm": f"DPM-Solver++(2M), {s.steps} evaluations",
+               "ddim": f"DDIM-{min(s.steps, self.cfg.steps)}"}[s.sampler]
         return f"DSTPP (K = {self.cfg.steps}, sampled with {how})"
 
     def encode(self, batch: Batch) -> torch.Tensor:
@@ -668,7 +713,7 @@ class DSTPP(nn.Module, Forecaster):
         cfg, sc = self.cfg, self.scaler
         wait = sc.time_coordinate(batch.dt) if cfg.time_features else None
         step = None
-        if cfg.location in ("relative", "parent"):  # each row's displacement from the previous one (0 for the first)
+        if cfg.location in DISPLACEMENTS:  # each row's displacement from the previous one (0 for the first)
             prev = torch.cat([batch.xy[:, :1], batch.xy[:, :-1]], 1)
             step = sc(batch.dt, batch.xy, prev)[..., 1:]
         mark = None
@@ -769,9 +814,9 @@ class DSTPP(nn.Module, Forecaster):
         (attention keys/values and recurrent state, :class:`EncoderCache`), so a simulated event costs one row of
         encoding, not a re-encoding of the whole history: the simulations' context grows from the newest
         ``max_history`` observed events (default: ``context``) by their own events instead of sliding. Each step
-        samples with ``self.sampler`` (``configure(sampler="dpm")`` for the fast one) and the magnitudes with
-        ``self.magnitudes``. An Omori-chosen reference (``location = "parent"``) takes the generic path."""
-        from stforecast.model.base import SimulatedChunk
+        samples as ``self.sampling`` says (``with_sampling(Sampling(sampler="dpm"))`` for the fast one) and the
+        magnitudes with ``self.magnitudes``. An Omori-chosen reference (``location = "parent"``) takes the generic path."""
+        from stforecast.model.base import SimulatedChunk, chunk_within
 
         if self.cfg.location == "parent":
             yield from Forecaster.simulate_catalogs(self, t, xy, marks, t_end, n, rng, t_start=t_start, chunk=chunk,
@@ -845,7 +890,9 @@ class DSTPP(nn.Module, Forecaster):
                 events = (pd.concat(parts, ignore_index=True) if parts else
                           pd.DataFrame(columns=["simulation", "t", "x", "y", *self.sample_magnitudes(
                               start.state, 1, rng, gen).keys()]))
-                yield SimulatedChunk(events, first, counts, capped)
+                part = SimulatedChunk(events, first, counts, capped)
+                # a bounded model's events are inside its region already; an older unbounded one's are kept there
+                yield part if self.support is None or self.scaler.bounded else chunk_within(part, self.support)
         finally:
             if bar is not None:
                 bar.close()
@@ -858,7 +905,7 @@ class DSTPP(nn.Module, Forecaster):
         gives a row, computed for that row alone."""
         cfg, sc = self.cfg, self.scaler
         wait = sc.time_coordinate(dt) if cfg.time_features else None
-        step = sc(dt, xy, prev_xy)[..., 1:] if cfg.location in ("relative", "parent") else None
+        step = sc(dt, xy, prev_xy)[..., 1:] if cfg.location in DISPLACEMENTS else None
         mark = None
         if cfg.mark_inputs:
             m = torch.as_tensor(marks["magnitude"], dtype=time.dtype, device=time.device)
@@ -1041,7 +1088,7 @@ class NLLBound:
 
 
 class DiffusionNextEvent(NextEvent):
-    """DSTPP's next-event distribution: samples from ``model.sampler`` (the probability-flow ODE by default, else
+    """DSTPP's next-event distribution: samples with ``model.sampling`` (the probability-flow ODE by default, else
     DDIM), the **exact** NLL of the ODE's density (kind "exact-ode": the density of the ODE sampler, and of DDIM
     only as far as DDIM approximates that ODE) and, beside it, the full variational **upper bound** (reverse
     variances fitted by :meth:`DSTPP.calibrate` when it was called, DDPM's fixed ones otherwise)."""
@@ -1111,6 +1158,6 @@ class DiffusionNextEvent(NextEvent):
                     "nll_bound_xy": float(per_event[:, 1:].sum(1).mean()),
                     "nll_bound_kind": "bound" if model.x0_mse is not None else "bound (fixed variances)",
                     "nll_mc_se": bound.mc_se, "nll_ode_nfe": info["nfe"], "nll_ode_solver_error": info["solver_error"],
-                    "nll_ode_tolerance": model.ode_tolerance, "sampler": model.describe(),
+                    "nll_ode_tolerance": model.sampling.tolerance, "sampler": model.describe(),
                     "paper_nll_dt_scaled": float(paper[:, 0].mean()),
                     "paper_nll_xy_scaled": float(paper[:, 1:].mean())}, joint=exact)

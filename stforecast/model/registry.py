@@ -167,12 +167,15 @@ def load_forecaster(spec: str, catalog: IngestedCatalog, *, allow_other_catalog:
                     cache_root: Path | None = None, log=print, track: bool = False,
                     mc: float | None = None) -> Forecaster:
     """``spec``: a baseline's name (fitted on this catalog), a checkpoint path or an MLflow model URI (a trained
-    DSTPP, checked against this catalog's units and frame: :func:`stforecast.train.check_catalog`)."""
+    DSTPP, checked against this catalog's units and frame: :func:`stforecast.train.check_catalog`). Its forecasts
+    keep their locations in the catalog's region with its margin (:meth:`Forecaster.within`): every registered
+    model's maps, tables and simulations stay on the catalog's map."""
     if is_baseline(spec):
-        return cached_baseline(spec, catalog, cache_root, log=log, track=track, mc=mc)
-    from stforecast.tracking import load_model
-    from stforecast.train import check_catalog
+        model = cached_baseline(spec, catalog, cache_root, log=log, track=track, mc=mc)
+    else:
+        from stforecast.tracking import load_model
+        from stforecast.train import check_catalog
 
-    model = load_model(spec)
-    check_catalog(model, catalog.manifest, allow_other_catalog, warn=log)
-    return model
+        model = load_model(spec)
+        check_catalog(model, catalog.manifest, allow_other_catalog, warn=log)
+    return model.within(catalog.view_box())
