@@ -68,7 +68,7 @@ def test_a_cpu_dry_run_measures_everything_and_the_parity_passes(tmp_path, ridge
     assert record["device"]["device"] == "cpu" and record["device"]["torch"] == torch.__version__
     s = record["settings"]
     assert s["quick"] and s["amp"] and not s["compile"] and s["settings_of"] == "japan"
-    assert s["model"]["mark_inputs"] and s["model"]["location"] == "relative"  # the benchmark's Japan model
+    assert s["model"]["mark_inputs"] and s["model"]["location"] == "bounded"  # the benchmark's Japan model
     parity = record["parity"]
     assert parity["passed"] and parity["batches"] == 4 and parity["rtol"] == 2e-2
     assert parity["device_dtype"] == "bfloat16 autocast"
