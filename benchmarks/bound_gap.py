@@ -26,8 +26,8 @@ from stforecast.sampling import Sampling
 def main(argv=None) -> None:
     from stforecast.config import load_settings
     from stforecast.evaluate import collate_all, next_event_targets
-    from stforecast.model.base import Histories
-    from stforecast.train import load_model
+    from stforecast.models.base import Histories
+    from stforecast.checkpoints import load_model
 
     from benchmarks.prepare import ensure_ingested, require_checkpoint
 

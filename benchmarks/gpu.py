@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.prepare import ensure_ingested
     from stforecast.batch import load_split
-    from stforecast.train import build_model, load_model
+    from stforecast.checkpoints import load_model
+    from stforecast.train import build_model
 
     folder = ensure_ingested(args.data)
     tc, ode_tolerance = train_settings(args, folder, device)

@@ -52,7 +52,7 @@ def run(catalogs, targets: int, samples: int, sample_events: int, out: Path, run
     from stforecast.evaluate import next_event_targets
     from stforecast.ingested import IngestedCatalog
     from stforecast.io.atomic import atomic_write_text
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     torch.set_num_threads(1)
     cfg, settings = load_benchmark_config(), load_settings()

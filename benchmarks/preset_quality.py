@@ -20,7 +20,8 @@ import torch
 
 from stforecast.batch import load_split
 from stforecast.metrics import crps_from_samples, energy_score
-from stforecast.train import TrainConfig, load_model, train
+from stforecast.checkpoints import load_model
+from stforecast.train import TrainConfig, train
 
 from benchmarks.prepare import ensure_ingested
 

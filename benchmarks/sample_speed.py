@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from stforecast.batch import load_split
-from stforecast.model.base import Histories
-from stforecast.model.schedule import make_sampler
-from stforecast.train import TrainConfig, build_model, load_model, pick_device
+from stforecast.models.base import Histories
+from stforecast.diffusion.schedule import make_sampler
+from stforecast.checkpoints import load_model
+from stforecast.train import TrainConfig, build_model, pick_device
 
 from benchmarks.prepare import ensure_ingested, require_checkpoint
 
@@ -146,9 +147,9 @@ def main(argv=None) -> None:
 
 def draw_scaled(model, cond, n, sampler, device) -> torch.Tensor:
     """(H, n, 3) draws in the scaled coordinates from noise seeded 7 (the same noise for every sampler)."""
-    from stforecast.model.dstpp import OUTSIDE
-    from stforecast.model.ode import ProbabilityFlow
-    from stforecast.model.schedule import sample_loop
+    from stforecast.models.dstpp import OUTSIDE
+    from stforecast.diffusion.ode import ProbabilityFlow
+    from stforecast.diffusion.schedule import sample_loop
 
     gen = torch.Generator(device=device).manual_seed(7)
     with torch.no_grad():

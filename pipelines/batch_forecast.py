@@ -123,17 +123,16 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
 
         run_ingest(settings.catalog(job.catalog), settings, progress=False)
     catalog = IngestedCatalog.open(job.catalog, settings.processed_dir)
-    manifest = catalog.manifest
     t_at = catalog.units.model_time_of(job.at) if job.at else float(catalog.events["t"].iloc[-1])
     when = catalog.units.time_of(t_at)
     day = f"{when:%Y-%m-%d}" if isinstance(when, pd.Timestamp) else f"t{float(when):.0f}"
-    key = hashlib.sha256(json.dumps({"catalog": manifest["input_hash"], "model": model_identity(job.model),
+    key = hashlib.sha256(json.dumps({"catalog": catalog.input_hash, "model": model_identity(job.model),
                                      "job": asdict(job), "t_at": t_at}, sort_keys=True).encode()).hexdigest()
     final = out_root / day / job.name
     sweep_stale(final)  # what killed runs left beside it, also when this job turns out to be up to date
     if (final / JOB_RECORD).exists() and json.loads((final / JOB_RECORD).read_text()).get("key") == key:
         return JobResult(job.name, "skipped", str(final), "inputs unchanged")
-    from stforecast.model.registry import load_forecaster
+    from stforecast.registry import load_forecaster
 
     warnings: list[str] = []
     model = load_forecaster(job.model, catalog, allow_other_catalog=job.allow_other_catalog, log=warnings.append)
@@ -145,7 +144,7 @@ def _run_job(job: Job, out_root: Path) -> JobResult:
         summary = write_report(catalog, model, req, staging, model_uri=job.model, log=lambda *a: None)
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(staging.iterdir())}
         (staging / JOB_RECORD).write_text(json.dumps(
-            {"key": key, "job": asdict(job), "catalog": manifest["name"], "catalog_input_hash": manifest["input_hash"],
+            {"key": key, "job": asdict(job), "catalog": catalog.name, "catalog_input_hash": catalog.input_hash,
              "model": job.model, "model_kind": model.name, "model_identity": model_identity(job.model),
              "forecast_time": str(when),
              "summary": summary, "files_sha256": files}, indent=1, default=str))
@@ -184,11 +183,11 @@ def track_results(results: list[JobResult]) -> None:
     for r in results:
         if r.status != "done":
             continue
-        manifest = json.loads((Path(r.folder) / JOB_RECORD).read_text())
+        record = json.loads((Path(r.folder) / JOB_RECORD).read_text())
         with tracked_run("stforecast-batch", f"batch-{r.name}",
-                         {"model_uri": manifest["model"], "catalog": manifest["catalog"],
-                          "forecast_time": manifest["forecast_time"], "batch.key": manifest["key"]}):
-            mlflow.log_metric("expected_events", manifest["summary"]["expected_events"])
+                         {"model_uri": record["model"], "catalog": record["catalog"],
+                          "forecast_time": record["forecast_time"], "batch.key": record["key"]}):
+            mlflow.log_metric("expected_events", record["summary"]["expected_events"])
             mlflow.log_artifacts(r.folder)
 
 

@@ -20,7 +20,7 @@ from pipelines.evaluation import PAPER_JAPAN, evaluate_catalog, log_evaluation, 
 from stforecast.config import read_settings_file, typed_fields
 from stforecast.defaults import SCORE_SAMPLES
 from stforecast.io.atomic import atomic_write_text
-from stforecast.model.registry import BASELINES
+from stforecast.registry import BASELINES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "benchmark.toml"
 #: the columns of the summary table, best value of each lower except coverage (closest to nominal)
@@ -140,7 +140,7 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
     from pipelines.ingest import IngestResult, run_ingest
     from stforecast.config import load_settings
     from stforecast.ingested import IngestedCatalog
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     cfg = load_benchmark_config(config_path, quick)
     settings = load_settings()
@@ -173,15 +173,14 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
         if track:
             log_evaluation(ev, f"benchmark-{name}", {"benchmark": "quick" if quick else "full", "model_uri": uri or ""},
                            experiment="stforecast-benchmark")
-        if ev.manifest["split"].get("mode") == "given":
+        if not ev.catalog.continuous:
             paper = ev.table
         tables.append(ev.table)
         record["per_catalog"][name] = {
             "train": tc.to_dict(), "best_val_loss": result.best_val, "best_step": result.best_step,
             "steps": result.steps, "train_events_per_s": result.events_per_second, "model_uri": uri,
-            "test_targets": ev.n_targets, "units": [ev.manifest["schema"]["time_unit"],
-                                                     ev.manifest["schema"]["spatial_unit"]],
-            "input_hash": ev.manifest["input_hash"], "gap": likelihood_gap(ev.table, ev.curves),
+            "test_targets": ev.n_targets, "units": [ev.catalog.units.time_unit, ev.catalog.units.spatial_unit],
+            "input_hash": ev.catalog.input_hash, "gap": likelihood_gap(ev.table, ev.curves),
             "seconds": round(time.perf_counter() - t0, 1)}
     table = pd.concat(tables, ignore_index=True)
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -206,7 +205,7 @@ def train_dstpp(train_values: dict, ingested, runs_dir: Path, name: str, track: 
     from stforecast.train import TrainConfig, train
 
     # the folder is keyed by the settings, so a changed config trains afresh instead of resuming another run
-    key = hashlib.sha256(json.dumps([train_values, ingested.manifest["input_hash"]], sort_keys=True,
+    key = hashlib.sha256(json.dumps([train_values, ingested.catalog.input_hash], sort_keys=True,
                                     default=str).encode()).hexdigest()[:8]
     tc = TrainConfig(**{**train_values, "data": str(ingested.out_dir), "out_dir": str(runs_dir / f"{name}-{key}"),
                         "device": device, "progress": progress})
@@ -242,7 +241,7 @@ def run_ablations(cfg: dict, name: str, ingested, train_values: dict, runs_dir: 
     """Each ``[ablations]`` variant of DSTPP trained with ``train_values`` and its own model settings, scored with
     the baselines on ``targets`` validation events (never test). Rows: variant, exact and bound NLL, scores."""
     from pipelines.evaluation import evaluate_catalog
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     ab = asdict(AblationSettings(**typed_fields(AblationSettings, cfg["ablations"], "[ablations]")))
     rows, baselines_done = [], False

@@ -76,7 +76,7 @@ def run_demo(args) -> int:
                 "--horizon", "3d", "--lead-bins", "3", "--out", "reports/map-japan"]
     console.print("[bold]stforecast " + " ".join(rep_args) + "[/]")
     _run(rep_args)
-    from stforecast.model.registry import LABELS, REFERENCE
+    from stforecast.registry import LABELS, REFERENCE
 
     ref_args = [*rep_args[:4], REFERENCE, *rep_args[5:-1], f"reports/map-japan-{REFERENCE}"]
     console.print("[bold]stforecast " + " ".join(ref_args) + f"[/]  (the same report from {LABELS[REFERENCE]})")

@@ -34,7 +34,7 @@ def model_label(spec: str) -> str:
     from pathlib import Path
 
     from stforecast.config import safe_name
-    from stforecast.model.registry import is_baseline
+    from stforecast.registry import is_baseline
 
     if is_baseline(spec):
         return spec

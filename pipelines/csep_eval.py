@@ -31,7 +31,7 @@ import pandas as pd
 from pipelines.batch_forecast import model_identity
 from pipelines.cluster import dask_client
 from pipelines.common import model_label
-from stforecast.model.registry import REFERENCE
+from stforecast.registry import REFERENCE
 from stforecast.sampling import CATALOGS, Sampling
 from stforecast.sampling import add_arguments as add_sampling_arguments
 from stforecast.sampling import from_args as sampling_from_args
@@ -93,11 +93,11 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
     from pipelines.common import open_catalog
     from stforecast.csep import catalog_forecaster, forecast_day, run_csep_tests
     from stforecast.io.atomic import atomic_dir, sweep_stale
-    from stforecast.model.registry import load_forecaster
+    from stforecast.registry import load_forecaster
 
     torch.set_num_threads(1)  # one task per worker core
     catalog = open_catalog(task.catalog)
-    key = task_key(task, catalog.manifest["input_hash"])
+    key = task_key(task, catalog.input_hash)
     final = out_root / task.label / task.day
     sweep_stale(final)  # what killed runs left beside it, also when this day turns out to be up to date
     if (final / DAY_RECORD).exists() and json.loads((final / DAY_RECORD).read_text()).get("key") == key:
@@ -268,7 +268,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pipelines.common import open_catalog
     from stforecast.config import safe_name
-    from stforecast.model.registry import load_forecaster
+    from stforecast.registry import load_forecaster
 
     catalog = open_catalog(args.data)
     start = pd.Timestamp(args.start)
@@ -277,7 +277,7 @@ def run(args) -> int:
     specs = [args.model] + ([] if args.reference in ("", "none") else [args.reference])
     sampling = sampling_from_args(args, CATALOGS)
     from stforecast.csep import completeness
-    from stforecast.model.registry import is_baseline
+    from stforecast.registry import is_baseline
 
     # a baseline is fitted on the events the tests count (above the training years' Mc), as CSEP's ETAS is; fitted
     # (and cached) once here, not once per worker

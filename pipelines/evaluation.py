@@ -16,8 +16,9 @@ import pandas as pd
 from pipelines.common import add_model_guard, model_label, open_catalog
 from stforecast.config import safe_name
 from stforecast.defaults import HDR_EVENTS, SCORE_SAMPLES
+from stforecast.ingested import IngestedCatalog
 from stforecast.io.atomic import atomic_write_text
-from stforecast.model.registry import BASELINES, load_forecaster
+from stforecast.registry import BASELINES, load_forecaster
 from stforecast.sampling import DEFAULT, Sampling
 from stforecast.sampling import add_arguments as add_sampling_arguments
 from stforecast.sampling import from_args as sampling_from_args
@@ -31,7 +32,7 @@ PAPER_JAPAN = {"paper_nll_xy_scaled": 0.308, "paper_nll_dt_scaled": -1.96, "dist
 class Evaluation:
     table: pd.DataFrame
     curves: dict
-    manifest: dict
+    catalog: IngestedCatalog
     n_targets: int
     out_dir: Path
 
@@ -53,23 +54,23 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
                      seed: int = 0, bound_repeats: int = 4, out_dir: Path | None = None,
                      baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print,
                      progress: bool = False) -> Evaluation:
-    """Score ``model`` (any loaded :class:`~stforecast.model.base.Forecaster`, or None) and the named baselines on
+    """Score ``model`` (any loaded :class:`~stforecast.models.base.Forecaster`, or None) and the named baselines on
     ``split`` of ``catalog`` (an IngestedCatalog, folder or name). Baselines are fitted on events before the validation start; every model
     is offered the validation events to calibrate on (DSTPP's bound variances). Catalogs with the source's own
     (non-chronological) split have no continuous past, so only ``model`` is scored there."""
     from stforecast.evaluate import evaluate_next_event, next_event_targets, plot_reliability
     from stforecast.ingested import as_catalog
-    from stforecast.model.registry import fit_baselines
+    from stforecast.registry import fit_baselines
 
     catalog = as_catalog(catalog)
-    folder, manifest, continuous = catalog.folder, catalog.manifest, catalog.continuous
+    folder, continuous = catalog.folder, catalog.continuous
     targets = next_event_targets(folder, split, max_targets, seed)
     calibration = next_event_targets(folder, "val", min(max_targets or 1000, 1000), seed + 1)
     models = {model.name: model} if model is not None else {}
     events = catalog.events if continuous else None
     baselines = [b for b in baselines if b not in models]
     if baselines and not continuous:
-        log(f"{manifest['name']}: the source's own split is not one continuous catalog, so the baselines "
+        log(f"{catalog.name}: the source's own split is not one continuous catalog, so the baselines "
             "(which condition on the whole past) are skipped")
     elif baselines:
         log(f"fitting baselines {list(baselines)} on events before the validation start ...")
@@ -84,13 +85,13 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
                                         hdr_events=hdr_events, progress=progress)
     table["sampling"] = sampling.describe()
     table["hdr_events"] = n_hdr
-    table.insert(0, "catalog", manifest["name"])
+    table.insert(0, "catalog", catalog.name)
     out = Path(out_dir or Path("reports") / f"{safe_name(folder.name)}-{split}")
     out.mkdir(parents=True, exist_ok=True)
-    time_unit, space_unit = manifest["schema"]["time_unit"], manifest["schema"]["spatial_unit"]
+    time_unit, space_unit = catalog.units.time_unit, catalog.units.spatial_unit
     describe = "; ".join(m.describe() for m in models.values())
     atomic_write_text(out / "next_event.csv", table.to_csv(index=False))
-    header = (f"# Next-event forecasts: {manifest['name']}, {split} split\n\n{len(targets.truth)} held-out events, "
+    header = (f"# Next-event forecasts: {catalog.name}, {split} split\n\n{len(targets.truth)} held-out events, "
               f"{samples} samples each, seed {seed}. Units: waiting time in {time_unit}, distances in {space_unit}; "
               "NLL in nats per event in those units (joint = waiting time + location; `nll_kind` says how it is "
               "computed: exact for the baselines, `exact-ode` for DSTPP, the exact density of its probability-flow "
@@ -102,9 +103,9 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
     if not continuous and "paper_nll_dt_scaled" in table and table["paper_nll_dt_scaled"].notna().any():
         text += "\n" + paper_comparison(table) + "\n"
     atomic_write_text(out / "next_event.md", text)
-    plot_reliability(curves, out / "reliability.png", f"{manifest['name']} {split}: calibration")
+    plot_reliability(curves, out / "reliability.png", f"{catalog.name} {split}: calibration")
     atomic_write_text(out / "reliability.json", json.dumps(curves, indent=1))
-    return Evaluation(table, curves, manifest, len(targets.truth), out)
+    return Evaluation(table, curves, catalog, len(targets.truth), out)
 
 
 def paper_comparison(table: pd.DataFrame) -> str:
@@ -131,8 +132,8 @@ def log_evaluation(ev: Evaluation, run_name: str, tags: dict | None = None, expe
 
     from stforecast.tracking import tracked_run
 
-    with tracked_run(experiment, run_name, {"data.input_hash": ev.manifest["input_hash"],
-                                            "catalog": ev.manifest["name"], **(tags or {})}) as run:
+    with tracked_run(experiment, run_name, {"data.input_hash": ev.catalog.input_hash,
+                                            "catalog": ev.catalog.name, **(tags or {})}) as run:
         for _, row in ev.table.iterrows():
             mlflow.log_metrics({f"{row['model']}.{k}": float(v) for k, v in row.items()
                                 if k not in ("model", "catalog") and isinstance(v, (int, float)) and v == v})
@@ -197,8 +198,8 @@ def run(args) -> int:
 def print_scores(console, ev) -> None:
     from rich.table import Table
 
-    time_unit, space_unit = ev.manifest["schema"]["time_unit"], ev.manifest["schema"]["spatial_unit"]
-    view = Table(title=f"{ev.manifest['name']}: next-event scores on {ev.n_targets:,} held-out events "
+    time_unit, space_unit = ev.catalog.units.time_unit, ev.catalog.units.spatial_unit
+    view = Table(title=f"{ev.catalog.name}: next-event scores on {ev.n_targets:,} held-out events "
                        f"({time_unit}, {space_unit})")
     cols = ["model", "nll_joint", "nll_dt", "nll_xy", "crps_dt", "energy_xy", "mae_dt_median", "dist_xy_mean",
             "cover_dt_80", "cover_xy_80"]

@@ -19,7 +19,7 @@ from stforecast.config import safe_name
 from stforecast.forecast import count_summary, history_of, next_event, simulate_horizon
 from stforecast.ingested import as_catalog
 from stforecast.io.atomic import atomic_path, atomic_write_text
-from stforecast.model.registry import BASELINES, load_forecaster
+from stforecast.registry import BASELINES, load_forecaster
 from stforecast.sampling import CATALOGS, DEFAULT, Sampling
 from stforecast.sampling import add_arguments as add_sampling_arguments
 from stforecast.sampling import from_args as sampling_from_args

@@ -66,6 +66,13 @@ class IngestResult:
     seconds: float = 0.0
     stages: dict | None = None  # seconds per step of the partition-wise path
 
+    @property
+    def catalog(self):
+        """The ingested catalog, as every later step reads it (:class:`~stforecast.ingested.IngestedCatalog`)."""
+        from stforecast.ingested import IngestedCatalog
+
+        return IngestedCatalog(self.out_dir, self.manifest)
+
 
 # ------------------------------------------------------------------------------------------------ inputs
 def resolve_inputs(cfg: IngestConfig, settings: Settings, progress: bool = False) -> dict[str, Path]:
@@ -601,9 +608,8 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
             "config": cfg.to_dict(),
             "files": {"events": "events.parquet", "sequences": "sequences/",
                       "rejected": "rejected.parquet" if summary["quarantined"] else None},
+            **({"spikes": spikes_info} if spikes_info is not None else {}),
         }
-        if spikes_info is not None:
-            manifest["spikes"] = spikes_info
         with open(tmp / "manifest.json", "w") as f:
             json.dump(manifest, f, indent=2, default=_json_default)
     return IngestResult(out_dir, manifest, skipped=False, seconds=time.perf_counter() - started, stages=stages)

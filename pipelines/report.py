@@ -22,7 +22,7 @@ from pipelines.common import add_model_guard, model_label, open_catalog, warn_cl
 from stforecast.config import safe_name
 from stforecast.forecast import history_of, next_event, simulate_horizon
 from stforecast.ingested import as_catalog, unwrap_longitudes
-from stforecast.model.registry import BASELINES, load_forecaster
+from stforecast.registry import BASELINES, load_forecaster
 from stforecast.sampling import DEFAULT, Sampling
 from stforecast.sampling import add_arguments as add_sampling_arguments
 from stforecast.sampling import from_args as sampling_from_args
@@ -83,7 +83,7 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
     catalog, tmp = as_catalog(catalog), Path(tmp)
     catalog.require_continuous("a report")
     model = model.with_sampling(req.sampling)
-    manifest, schema, units, events = catalog.manifest, catalog.schema, catalog.units, catalog.events
+    schema, units, events = catalog.schema, catalog.units, catalog.events
     t_at = units.model_time_of(req.at) if req.at else float(events["t"].iloc[-1])
     past = catalog.before(t_at) if req.at else events
     if len(past) < 2:
@@ -148,7 +148,7 @@ def write_report(catalog, model, req: ReportRequest, tmp: Path, model_uri: str =
     for (name, frame), palette in zip(layers, (maps.NEXT_EVENT_COLOURS, maps.HORIZON_COLOURS)):
         maps.add_contours(m, frame, name, palette=palette)
     marks = [c for c in ("time", "magnitude", "category", "unit") if c in events.columns]
-    tick = maps.clock_tick(manifest)  # times are shown to the catalog's clock (see maps.format_time)
+    tick = catalog.clock_tick_s  # times are shown to the catalog's clock (see maps.format_time)
     recent = {"type": "FeatureCollection", "frame": "geographic" if geographic else "pixel", "features": [
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(r[lon]), float(r[lat])]},
          "properties": {c: maps.label_value(c, r[c], tick) for c in marks}} for _, r in view.iterrows()]}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipelines.batch_forecast import JOB_RECORD
 from stforecast.io.atomic import atomic_write_text
-from stforecast.model.registry import LABELS
+from stforecast.registry import LABELS
 from stforecast.riskmap import riskmap_html
 
 

@@ -89,6 +89,6 @@ def _settings_of_checkpoint(checkpoint: Path) -> dict:
     """The training settings a run was started with, as stored in its checkpoint."""
     import json
 
-    from stforecast.train import load_checkpoint
+    from stforecast.checkpoints import load_checkpoint
 
     return json.loads(load_checkpoint(checkpoint)["train_config"])

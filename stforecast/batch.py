@@ -173,12 +173,6 @@ def load_split(processed_dir: str | Path, split: str) -> SequenceSet:
     return SequenceSet.from_frame(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True))
 
 
-def load_manifest(processed_dir: str | Path) -> dict:
-    """The ingestion manifest of the catalog in ``processed_dir`` (read by :class:`~stforecast.ingested.IngestedCatalog`)."""
-    from stforecast.ingested import IngestedCatalog
-
-    return IngestedCatalog.open(processed_dir, Path(processed_dir).parent).manifest
-
 
 def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     """Share of padded rows over all rows computed, for reporting what bucketing saves."""

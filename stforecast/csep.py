@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stforecast.models.marks import M_MAX, sample_gutenberg_richter
+
 COLUMNS = ["lon", "lat", "mag", "time_string", "depth", "catalog_id", "event_id"]
 MAGNITUDES = ("model", "gutenberg-richter")
 TESTS = ("number", "spatial", "magnitude", "pseudolikelihood")
@@ -49,14 +51,6 @@ ALPHA = 0.05  # the conventional 5 % level of the pass flags
 SCORE_INDEX = {"number": 1, "spatial": 1, "magnitude": 0, "pseudolikelihood": 1}
 SCORE_LABEL = {"number": "δ2 = P(N ≤ n_obs)", "spatial": "γ = P(S ≤ s_obs)", "magnitude": "γ = P(D ≥ d_obs)",
                "pseudolikelihood": "γ = P(L ≤ l_obs)"}
-
-
-def gutenberg_richter(n: int, mc: float, b: float, rng: np.random.Generator, m_max: float = 9.5) -> np.ndarray:
-    """``n`` magnitudes in [mc, m_max) with log10 N(≥m) ∝ −b m (truncated at ``m_max``: an untruncated law
-    occasionally draws impossible magnitudes), by inverting the truncated exponential CDF."""
-    beta = b * np.log(10)
-    u = rng.uniform(size=n)
-    return mc - np.log1p(-u * (1 - np.exp(-beta * (m_max - mc)))) / beta
 
 
 def _check_magnitudes(magnitudes: str, mc, b) -> None:
@@ -80,7 +74,7 @@ def _rows(events: pd.DataFrame, magnitudes: str, mc, b, rng: np.random.Generator
     if magnitudes == "model":
         mags = ev["magnitude"].to_numpy(dtype=float)
     else:
-        mags = gutenberg_richter(len(ev), mc, b, rng, m_max)
+        mags = sample_gutenberg_richter(len(ev), mc, b, rng, m_max)
     times = pd.to_datetime(ev["time"], utc=True).dt.tz_localize(None)  # naive times are taken as UTC
     return pd.DataFrame({
         "lon": ev["lon"].to_numpy(dtype=float).round(5), "lat": ev["lat"].to_numpy(dtype=float).round(5),  # ~1 m
@@ -92,7 +86,7 @@ def _rows(events: pd.DataFrame, magnitudes: str, mc, b, rng: np.random.Generator
 
 
 def catalog_forecast_frame(events: pd.DataFrame, mc: float, b: float, seed: int = 0, depth_km: float = 10.0,
-                           m_max: float = 9.5, magnitudes: str = "model") -> pd.DataFrame:
+                           m_max: float = M_MAX, magnitudes: str = "model") -> pd.DataFrame:
     """Simulated events with ``simulation``, ``time`` (UTC), ``lon``, ``lat`` (and ``magnitude``) → pyCSEP rows,
     sorted by catalog. ``magnitudes="model"`` writes the events' own magnitudes (a ValueError if they have none);
     ``"gutenberg-richter"`` draws them from the law with ``mc``, ``b`` (truncated at ``m_max``; ``seed``)."""
@@ -127,7 +121,7 @@ class CatalogForecastWriter:
 
     def __init__(self, folder, name: str, start, *, n_catalogs: int | None = None, magnitudes: str = "model",
                  mc: float | None = None, b: float | None = None, seed: int = 0, depth_km: float = 10.0,
-                 m_max: float = 9.5):
+                 m_max: float = M_MAX):
         _check_magnitudes(magnitudes, mc, b)
         if n_catalogs is not None and n_catalogs < 1:
             raise ValueError(f"n_catalogs must be at least 1, not {n_catalogs}")
@@ -440,7 +434,7 @@ def completeness(catalog) -> tuple[float, float]:
     """(Mc, b) of a calendar earthquake catalog's training period: Mc by maximum curvature (+0.2), b by Aki's
     maximum likelihood above it. The catalog's threshold is not its completeness (Japan: threshold 2.5, mode of
     the counts 4.4), so the tests count events above Mc and a Gutenberg–Richter fill-in draws from there."""
-    from stforecast.baselines.etas import aki_b_value, max_curvature_mc
+    from stforecast.models.marks import aki_b_value, max_curvature_mc
 
     train = catalog.train_events["magnitude"].to_numpy()
     mc = max_curvature_mc(train)
@@ -464,7 +458,7 @@ def forecast_day(catalog, model, start, n_catalogs: int, folder, *, days: float 
                  progress: bool = False, gr: tuple[float, float] | None = None) -> dict:
     """One CSEP forecast: ``n_catalogs`` catalogs for [``start``, ``start + days``) from any forecaster, conditioned
     on every event of ``catalog`` (an IngestedCatalog with calendar times and magnitudes) before ``start``,
-    simulated ``chunk`` at a time (:meth:`~stforecast.model.base.Forecaster.simulate_catalogs`) and streamed to
+    simulated ``chunk`` at a time (:meth:`~stforecast.models.base.Forecaster.simulate_catalogs`) and streamed to
     the pyCSEP file in ``folder`` (memory bounded by a chunk). ``magnitudes``: "model" (the model's own: DSTPP's
     head, ETAS's Gutenberg–Richter law) or "gutenberg-richter" (the fill-in with ``gr`` = (Mc, b), default
     :func:`completeness`). Returns the day's record (file, counts, seconds)."""

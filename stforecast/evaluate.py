@@ -28,7 +28,7 @@ import pandas as pd
 from stforecast.batch import SequenceSet
 from stforecast.defaults import HDR_EVENTS, SCORE_SAMPLES
 from stforecast.metrics import crps_from_samples, energy_score, hdr_coverage, interval_coverage
-from stforecast.model.base import MARK_COLUMNS, Histories
+from stforecast.models.base import MARK_COLUMNS, Histories
 
 
 @dataclass
@@ -103,7 +103,7 @@ def evaluate_next_event(targets: Targets, events: pd.DataFrame | None, models: d
                         hdr_events: int = HDR_EVENTS, progress: bool = False) -> tuple[pd.DataFrame, dict]:
     """One row per model (sample scores and the NLL columns of the module docstring), and per model its
     reliability curves ``{"dt": {level: coverage}, "xy": {...}}``. Every model is a
-    :class:`~stforecast.model.base.Forecaster`: each forecasts the same histories, is sampled ``n`` times per
+    :class:`~stforecast.models.base.Forecaster`: each forecasts the same histories, is sampled ``n`` times per
     target and scored by the same functions. ``calibration`` (validation targets) is offered to every model
     (DSTPP fits its bound's reverse variances on it); ``events`` (the whole stream) gives the histories their
     whole past (None for the source's own windows). ``progress``: a bar over the models' stages (calibrate,

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stforecast.model.base import MARK_COLUMNS, Forecaster, Histories
+from stforecast.models.base import MARK_COLUMNS, Forecaster, Histories
 
 
 @dataclass
@@ -27,7 +27,7 @@ class HorizonForecast:
     """``events``: one row per simulated event (``simulation``, ``index`` within it, ``t``, ``dt``, ``x``, ``y``);
     ``counts``: (m,) events per simulation in the horizon; ``capped``: (m,) True where ``max_events`` cut it;
     ``clamped_share``: the share of sampled values at the sampler's safety clamp (None: the model samples
-    exactly, see :meth:`~stforecast.model.base.Forecaster.take_clamped_share`)."""
+    exactly, see :meth:`~stforecast.models.base.Forecaster.take_clamped_share`)."""
 
     events: pd.DataFrame
     counts: np.ndarray
@@ -91,7 +91,7 @@ def histories_from_table(frame: pd.DataFrame, context: int) -> tuple[np.ndarray,
 def next_event(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray, n: int = 100, *,
                marks: dict | None = None, max_history: int | None = None, seed: int = 0) -> pd.DataFrame:
     """``n`` samples of the event after a history (times ``t_hist`` (L,), locations ``xy_hist`` (L, 2), marks
-    {name: (L,)}, sorted) from any :class:`~stforecast.model.base.Forecaster`, drawn as its
+    {name: (L,)}, sorted) from any :class:`~stforecast.models.base.Forecaster`, drawn as its
     :class:`~stforecast.sampling.Sampling` says: columns ``sample, t, dt, x, y`` and the marks the model
     forecasts. The model reads its newest ``max_history`` events (default: its own context)."""
     keep = _context(model, max_history)
@@ -111,11 +111,11 @@ def simulate_horizon(model: Forecaster, t_hist: np.ndarray, xy_hist: np.ndarray,
                      marks: dict | None = None, max_events: int = 1000, max_history: int | None = None,
                      seed: int = 0, progress: bool = False, chunk: int = 1000) -> HorizonForecast:
     """``m`` simulated continuations of a history from its last event ``t_hist[-1]`` to ``t_end``, from any
-    :class:`~stforecast.model.base.Forecaster` (``marks``: the history's marks, {name: (L,)}; the model's own
+    :class:`~stforecast.models.base.Forecaster` (``marks``: the history's marks, {name: (L,)}; the model's own
     ``mark_names`` must be among them, and simulated events carry the marks the model samples, e.g. ETAS's
     magnitudes, which its next steps then condition on).
 
-    Each model simulates its own way (:meth:`~stforecast.model.base.Forecaster.simulate_catalogs`, ``chunk``
+    Each model simulates its own way (:meth:`~stforecast.models.base.Forecaster.simulate_catalogs`, ``chunk``
     simulations at a time): by default each simulation conditions on its most recent ``max_history`` events
     (default: the model's context; observed, then its own simulated ones); DSTPP carries its encoder state forward
     from the observed history, ETAS runs its branching process. A cap of ``max_events`` per simulation bounds

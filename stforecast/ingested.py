@@ -148,6 +148,32 @@ class IngestedCatalog:
     def marks(self) -> list:
         return list(self.schema.get("marks", []))
 
+    @property
+    def pipeline_version(self) -> str:
+        return str(self.manifest.get("pipeline_version", ""))
+
+    @property
+    def identity(self) -> dict:
+        """What a model's coordinates mean: this catalog's name, input hash, units and frame. Stored in every
+        checkpoint and compared with the catalog a forecast is made on (:func:`stforecast.checkpoints.check_catalog`)."""
+        schema = self.schema
+        return {"name": self.name, "input_hash": self.input_hash, "time_unit": schema.get("time_unit"),
+                "spatial_unit": schema.get("spatial_unit"), "crs_model": schema.get("crs_model"),
+                "projection_center_lonlat": schema.get("projection_center_lonlat")}
+
+    @property
+    def normalisation(self) -> dict:
+        """Statistics of the train targets (waiting time, log waiting time, x, y: min, max, mean, ...): what a
+        model is scaled by."""
+        return self.manifest["normalisation"]
+
+    @property
+    def clock_tick_s(self) -> float | None:
+        """The catalog's clock tick in seconds (its ingest config's ``tie_resolution_s``: 0.01 s for ComCat, 60 s
+        for the crime tables), None when the manifest does not say: maps show times to this precision."""
+        tick = self.manifest["config"].get("tie_resolution_s")
+        return float(tick) if tick else None
+
     # ------------------------------------------------------------------------------------------ splits
     @property
     def continuous(self) -> bool:

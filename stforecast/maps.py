@@ -71,13 +71,6 @@ def raw_html(markup: str):
     return _RawHtml(markup)
 
 
-def clock_tick(manifest: dict) -> float | None:
-    """The catalog's clock tick in seconds (``tie_resolution_s`` of its ingest config: 0.01 s for ComCat, 60 s
-    for the crime tables), or None when the manifest does not say."""
-    tick = (manifest.get("config") or {}).get("tie_resolution_s")
-    return float(tick) if tick else None
-
-
 def format_time(value, tick_s: float | None = None) -> str:
     """An event time as people read it. The rule: floor the time to the catalog's clock tick ``tick_s`` (ingest
     spreads tied events forward inside one tick, so flooring gives back the recorded time, and float round-off

@@ -19,7 +19,7 @@ import pandas as pd
 
 class DSTPPModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from stforecast.train import load_model
+        from stforecast.checkpoints import load_model
 
         self.model = load_model(context.artifacts["checkpoint"])
 

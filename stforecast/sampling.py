@@ -1,5 +1,5 @@
 """How a forecast is drawn: one frozen value that every command builds once from its flags and hands to the model
-(:meth:`stforecast.model.base.Forecaster.with_sampling`), and that every output's summary records. The same model,
+(:meth:`stforecast.models.base.Forecaster.with_sampling`), and that every output's summary records. The same model,
 history, seed and :class:`Sampling` give the same forecast through ``forecast``, ``report``, ``batch``,
 ``csep-eval`` and the MLflow model.
 

@@ -135,7 +135,7 @@ def load_model(uri: str):
     Reads the weights with ``torch.load(weights_only=True)``; no pickled object is loaded (unlike
     ``mlflow.pyfunc.load_model``, which imports and runs the code stored with the model). A missing file, an
     unknown model or an unreadable checkpoint raises FileNotFoundError/ValueError naming it."""
-    from stforecast.train import load_model as load_checkpoint_model
+    from stforecast.checkpoints import load_model as load_checkpoint_model
 
     if not is_model_uri(uri):
         return load_checkpoint_model(uri)
@@ -161,7 +161,8 @@ def train_and_track(cfg, *, resume: bool = False, force: bool = False, experimen
     commit, per-evaluation metrics, the best checkpoint and the registered model. A resumed training continues
     the MLflow run it started (its id is kept in ``out_dir/mlflow_run.json``). The run folder is claimed before
     the MLflow run opens, so a refused training leaves no empty run. Returns (TrainResult, model URI)."""
-    from stforecast.train import claimed_run_folder, train
+    from stforecast.checkpoints import claimed_run_folder
+    from stforecast.train import train
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks to MLflow
         return train(cfg, resume=resume, force=force), None
@@ -172,13 +173,13 @@ def train_and_track(cfg, *, resume: bool = False, force: bool = False, experimen
 def _train_and_track(cfg, resume: bool, experiment: str, registered_name: str | None, run_name: str | None):
     import mlflow
 
-    from stforecast.batch import load_manifest
+    from stforecast.ingested import IngestedCatalog
     from stforecast.train import train
 
     out = Path(cfg.out_dir)
     marker = out / "mlflow_run.json"
     run_id = json.loads(marker.read_text())["run_id"] if resume and marker.exists() else None
-    manifest = load_manifest(cfg.data)
+    catalog = IngestedCatalog.open(cfg.data, Path(cfg.data).parent)
     with tracked_run(experiment, run_name, run_id=run_id) as run:
         marker.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri()}))
         if run_id is None:
@@ -187,10 +188,9 @@ def _train_and_track(cfg, resume: bool, experiment: str, registered_name: str | 
             # the preset's model settings that no override names: log them too, so the run is complete
             mlflow.log_params({f"model.{k}": v for k, v in cfg.model_config().to_dict().items()
                                if f"model.{k}" not in params})
-            mlflow.set_tags({"git_commit": git_commit(), "data.name": manifest.get("name", ""),
-                             "data.input_hash": manifest.get("input_hash", ""),
-                             "data.pipeline_version": manifest.get("pipeline_version", "")})
-            mlflow.log_dict(manifest, "data_manifest.json")
+            mlflow.set_tags({"git_commit": git_commit(), "data.name": catalog.name,
+                             "data.input_hash": catalog.input_hash, "data.pipeline_version": catalog.pipeline_version})
+            mlflow.log_dict(catalog.manifest, "data_manifest.json")
 
         def on_eval(metrics: dict) -> None:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in ("epoch", "step")},

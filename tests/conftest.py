@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,6 +37,16 @@ def outside_the_checkout():
     yield
     os.chdir(before)
     print(f"\ntest outputs (screenshots in test-artifacts/): {TEST_ROOT}")
+
+
+@pytest.fixture(autouse=True)
+def restored_sys_path():
+    """Loading an MLflow pyfunc model puts its shipped code folder on ``sys.path``; processes started later (Dask
+    workers) would import stforecast from that copy, whose repository files are missing. Each test gets the path
+    it started with back."""
+    before = list(sys.path)
+    yield
+    sys.path[:] = before
 
 
 @pytest.fixture(scope="session")

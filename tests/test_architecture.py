@@ -71,9 +71,9 @@ def test_models_are_not_told_apart_by_hasattr():
 
 
 def test_model_names_are_listed_in_the_registry_alone():
-    from stforecast.model.registry import BASELINES
+    from stforecast.registry import BASELINES
 
-    registry = ROOT / "stforecast" / "model" / "registry.py"
+    registry = ROOT / "stforecast" / "registry.py"
     offenders = []
     for path in modules().values():
         if path == registry:
@@ -101,3 +101,83 @@ def test_the_ingestion_manifest_is_read_by_the_catalog_object_alone():
                     and (node.value == "manifest.json" or node.value.endswith("/manifest.json")):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_manifest_is_looked_up_in_the_catalog_object_alone():
+    """Every other module asks an :class:`IngestedCatalog` (its ``input_hash``, ``units``, ``normalisation``,
+    ``identity``...), never the raw manifest dict."""
+    allowed = {ROOT / "stforecast" / "ingested.py"}
+    offenders = []
+    for path in modules().values():
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Subscript):
+                value = node.value
+                name = value.id if isinstance(value, ast.Name) else getattr(value, "attr", None)
+                if name == "manifest":
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_the_models_import_nothing_from_the_baselines():
+    """The neural model and what it shares (base, marks, simulator) stand on their own; the baselines are siblings
+    that import from them, never the other way (the registry, outside the package, names both)."""
+    known = modules()
+    offenders = sorted(f"{name} -> {dep}" for name, path in known.items() if name.startswith("stforecast.models")
+                       for dep in imports_of(path, known) if dep.startswith("stforecast.baselines"))
+    assert offenders == []
+
+
+def test_one_lockstep_simulator():
+    """The step-by-step catalog simulator is written once (stforecast.models.simulate.lockstep); the generic and
+    DSTPP's simulations only give it their stepper. ETAS's branching process is the one other way to simulate."""
+    loops, implementations = [], {}
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name in ("simulate_catalogs", "lockstep"):
+                calls = {getattr(c.func, "id", getattr(c.func, "attr", "")) for c in ast.walk(node)
+                         if isinstance(c, ast.Call)}
+                implementations[f"{name}.{node.name}"] = calls
+            if isinstance(node, ast.FunctionDef) and node.name == "lockstep":
+                loops.append(name)
+    assert loops == ["stforecast.models.simulate"]
+    assert "lockstep" in implementations["stforecast.models.base.simulate_catalogs"]
+    assert "lockstep" in implementations["stforecast.models.dstpp.simulation.simulate_catalogs"]
+    others = {k for k in implementations if k.endswith(".simulate_catalogs")} - {
+        "stforecast.models.base.simulate_catalogs", "stforecast.models.dstpp.simulation.simulate_catalogs",
+        "stforecast.baselines.etas.simulate_catalogs"}
+    assert others == set()
+
+
+def test_one_gutenberg_richter_sampler():
+    """Magnitudes are drawn from the Gutenberg-Richter law in one function (stforecast.models.marks), with one
+    behaviour (truncated at M_MAX); no other module inverts its CDF or draws exponential magnitudes."""
+    offenders = []
+    for name, path in modules().items():
+        if name == "stforecast.models.marks":
+            continue
+        text = path.read_text()
+        for i, line in enumerate(text.splitlines(), 1):
+            if "log(10)" in line and ("exponential(" in line or "log1p(" in line):
+                offenders.append(f"{name}:{i}")
+        offenders += [f"{name}: defines {n.name}" for n in ast.walk(ast.parse(text))
+                      if isinstance(n, ast.FunctionDef) and "gutenberg" in n.name.lower()]
+    assert offenders == []
+
+
+#: library modules allowed over 400 lines, and why (each is one thing that does not split without scattering it)
+LONG_MODULES = {
+    "stforecast.io.tables": "one table reader: chunking, vectorised line checks, parsing and validation of a row",
+    "stforecast.io.spikes": "one recording reader: MatClust clusters, the Trodes position track, their alignment",
+    "stforecast.io.remote": "one downloader: HTTP with retries and resumes, paged FDSN and Socrata queries",
+    "stforecast.csep": "pyCSEP's catalog forecasts: the file writer, the day's simulation, the four tests, plots",
+    "stforecast.baselines.etas": "the ETAS model and its maximum-likelihood fit over three kernel variants",
+}
+
+
+def test_no_library_module_is_longer_than_a_reader_can_hold():
+    long = {name: len(path.read_text().splitlines()) for name, path in modules().items()
+            if name.startswith("stforecast") and len(path.read_text().splitlines()) > 400}
+    assert sorted(set(long) - set(LONG_MODULES)) == [], long

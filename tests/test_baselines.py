@@ -9,7 +9,7 @@ import pytest
 from scipy import integrate
 
 from stforecast.baselines import HawkesST, PoissonKDE, simulate_hawkes
-from stforecast.baselines.hawkes import UniformBox
+from stforecast.baselines.kernels import UniformBox
 
 BOX = (0.0, 0.0, 20.0, 20.0)
 TRUE = {"mu": 0.5, "alpha": 0.6, "beta": 2.0, "sigma": 0.4}
@@ -89,7 +89,7 @@ ETAS_BOX = (0.0, 0.0, 200.0, 200.0)
 
 @pytest.fixture(scope="module")
 def etas_catalog():
-    from stforecast.baselines.etas import simulate_etas
+    from stforecast.baselines.etas_simulation import simulate_etas
 
     return simulate_etas(ETAS_TRUE, 3.0, 1.0, ETAS_BOX, 10_000.0, np.random.default_rng(5))
 
@@ -114,7 +114,8 @@ def test_etas_mle_recovers_the_simulated_parameters(etas_catalog):
 
 
 def test_etas_next_event_density_integrates_to_one(etas_catalog):
-    from stforecast.baselines.etas import ETAS, _unpack
+    from stforecast.baselines.etas import ETAS
+    from stforecast.baselines.etas_kernel import _unpack
 
     t, xy, m = etas_catalog
     model = ETAS(3.0, background=ETAS_BOX, max_lag=150)
@@ -134,7 +135,8 @@ def test_etas_next_event_density_integrates_to_one(etas_catalog):
 
 
 def test_etas_sampler_agrees_with_its_density(etas_catalog):
-    from stforecast.baselines.etas import ETAS, aki_b_value
+    from stforecast.baselines.etas import ETAS
+    from stforecast.models.marks import aki_b_value
 
     t, xy, m = etas_catalog
     assert aki_b_value(m, 3.0, bin_width=0.0) == pytest.approx(1.0, rel=0.05)  # simulated with b = 1

@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stforecast.baselines.etas import ETAS, _tied, omori_cutoff, simulate_etas
+from stforecast.baselines.etas import ETAS
+from stforecast.baselines.etas_kernel import _tied, omori_cutoff
+from stforecast.baselines.etas_simulation import simulate_etas
 from stforecast.baselines.hawkes import HawkesST, UniformBox, simulate_hawkes
-from stforecast.model.base import Histories
+from stforecast.models.base import Histories
 
 BOX = (0.0, 0.0, 20.0, 20.0)
 HAWKES = {"mu": 5.0, "alpha": 0.6, "beta": 0.5, "sigma": 0.4}  # ~120 events within the 1 % lag ln(100)/β ≈ 9.2
@@ -80,8 +82,8 @@ def test_the_fit_reads_the_same_past_as_the_next_event_densities_it_is_scored_wi
     next-event log densities the evaluation uses, less the offspring mass the fit charges beyond each event's
     window (the fit charges every event's whole offspring mass until t_end; forecasts stop a parent's rate at the
     cut-off): fitting and forecasting condition on the same past, and what the cut-off leaves out is ≤ 1 %."""
-    from stforecast.baselines.etas import FREE
-    from stforecast.baselines.hawkes import parent_until
+    from stforecast.baselines.etas_kernel import FREE
+    from stforecast.baselines.kernels import parent_until
 
     params = {**ETAS_TRUE, "p": 2.0, "c": 0.05}  # T = c (100^{1/(p−1)} − 1) ≈ 5: the cut-off binds
     t, xy, m = simulate_etas(params, 3.0, 1.0, ETAS_BOX, 2000.0, np.random.default_rng(5), variant=variant)
@@ -148,7 +150,7 @@ def _frame(t, xy, m, split):
 
 
 def test_fits_round_trip_through_the_json_cache_and_the_registry_never_hands_over_test_events(monkeypatch):
-    from stforecast.model import registry
+    from stforecast import registry
 
     gaussian = {"mu": 0.3, "A": 0.25, "alpha": 1.0, "c": 0.05, "p": 2.0, "D": 1.5}  # not the default variant
     t, xy, m = simulate_etas(gaussian, 3.0, 1.0, ETAS_BOX, 5000.0, np.random.default_rng(4), variant="gaussian")

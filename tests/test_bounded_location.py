@@ -13,7 +13,7 @@ import torch
 
 from stforecast.sampling import Sampling
 
-from stforecast.model.dstpp import OUTSIDE, Scaler
+from stforecast.models.dstpp import OUTSIDE, Scaler
 
 STATS = {"log_dt": {"min": -6.0, "max": 3.0}, "dt": {"min": 0.0, "max": 20.0},
          "x": {"min": -900.0, "max": 1100.0}, "y": {"min": -1300.0, "max": 1400.0}}
@@ -90,7 +90,7 @@ def test_a_density_pulled_back_onto_the_region_integrates_to_one(location_scale,
 
     def cell_edges(lo, hi, centre):
         z_ref = math.log((centre - lo) / (hi - centre))
-        z_max = math.log((1 - 1e-6) / 1e-6)  # the map's own edge (stforecast.model.dstpp.EDGE)
+        z_max = math.log((1 - 1e-6) / 1e-6)  # the map's own edge (stforecast.models.dstpp.EDGE)
         s = np.linspace(math.asinh((-z_max - z_ref) / 1e-3), math.asinh((z_max - z_ref) / 1e-3), 3001)
         z = z_ref + 1e-3 * np.sinh(s)
         return lo + (hi - lo) / (1 + np.exp(-z))
@@ -132,7 +132,7 @@ def bounded_model(ridgecrest_tiny, tmp_path_factory):
 def test_a_bounded_model_samples_inside_the_catalogs_region_even_when_its_network_is_wild(bounded_model):
     from stforecast.forecast import history_of, next_event, simulate_horizon
     from stforecast.ingested import IngestedCatalog
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     folder, checkpoint = bounded_model
     model = load_model(checkpoint)
@@ -154,7 +154,7 @@ def test_a_bounded_model_samples_inside_the_catalogs_region_even_when_its_networ
 def test_a_bounded_models_exact_likelihood_is_finite_on_the_catalogs_events(bounded_model):
     from stforecast.evaluate import next_event_targets
     from stforecast.ingested import IngestedCatalog
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     folder, checkpoint = bounded_model
     model = load_model(checkpoint)

@@ -18,9 +18,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from stforecast.csep import (  # noqa: E402
-    COLUMNS, CatalogForecastWriter, calibration_plot, catalog_forecast_frame, gutenberg_richter, run_csep_tests,
+    COLUMNS, CatalogForecastWriter, calibration_plot, catalog_forecast_frame, run_csep_tests,
     summary_markdown, summary_table, write_catalog_forecast,
 )
+from stforecast.models.marks import sample_gutenberg_richter  # noqa: E402
 
 START = pd.Timestamp("2020-03-01", tz="UTC")
 END = START + pd.Timedelta(days=1)
@@ -39,7 +40,7 @@ def simulate(rng: np.random.Generator, n_catalogs: int, mean: float, weights=WEI
         "simulation": np.repeat(np.arange(n_catalogs), counts),
         "time": START + pd.to_timedelta(rng.uniform(0, 86_400, n), unit="s"),
         "lon": cell % 3 + rng.uniform(0.05, 0.95, n), "lat": cell // 3 + rng.uniform(0.05, 0.95, n),
-        "magnitude": np.round(gutenberg_richter(n, MC, B, rng), 2),
+        "magnitude": np.round(sample_gutenberg_richter(n, MC, B, rng), 2),
     })
 
 

@@ -9,8 +9,9 @@ import pytest
 from pipelines.ingest import run_ingest
 from stforecast.evaluate import evaluate_next_event, next_event_targets, sample_scores
 from stforecast.ingested import IngestedCatalog
-from stforecast.model.registry import fit_baselines
-from stforecast.train import TrainConfig, load_model, train
+from stforecast.registry import fit_baselines
+from stforecast.checkpoints import load_model
+from stforecast.train import TrainConfig, train
 
 
 def test_sample_scores_prefer_the_truth_centred_forecast():

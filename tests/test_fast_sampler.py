@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from stforecast.model.ode import ProbabilityFlow, clamp_steps
-from stforecast.model.schedule import DDIMSampler, DPMSolverSampler, NoiseSchedule, sample_loop
+from stforecast.diffusion.ode import ProbabilityFlow, clamp_steps
+from stforecast.diffusion.schedule import DDIMSampler, DPMSolverSampler, NoiseSchedule, sample_loop
 
 F64 = torch.float64
 W = torch.tensor([0.3, 0.7], dtype=F64)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stforecast.forecast import next_event, simulate_horizon
-from stforecast.model.base import Forecaster, Histories, NextEvent, Samples
+from stforecast.models.base import Forecaster, Histories, NextEvent, Samples
 
 
 class Echo(Forecaster):

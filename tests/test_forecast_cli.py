@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stforecast.baselines.etas import aki_b_value
-from stforecast.csep import COLUMNS, gutenberg_richter
+from stforecast.models.marks import aki_b_value, sample_gutenberg_richter
+from stforecast.csep import COLUMNS
 from stforecast.ingested import CatalogUnits, IngestedCatalog
 
 
@@ -87,18 +87,18 @@ def test_forecast_cli_writes_pycsep_catalog_forecasts(ridgecrest, tmp_path):
 
 def test_gutenberg_richter_draws_recover_b_and_respect_the_truncation():
     rng = np.random.default_rng(0)
-    m = gutenberg_richter(200_000, 2.5, 1.1, rng, m_max=9.5)
+    m = sample_gutenberg_richter(200_000, 2.5, 1.1, rng, m_max=9.5)
     assert m.min() >= 2.5 and m.max() < 9.5
     assert aki_b_value(m, 2.5, bin_width=0.0) == pytest.approx(1.1, rel=0.01)
-    tight = gutenberg_richter(50_000, 2.5, 1.0, rng, m_max=3.0)
+    tight = sample_gutenberg_richter(50_000, 2.5, 1.0, rng, m_max=3.0)
     assert tight.max() < 3.0 and tight.mean() < 2.75  # truncation keeps the law's decreasing shape
 
 
 def test_max_curvature_finds_the_completeness_of_a_ramped_catalog():
-    from stforecast.baselines.etas import max_curvature_mc
+    from stforecast.models.marks import max_curvature_mc
 
     rng = np.random.default_rng(1)
-    m = np.round(gutenberg_richter(100_000, 1.0, 1.0, rng), 1)
+    m = np.round(sample_gutenberg_richter(100_000, 1.0, 1.0, rng), 1)
     from scipy.stats import norm
 
     # Ogata & Katsura's detection curve: half the events of M 3.0 are recorded, nearly all above 3.4
@@ -111,7 +111,7 @@ def test_pycsep_number_and_spatial_tests_run_offline(ridgecrest, tmp_path):
     if not os.environ.get("CI"):  # CI installs the `csep` extra (through `dev`): there a missing pyCSEP fails
         pytest.importorskip("csep")
     from pipelines.forecasting import ForecastRequest, run_forecast
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     r, ckpt = ridgecrest
     req = ForecastRequest(at="2019-07-12", fmt="csep", simulations=200, max_events=40, csep_test=True)

@@ -14,8 +14,8 @@ from pipelines.forecasting import ForecastRequest, run_forecast
 from pipelines.report import ReportRequest, write_report
 from stforecast.forecast import history_of, simulate_horizon
 from stforecast.ingested import IngestedCatalog
-from stforecast.model.base import Forecaster, Histories
-from stforecast.model.registry import BASELINES, load_forecaster
+from stforecast.models.base import Forecaster, Histories
+from stforecast.registry import BASELINES, load_forecaster
 
 MODELS = ["dstpp", *BASELINES]
 

@@ -68,7 +68,7 @@ def test_one_forecast_through_every_path_is_identical(bounded, tmp_path):
     from pipelines.batch_forecast import Job, run_batch
     from pipelines.report import ReportRequest, run_report
     from stforecast.ingested import IngestedCatalog
-    from stforecast.model.registry import load_forecaster
+    from stforecast.registry import load_forecaster
     from stforecast.tracking import log_trained_model, tracked_run
 
     folder, ckpt, _ = bounded
@@ -117,7 +117,7 @@ def test_the_mlflow_model_forecasts_a_model_that_reads_and_forecasts_magnitudes(
 
     from stforecast.ingested import IngestedCatalog
     from stforecast.tracking import log_trained_model, tracked_run
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     folder, _, ckpt = bounded
     model = load_model(ckpt)
@@ -139,7 +139,7 @@ def test_the_mlflow_model_forecasts_a_model_that_reads_and_forecasts_magnitudes(
 def test_no_sample_outside_the_region_for_every_registered_model(bounded, tmp_path, name):
     from stforecast.forecast import history_of, next_event, simulate_horizon
     from stforecast.ingested import IngestedCatalog
-    from stforecast.model.registry import load_forecaster
+    from stforecast.registry import load_forecaster
 
     folder, ckpt, _ = bounded
     catalog = IngestedCatalog.open(folder)
@@ -192,7 +192,7 @@ def test_a_report_map_in_a_browser_opens_on_the_region_with_every_contour_inside
 
     from pipelines.report import ReportRequest, run_report
     from stforecast.ingested import IngestedCatalog
-    from stforecast.model.registry import load_forecaster
+    from stforecast.registry import load_forecaster
 
     folder, ckpt, _ = bounded
     catalog = IngestedCatalog.open(folder)

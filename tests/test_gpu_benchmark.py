@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -58,12 +57,10 @@ def one_thread():
 
 def test_a_cpu_dry_run_measures_everything_and_the_parity_passes(tmp_path, ridgecrest, one_thread, capsys):
     out = tmp_path / "reports" / "gpu.json"
-    t0 = time.perf_counter()
     status = gpu.main(["--device", "cpu", "--quick", "--no-compile", "--data", ridgecrest, "--out", str(out),
                        "--run-dir", str(tmp_path / "runs")])
-    seconds = time.perf_counter() - t0
     printed = capsys.readouterr().out
-    assert status == 0 and seconds < 60
+    assert status == 0
     record = json.loads(out.read_text())
     assert record["device"]["device"] == "cpu" and record["device"]["torch"] == torch.__version__
     s = record["settings"]

@@ -13,8 +13,9 @@ import torch
 from stforecast.sampling import Sampling
 
 from stforecast.batch import SequenceSet
-from stforecast.model.base import Histories
-from stforecast.model.dstpp import DSTPP, ModelConfig, Scaler
+from stforecast.models.base import Histories
+from stforecast.models.dstpp import DSTPP, ModelConfig, Scaler
+from stforecast.models.dstpp.simulation import extend
 
 STATS = {"dt": {"min": 0.001, "max": 5.0}, "log_dt": {"min": math.log(0.001), "max": math.log(5.0)},
          "x": {"min": -100.0, "max": 100.0}, "y": {"min": -50.0, "max": 80.0}}
@@ -72,7 +73,7 @@ def test_carried_encoder_state_equals_full_reencoding(variant):
     """Start from an observed history of 12 rows shared by 3 simulations, add 15 rows that differ per simulation
     (with one simulation retired half-way), and compare every step's state with encoding the whole sequence."""
     m = make(VARIANTS[variant])
-    cfg, sc = m.cfg, m.scaler
+    sc = m.scaler
     rng = np.random.default_rng(2)
     L0, extra, B = 12, 15, 3
     t0 = np.cumsum(rng.exponential(0.5, L0) + 0.01)
@@ -97,7 +98,7 @@ def test_carried_encoder_state_equals_full_reencoding(variant):
         j = L0 + i
         f = torch.float32
         with torch.no_grad():
-            state = m._extend(cache, torch.as_tensor(t_all[live, j] - t0[0], dtype=f),
+            state = extend(m, cache, torch.as_tensor(t_all[live, j] - t0[0], dtype=f),
                               torch.as_tensor(t_all[live, j] - t_all[live, j - 1], dtype=f),
                               torch.as_tensor(xy_all[live, j], dtype=f), torch.as_tensor(xy_all[live, j - 1], dtype=f),
                               {"magnitude": m_all[live, j]}) or cache.state
@@ -110,7 +111,7 @@ def test_carried_encoder_state_equals_full_reencoding(variant):
 def test_cached_simulation_matches_the_generic_lockstep_in_distribution():
     """The same trained-free model simulated by the carried state and by the generic lock-step path (which
     re-encodes each history, with the context large enough that nothing slides out): same count distribution."""
-    from stforecast.model.base import Forecaster
+    from stforecast.models.base import Forecaster
 
     m = make(VARIANTS["relative + waits + magnitudes + head"]).with_sampling(Sampling(sampler="dpm", steps=5))
     rng = np.random.default_rng(3)

@@ -121,7 +121,7 @@ def test_report_map_shows_payloads_as_text(evil_catalog, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     from pipelines.report import ReportRequest, write_report
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     folder, ckpt = evil_catalog
     out = tmp_path / "report"

@@ -178,7 +178,7 @@ def test_report_writes_map_netcdf_png_and_tracks_them(ridgecrest_model, tmp_path
 
 def test_a_failed_report_leaves_the_previous_one_intact(ridgecrest_model, tmp_path, monkeypatch):
     from pipelines.report import ReportRequest, run_report
-    from stforecast.train import load_model
+    from stforecast.checkpoints import load_model
 
     r, ckpt = ridgecrest_model
     out = tmp_path / "report"

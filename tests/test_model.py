@@ -11,8 +11,8 @@ import torch
 from stforecast.sampling import Sampling
 
 from stforecast.batch import SequenceSet
-from stforecast.model.dstpp import DSTPP, PAPER, ModelConfig, Scaler
-from stforecast.model.schedule import DDIMSampler, DDPMSampler, NoiseSchedule, sample_loop
+from stforecast.models.dstpp import DSTPP, PAPER, ModelConfig, Scaler
+from stforecast.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule, sample_loop
 
 TINY = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, rnn_hidden=16, denoiser_width=16, steps=50,
                    dropout=0.0, location="absolute")
@@ -272,7 +272,7 @@ def test_conditioning_inputs_reach_the_encoder_and_magnitudes_are_forecast():
     assert not torch.allclose(m.encode(other)[:, -1], h[:, -1])
     plain = model()
     assert plain.mark_names == () and torch.equal(plain.encode(other), plain.encode(batch))  # marks ignored
-    from stforecast.model.base import Histories
+    from stforecast.models.base import Histories
 
     drawn = m.with_sampling(Sampling(sampler="ddim", steps=5)).forecast(Histories.from_sequences(data)).sample(
         7, np.random.default_rng(0))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from stforecast.batch import Batch
-from stforecast.model.dstpp import DSTPP, ModelConfig, Scaler
+from stforecast.models.dstpp import DSTPP, ModelConfig, Scaler
 
 CFG = ModelConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16, rnn_hidden=0, denoiser_width=8, steps=100, dropout=0.0,
                   location="absolute")

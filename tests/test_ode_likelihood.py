@@ -12,8 +12,8 @@ from scipy.special import logsumexp
 from scipy.stats import gaussian_kde, multivariate_normal, norm
 from torch import nn
 
-from stforecast.model.ode import ProbabilityFlow, clamp_steps, solver_error
-from stforecast.model.schedule import NoiseSchedule
+from stforecast.diffusion.ode import ProbabilityFlow, clamp_steps, solver_error
+from stforecast.diffusion.schedule import NoiseSchedule
 
 F64 = torch.float64
 MU = torch.tensor([0.3, -0.2, 0.1], dtype=F64)

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from pipelines.ingest import run_ingest
-from stforecast.batch import load_manifest, load_split
-from stforecast.train import TrainConfig, build_model, evaluate_loss, load_model, train
+from stforecast.batch import load_split
+from stforecast.ingested import IngestedCatalog
+from stforecast.checkpoints import load_model
+from stforecast.train import TrainConfig, build_model, evaluate_loss, train
 
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "rnn_hidden": 16, "denoiser_width": 32, "steps": 100}
 
@@ -99,7 +101,7 @@ def test_mlflow_run_holds_a_registered_model_that_reloads_and_samples(windows, t
     client = MlflowClient()
     version = client.get_model_version("dstpp-test", "1")
     run = client.get_run(version.run_id)
-    assert run.data.tags["data.input_hash"] == load_manifest(windows)["input_hash"]
+    assert run.data.tags["data.input_hash"] == IngestedCatalog.open(windows).input_hash
     assert run.data.tags["git_commit"] and run.data.params["model.d_model"] == "16" and run.data.params["lr"] == "0.003"
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [15, 30]  # once per epoch

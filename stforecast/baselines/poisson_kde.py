@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stforecast.model.base import MAX_RATE, NLL, Forecaster, Histories, NextEvent, Samples, check_number
+from stforecast.models.base import MAX_RATE, NLL, Forecaster, Histories, NextEvent, Samples, check_number
 
 
 class GaussianKDE2D:
@@ -47,7 +47,7 @@ class PoissonKDE(Forecaster):
         return self
 
     def fit_events(self, events, fit_end: float) -> "PoissonKDE":
-        """The :class:`~stforecast.model.base.Forecaster` face: fit on the catalog's events before ``fit_end``."""
+        """The :class:`~stforecast.models.base.Forecaster` face: fit on the catalog's events before ``fit_end``."""
         past = events[events["t"] < fit_end]
         return self.fit(past["t"].to_numpy(), past[["x", "y"]].to_numpy(), fit_end)
 

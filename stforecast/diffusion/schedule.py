@@ -139,7 +139,7 @@ class DDIMSampler:
 class DPMSolverSampler:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: fast solver for guided sampling of diffusion probabilistic
     models", multistep second order in the data prediction): a solver of the same probability-flow ODE that DDIM
-    (η = 0) discretises to first order and :class:`~stforecast.model.ode.ProbabilityFlow` solves adaptively, so its
+    (η = 0) discretises to first order and :class:`~stforecast.diffusion.ode.ProbabilityFlow` solves adaptively, so its
     samples approximate the distribution whose exact density the ODE gives, in ``num_steps`` network evaluations.
 
     With α = sqrt(ᾱ), σ = sqrt(1 − ᾱ), λ = log(α/σ) and x̂0 = (x − σ ε̂)/α, one step from step s to t (h = λ_t − λ_s):

@@ -1,7 +1,7 @@
 """Every next-event model by name: the one place that lists them.
 
 ``load_forecaster(spec, catalog)`` turns what a user types after ``--model`` (a baseline's name, a
-checkpoint path, an MLflow URI) into a :class:`~stforecast.model.base.Forecaster`. Baselines are fitted by maximum
+checkpoint path, an MLflow URI) into a :class:`~stforecast.models.base.Forecaster`. Baselines are fitted by maximum
 likelihood on the catalog's events before its validation start (the same rule as the evaluation) and their fits
 are kept as JSON (parameters, the catalog's input hash and the fitting rule; no pickle) under
 ``runs/baselines/<catalog>/``, so a second report or batch job reuses the fit instead of redoing it.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stforecast.model.base import Forecaster
+from stforecast.models.base import Forecaster
 
 if TYPE_CHECKING:  # importing pandas here would slow every `stforecast --help`
     import pandas as pd
@@ -167,15 +167,15 @@ def load_forecaster(spec: str, catalog: IngestedCatalog, *, allow_other_catalog:
                     cache_root: Path | None = None, log=print, track: bool = False,
                     mc: float | None = None) -> Forecaster:
     """``spec``: a baseline's name (fitted on this catalog), a checkpoint path or an MLflow model URI (a trained
-    DSTPP, checked against this catalog's units and frame: :func:`stforecast.train.check_catalog`). Its forecasts
+    DSTPP, checked against this catalog's units and frame: :func:`stforecast.checkpoints.check_catalog`). Its forecasts
     keep their locations in the catalog's region with its margin (:meth:`Forecaster.within`): every registered
     model's maps, tables and simulations stay on the catalog's map."""
     if is_baseline(spec):
         model = cached_baseline(spec, catalog, cache_root, log=log, track=track, mc=mc)
     else:
         from stforecast.tracking import load_model
-        from stforecast.train import check_catalog
+        from stforecast.checkpoints import check_catalog
 
         model = load_model(spec)
-        check_catalog(model, catalog.manifest, allow_other_catalog, warn=log)
+        check_catalog(model, catalog, allow_other_catalog, warn=log)
     return model.within(catalog.view_box())

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stforecast.models.simulate import SimulatedChunk, lockstep
 from stforecast.sampling import DEFAULT as DEFAULT_SAMPLING
 from stforecast.sampling import Sampling
 
@@ -157,19 +158,6 @@ class NLL:
                 "nll_bound_kind": "", "sampler": "", **self.extra}
 
 
-@dataclass
-class SimulatedChunk:
-    """Simulated catalogs ``first`` .. ``first + len(counts) − 1`` of a horizon forecast: ``events`` one row per
-    simulated event in the scored window (``simulation`` the catalog id, ``t``, ``x``, ``y`` in model units, and
-    the marks the model forecasts), ``counts`` (c,) events per catalog in the window, ``capped`` (c,) True where
-    ``max_events`` cut a catalog (its count is then a lower bound)."""
-
-    events: object  # pandas DataFrame
-    first: int
-    counts: np.ndarray
-    capped: np.ndarray
-
-
 class NextEvent(ABC):
     """The forecast distribution of the event after each of ``H`` histories."""
 
@@ -264,7 +252,7 @@ class Forecaster(ABC):
         return self
 
     def state(self) -> dict:
-        """What a fit found, as JSON-able values (saved without pickle; see :mod:`stforecast.model.registry`)."""
+        """What a fit found, as JSON-able values (saved without pickle; see :mod:`stforecast.registry`)."""
         return {}
 
     def restore(self, state: dict, events, fit_end: float) -> "Forecaster":
@@ -322,69 +310,18 @@ class Forecaster(ABC):
         last) from its newest event to ``t_end``; yields a :class:`SimulatedChunk` per ``chunk`` catalogs, with
         the events in [``t_start`` (default: the newest event), ``t_end``).
 
-        This generic version runs the catalogs of a chunk in lock-step through :meth:`forecast`: at each step
-        every live simulation draws its next event conditioned on its newest ``max_history`` (default:
-        ``context``) events, observed then its own. Models override it where they can do better (ETAS: its
-        branching process; DSTPP: an encoder state carried forward)."""
-        import pandas as pd
-
+        This generic version runs the lock-step simulator (:func:`stforecast.models.simulate.lockstep`) through
+        :meth:`forecast_within`: at each step every live simulation draws its next event conditioned on its
+        newest ``max_history`` (default: ``context``) events, observed then its own. Models override it where they
+        can do better (ETAS: its branching process; DSTPP: an encoder state carried forward)."""
         t, xy = np.asarray(t, float), np.asarray(xy, float)
         marks = {k: np.asarray(v, float) for k, v in (marks or {}).items()}
         missing = [k for k in self.mark_names if k not in marks]
         if missing:
             raise ValueError(f"{self.describe()} needs the history's {missing}")
         context = int(max_history or self.context)
-        keep = min(len(t), context)
-        t_start = float(t[-1]) if t_start is None else float(t_start)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n, desc="catalogs simulated", unit="catalog")
-        for first in range(0, n, chunk):
-            size = min(chunk, n - first)
-            width = keep + max_events
-            times, locs = np.empty((size, width)), np.empty((size, width, 2))
-            times[:, :keep], locs[:, :keep] = t[-keep:], xy[-keep:]
-            mark_buf = {k: np.full((size, width), np.nan) for k in marks}
-            for k, v in marks.items():
-                mark_buf[k][:, :keep] = v[-keep:]
-            length, drawn = keep, np.zeros(size, np.int64)
-            counts, capped = np.zeros(size, np.int64), np.zeros(size, bool)
-            alive = np.ones(size, bool)
-            parts = []
-            while alive.any():
-                ids = np.flatnonzero(alive)
-                lo = max(0, length - context)
-                h = Histories(times[ids, lo:length], locs[ids, lo:length],
-                              {k: v[ids, lo:length] for k, v in mark_buf.items()})
-                s = self.forecast_within(h).sample(1, rng)
-                d = s.events[:, 0]
-                new_t = times[ids, length - 1] + d[:, 0]
-                inside = new_t < t_end
-                record = inside & (new_t >= t_start)
-                counts[ids[record]] += 1
-                if record.any():
-                    parts.append(pd.DataFrame({"simulation": first + ids[record], "t": new_t[record],
-                                               "x": d[record, 1], "y": d[record, 2],
-                                               **{k: v[record, 0] for k, v in s.marks.items()}}))
-                go = ids[inside]
-                times[go, length], locs[go, length] = new_t[inside], d[inside, 1:]
-                for k, v in s.marks.items():
-                    if k in mark_buf:
-                        mark_buf[k][go, length] = v[inside, 0]
-                drawn[go] += 1
-                alive[ids[~inside]] = False
-                full = go[drawn[go] >= max_events]
-                capped[full], alive[full] = True, False
-                length += 1
-                if bar is not None:
-                    bar.update(int((~inside).sum()) + len(full))
-            events = (pd.concat(parts, ignore_index=True) if parts
-                      else pd.DataFrame(columns=["simulation", "t", "x", "y"]))
-            yield SimulatedChunk(events, first, counts, capped)
-        if bar is not None:
-            bar.close()
+        yield from lockstep(lambda size: HistoryStepper(self, t, xy, marks, size, context, max_events), float(t[-1]),
+                            t_end, n, rng, t_start=t_start, chunk=chunk, max_events=max_events, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------ stored fits
@@ -411,3 +348,35 @@ def check_number(state: dict, key: str, lo: float = -np.inf, hi: float = np.inf,
     if not lo <= value <= hi:
         raise ValueError(f"field {key!r} = {value!r} is outside the fit's range [{lo:g}, {hi:g}]")
 
+
+class HistoryStepper:
+    """Lock-step simulations through a forecaster's next-event distribution: each draw conditions on the newest
+    ``context`` events of each live simulation (observed, then its own), as the model's histories."""
+
+    def __init__(self, model, t: np.ndarray, xy: np.ndarray, marks: dict, size: int, context: int,
+                 max_events: int):
+        keep = min(len(t), context)
+        width = keep + max_events
+        self.model, self.context, self.length = model, context, keep
+        self.times, self.locs = np.empty((size, width)), np.empty((size, width, 2))
+        self.times[:, :keep], self.locs[:, :keep] = t[-keep:], xy[-keep:]
+        self.buffers = {k: np.full((size, width), np.nan) for k in marks}
+        for k, v in marks.items():
+            self.buffers[k][:, :keep] = v[-keep:]
+        self.rows = np.arange(size)  # buffer rows of the live simulations
+        self.marks = tuple(model.forecast_marks)
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        lo, hi = max(0, self.length - self.context), self.length
+        h = Histories(self.times[self.rows, lo:hi], self.locs[self.rows, lo:hi],
+                      {k: v[self.rows, lo:hi] for k, v in self.buffers.items()})
+        s = self.model.forecast_within(h).sample(1, rng)
+        return s.events[:, 0], {k: v[:, 0] for k, v in s.marks.items()}
+
+    def advance(self, keep: np.ndarray, t: np.ndarray, events: np.ndarray, marks: dict) -> None:
+        self.rows = self.rows[keep]
+        self.times[self.rows, self.length], self.locs[self.rows, self.length] = t, events[:, 1:]
+        for k, v in marks.items():
+            if k in self.buffers:
+                self.buffers[k][self.rows, self.length] = v
+        self.length += 1

@@ -1,0 +1,102 @@
+"""DSTPP's catalog simulation: the observed history encoded once, each simulation's encoder state carried
+forward one simulated event at a time (a method of :class:`~stforecast.models.dstpp.model.DSTPP`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stforecast.models.base import Forecaster, Histories, chunk_within
+from stforecast.models.dstpp.config import DISPLACEMENTS
+from stforecast.models.dstpp.encoder import EncoderCache
+from stforecast.models.simulate import lockstep
+
+
+@torch.no_grad()
+def simulate_catalogs(model, t: np.ndarray, xy: np.ndarray, marks: dict, t_end: float, n: int,
+                      rng: np.random.Generator, *, t_start: float | None = None, chunk: int = 1000,
+                      max_events: int = 1000, max_history: int | None = None, progress: bool = False):
+    """``n`` simulated continuations of one history (``t`` (L,), ``xy`` (L, 2), ``marks`` {name: (L,)}) from its
+    newest event to ``t_end``, in lock-step, ``chunk`` simulations at a time; yields a
+    :class:`~stforecast.models.base.SimulatedChunk` per chunk (events in [``t_start``, ``t_end``)).
+
+    The observed history is encoded **once**; every simulation then carries its own encoder state forward
+    (attention keys/values and recurrent state, :class:`EncoderCache`), so a simulated event costs one row of
+    encoding, not a re-encoding of the whole history: the simulations' context grows from the newest
+    ``max_history`` observed events (default: ``context``) by their own events instead of sliding. Each step
+    samples as ``model.sampling`` says (``with_sampling(Sampling(sampler="dpm"))`` for the fast one) and the
+    magnitudes with ``model.magnitudes``. An Omori-chosen reference (``location = "parent"``) takes the generic path."""
+    if model.cfg.location == "parent":
+        yield from Forecaster.simulate_catalogs(model, t, xy, marks, t_end, n, rng, t_start=t_start, chunk=chunk,
+                                                max_events=max_events, max_history=max_history,
+                                                progress=progress)
+        return
+    keep = int(max_history or model.context)
+    t, xy = np.asarray(t, float)[-keep:], np.asarray(xy, float)[-keep:]
+    marks = {k: np.asarray(v, float)[-keep:] for k, v in (marks or {}).items()}
+    missing = [k for k in model.mark_names if k not in marks]
+    if missing:
+        raise ValueError(f"{model.describe()} needs the history's {missing}")
+    device = model.scaler.lo.device
+    was_training = model.training
+    model.eval()
+    try:
+        batch = model.history_batch(Histories(t[None], xy[None], {k: v[None] for k, v in marks.items()}),
+                                    keep).to(device)
+        start = model.encoder.start(batch.time, model.scaler.position(batch.xy), *model.row_features(batch))
+        sampler = model.sampler_object()
+        gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+
+        def stepper(size: int) -> EncoderStepper:
+            return EncoderStepper(model, start.expand(size), t[0], xy[-1], sampler, gen, batch.time.dtype)
+
+        for part in lockstep(stepper, float(t[-1]), t_end, n, rng, t_start=t_start, chunk=chunk,
+                             max_events=max_events, progress=progress):
+            # a bounded model's events are inside its region already; an older unbounded one's are kept there
+            yield part if model.support is None or model.scaler.bounded else chunk_within(part, model.support)
+    finally:
+        model.train(was_training)
+
+
+class EncoderStepper:
+    """The lock-step simulator's stepper for DSTPP (:class:`stforecast.models.simulate.Stepper`): each live
+    simulation's encoder state (``cache``), its newest location (the next draw's reference) and the draw in
+    hand."""
+
+    def __init__(self, model, cache: EncoderCache, t0: float, xy_last: np.ndarray, sampler, gen: torch.Generator,
+                 dtype: torch.dtype):
+        self.model, self.cache, self.t0, self.sampler, self.gen, self.dtype = model, cache, t0, sampler, gen, dtype
+        device = model.scaler.lo.device
+        self.last_xy = torch.tensor(np.array(xy_last), dtype=dtype, device=device).expand(cache.state.shape[0], 2).clone()
+        self.marks = ("magnitude",) if model.magnitudes != "none" else ()
+        self.drawn = None
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        cond = self.cache.state
+        self.drawn = self.model.sample_from_condition_with(cond, 1, self.sampler, self.gen, self.last_xy)[:, 0]
+        mags = self.model.sample_magnitudes(cond, 1, rng, self.gen)
+        return self.drawn.double().cpu().numpy(), {k: v[:, 0] for k, v in mags.items()}
+
+    def advance(self, keep: np.ndarray, t: np.ndarray, events: np.ndarray, marks: dict) -> None:
+        sel = torch.as_tensor(keep, device=self.last_xy.device)
+        if len(keep) < len(self.last_xy):
+            self.cache.select(sel)
+        new = self.drawn[sel].to(self.dtype)
+        extend(self.model, self.cache, torch.as_tensor(t - self.t0, dtype=self.dtype, device=new.device), new[:, 0],
+               new[:, 1:], self.last_xy[sel], marks)
+        self.last_xy = new[:, 1:]
+
+
+def extend(model, cache: EncoderCache, time: torch.Tensor, dt: torch.Tensor, xy: torch.Tensor,
+            prev_xy: torch.Tensor, marks: dict) -> None:
+    """Add one row (time since the history's first row (B,), waiting time (B,), location (B, 2), the previous
+    row's location (B, 2), marks {name: (B,)}) to every sequence of ``cache``: the features :meth:`encode`
+    gives a row, computed for that row alone."""
+    cfg, sc = model.cfg, model.scaler
+    wait = sc.time_coordinate(dt) if cfg.time_features else None
+    step = sc(dt, xy, prev_xy)[..., 1:] if cfg.location in DISPLACEMENTS else None
+    mark = None
+    if cfg.mark_inputs:
+        m = torch.as_tensor(marks["magnitude"], dtype=time.dtype, device=time.device)
+        mark = (m - cfg.mark_center) / cfg.mark_scale
+    model.encoder.advance(cache, time, sc.position(xy), wait, step, mark)
