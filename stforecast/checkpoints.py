@@ -55,7 +55,7 @@ def check_catalog(model, catalog: IngestedCatalog, allow_other: bool = False, wa
     on an hourly, metre-unit crime catalog gives meaningless numbers without a word). ``allow_other`` turns the
     refusal into a warning. Same units and frame under another name (a re-ingested copy) only warns; the same
     catalog refreshed with new events (another input hash) is fine."""
-    trained = getattr(model, "trained_on", None)
+    trained = model.trained_on
     if not trained:
         warn("warning: this checkpoint does not record the catalog it was trained on (written before that was "
              "stored); make sure it matches the catalog")

@@ -28,6 +28,8 @@ from stforecast.models.marks import sample_gutenberg_richter
 class DSTPP(nn.Module, Forecaster):
     name = "dstpp"
     context = 128  # the newest events a forecast conditions on where the catalog defines no sequences
+    #: the catalog it was trained on (:attr:`IngestedCatalog.identity`, from its checkpoint); None: not recorded
+    trained_on: dict | None = None
 
     def __init__(self, cfg: ModelConfig, scaler: Scaler):
         super().__init__()
