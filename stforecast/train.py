@@ -33,6 +33,7 @@ from stforecast.distributed import Distributed
 from stforecast.errors import TrainingInterrupted
 from stforecast.ingested import IngestedCatalog
 from stforecast.models.dstpp import DSTPP, PAPER, ModelConfig, Scaler
+from stforecast.models.dstpp.modes import evaluating
 
 
 @dataclass
@@ -170,17 +171,15 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
 def evaluate_loss(model: DSTPP, data: SequenceSet, batch_size: int, device: torch.device, seed: int = 0,
                   amp: bool = False) -> float:
     """Denoising loss over every target of ``data`` with fixed noise (seeded), so evaluations compare."""
-    was_training = model.training
-    model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     total, count = 0.0, 0
-    for index in data.batches(batch_size, shuffle=False):
-        batch = data.collate(index).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model.loss(batch, generator=gen)
-        total += float(loss) * batch.num_targets
-        count += batch.num_targets
-    model.train(was_training)
+    with evaluating(model):
+        for index in data.batches(batch_size, shuffle=False):
+            batch = data.collate(index).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = model.loss(batch, generator=gen)
+            total += float(loss) * batch.num_targets
+            count += batch.num_targets
     return total / max(count, 1)
 
 

@@ -29,7 +29,13 @@ The package, in reading order:
 The noise schedule, the samplers and the ODE are not here: :mod:`stforecast.diffusion`.
 """
 
-from stforecast.models.dstpp.config import DISPLACEMENTS, EDGE, OUTSIDE, PAPER, ModelConfig
+from stforecast.models.dstpp.config import (
+    DISPLACEMENTS,
+    EDGE,
+    OUTSIDE,
+    PAPER,
+    ModelConfig,
+)
 from stforecast.models.dstpp.model import DSTPP
 from stforecast.models.dstpp.scaler import Scaler
 

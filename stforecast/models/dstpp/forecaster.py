@@ -7,6 +7,7 @@ import torch
 
 from stforecast.batch import Batch
 from stforecast.models.base import NLL, Histories, NextEvent, Samples
+from stforecast.models.dstpp.modes import evaluating
 from stforecast.models.marks import gutenberg_richter_log_prob
 
 
@@ -37,15 +38,11 @@ class DiffusionNextEvent(NextEvent):
     def sample(self, n: int, rng: np.random.Generator) -> Samples:
         model = self.model
         gen = torch.Generator(device=model.scaler.lo.device).manual_seed(int(rng.integers(2**62)))
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             cond = self.cond
             sampler = model.sampler_object()
             draws = model.sample_from_condition_with(cond, n, sampler, gen, model.reference_location(self.batch))
             marks = model.sample_magnitudes(cond, n, rng, gen)
-        finally:
-            model.train(was_training)
         return Samples(draws.double().cpu().numpy(), marks)
 
     def mark_nll(self, marks: dict) -> dict:

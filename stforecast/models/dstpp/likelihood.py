@@ -11,6 +11,7 @@ import torch
 from stforecast.batch import Batch
 from stforecast.diffusion.ode import solver_error
 from stforecast.diffusion.schedule import variational_bound
+from stforecast.models.dstpp.modes import evaluating
 
 
 @torch.no_grad()
@@ -20,9 +21,7 @@ def exact_nll(model, histories: Batch, truth: torch.Tensor, tolerance: float | N
     probability-flow ODE (its density is that of the ODE sampler), and ``{"nfe", "solver_error"}``: the
     function evaluations and, on the first ``error_events`` events, the mean change in nats when the tolerance
     is halved. ``cond`` (H, 3 d): the histories' encoder states, if already computed."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         cond = model.last_states(histories) if cond is None else cond
         ref = model.reference_location(histories)
         truth = truth.to(cond.device)
@@ -36,15 +35,11 @@ def exact_nll(model, histories: Batch, truth: torch.Tensor, tolerance: float | N
             info["solver_error"] = solver_error(flow, sub, x0[:k])
         nll = -result.log_prob - model.log_jacobian(truth, ref).sum(-1)
         return nll, info
-    finally:
-        model.train(was_training)
 
 @torch.no_grad()
 def _bound_draws(model, histories: Batch, truth: torch.Tensor, repeats: int, x0_mse, generator, cond=None):
     """``repeats`` draws of :func:`variational_bound` for the event ``truth`` (H, 3) after each history."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         cond = model.last_states(histories) if cond is None else cond
         ctx = model.denoiser.prepare(cond)
         truth = truth.to(cond.device)
@@ -54,8 +49,6 @@ def _bound_draws(model, histories: Batch, truth: torch.Tensor, repeats: int, x0_
             return model.denoiser(x_k.to(cond.dtype), torch.tensor(k, device=x_k.device), ctx)
 
         return [variational_bound(model.schedule, denoise, x0, x0_mse, generator) for _ in range(repeats)]
-    finally:
-        model.train(was_training)
 
 def nll_bound(model, histories: Batch, truth: torch.Tensor, repeats: int = 4, x0_mse: torch.Tensor | None = None,
               generator: torch.Generator | None = None, cond: torch.Tensor | None = None) -> "NLLBound":

@@ -13,7 +13,12 @@ from torch import nn
 
 from stforecast.batch import Batch
 from stforecast.diffusion.ode import ProbabilityFlow, clamp_steps
-from stforecast.diffusion.schedule import DPMSolverSampler, NoiseSchedule, make_sampler, sample_loop
+from stforecast.diffusion.schedule import (
+    DPMSolverSampler,
+    NoiseSchedule,
+    make_sampler,
+    sample_loop,
+)
 from stforecast.models.base import Forecaster, Histories
 from stforecast.models.dstpp import likelihood, simulation
 from stforecast.models.dstpp.config import DISPLACEMENTS, OUTSIDE, ModelConfig
@@ -21,6 +26,7 @@ from stforecast.models.dstpp.denoiser import CoAttentionDenoiser
 from stforecast.models.dstpp.encoder import HistoryEncoder, length_buckets
 from stforecast.models.dstpp.forecaster import DiffusionNextEvent
 from stforecast.models.dstpp.head import MagnitudeHead
+from stforecast.models.dstpp.modes import evaluating
 from stforecast.models.dstpp.scaler import Scaler
 from stforecast.models.marks import sample_gutenberg_richter
 
@@ -157,19 +163,25 @@ class DSTPP(nn.Module, Forecaster):
         return self.encoder(batch.time, self.scaler.position(batch.xy), batch.lengths, *self.row_features(batch))
 
     def row_features(self, batch: Batch) -> tuple:
-        """The optional encoder inputs (wait, step, mark) of every row, each (B, L[, 2]) or None."""
+        """The optional encoder inputs (wait, step, mark) of every row, each (B, L[, 2]) or None: each row's
+        displacement is from the previous row (0 for the first)."""
+        if self.cfg.mark_inputs and batch.mark is None:
+            raise ValueError("this model reads magnitudes (mark_inputs) and the histories carry none")
+        prev = torch.cat([batch.xy[:, :1], batch.xy[:, :-1]], 1)
+        return self.row_inputs(batch.dt, batch.xy, prev, batch.mark)
+
+    def row_inputs(self, dt: torch.Tensor, xy: torch.Tensor, prev_xy: torch.Tensor,
+                   mark: torch.Tensor | None) -> tuple:
+        """The optional encoder inputs of rows with waiting times ``dt`` (...), locations ``xy`` (..., 2), the
+        previous rows' locations ``prev_xy`` (..., 2) and magnitudes ``mark`` (...): (scaled log wait, scaled
+        displacement (..., 2), standardised magnitude), each None where the configuration reads none. The one
+        definition of a row's features, for a whole batch (:meth:`row_features`) and for one simulated row
+        (:func:`~stforecast.models.dstpp.simulation.extend`)."""
         cfg, sc = self.cfg, self.scaler
-        wait = sc.time_coordinate(batch.dt) if cfg.time_features else None
-        step = None
-        if cfg.location in DISPLACEMENTS:  # each row's displacement from the previous one (0 for the first)
-            prev = torch.cat([batch.xy[:, :1], batch.xy[:, :-1]], 1)
-            step = sc(batch.dt, batch.xy, prev)[..., 1:]
-        mark = None
-        if cfg.mark_inputs:
-            if batch.mark is None:
-                raise ValueError("this model reads magnitudes (mark_inputs) and the histories carry none")
-            mark = (batch.mark - cfg.mark_center) / cfg.mark_scale
-        return wait, step, mark
+        wait = sc.time_coordinate(dt) if cfg.time_features else None
+        step = sc(dt, xy, prev_xy)[..., 1:] if cfg.location in DISPLACEMENTS else None
+        scaled_mark = (mark - cfg.mark_center) / cfg.mark_scale if cfg.mark_inputs else None
+        return wait, step, scaled_mark
 
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Condition (N, 3 d) and scaled target x0 (N, 3) for the N target rows: row j conditioned on h_{j-1}."""
@@ -227,13 +239,9 @@ class DSTPP(nn.Module, Forecaster):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` draws of the event after each history's last row → (B, n, 3) = (dt, x, y) in model units.
         Runs in eval mode (no dropout) whatever mode the model is in, and restores it."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return self.sample_from_condition(self.last_states(batch), n, sampler, steps, eta, generator,
                                               self.reference_location(batch))
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def last_states(self, batch: Batch, max_rows: int = 32768) -> torch.Tensor:
@@ -267,9 +275,7 @@ class DSTPP(nn.Module, Forecaster):
         out = torch.empty((len(seq), 3 * self.cfg.d_model), device=device)
         order = np.argsort(need, kind="stable")
         chunk = length_buckets(need[order], max_rows)
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             for c in np.unique(chunk):
                 idx = order[chunk == c]
                 sub, _ = source.prefixes(windows[idx], need[idx])
@@ -279,8 +285,6 @@ class DSTPP(nn.Module, Forecaster):
                 rows = np.flatnonzero(np.isin(which, idx))
                 out[torch.as_tensor(rows, device=device)] = h[torch.as_tensor(local[which[rows]], device=device),
                                                                torch.as_tensor(cut[rows] - 1, device=device)].to(out.dtype)
-        finally:
-            self.train(was_training)
         return out
 
     @torch.no_grad()

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from stforecast.models.base import Forecaster, Histories, chunk_within
-from stforecast.models.dstpp.config import DISPLACEMENTS
 from stforecast.models.dstpp.encoder import EncoderCache
+from stforecast.models.dstpp.modes import evaluating
 from stforecast.models.simulate import lockstep
 
 
@@ -38,9 +38,7 @@ def simulate_catalogs(model, t: np.ndarray, xy: np.ndarray, marks: dict, t_end: 
     if missing:
         raise ValueError(f"{model.describe()} needs the history's {missing}")
     device = model.scaler.lo.device
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         batch = model.history_batch(Histories(t[None], xy[None], {k: v[None] for k, v in marks.items()}),
                                     keep).to(device)
         start = model.encoder.start(batch.time, model.scaler.position(batch.xy), *model.row_features(batch))
@@ -54,8 +52,6 @@ def simulate_catalogs(model, t: np.ndarray, xy: np.ndarray, marks: dict, t_end: 
                              max_events=max_events, progress=progress):
             # a bounded model's events are inside its region already; an older unbounded one's are kept there
             yield part if model.support is None or model.scaler.bounded else chunk_within(part, model.support)
-    finally:
-        model.train(was_training)
 
 
 class EncoderStepper:
@@ -92,11 +88,6 @@ def extend(model, cache: EncoderCache, time: torch.Tensor, dt: torch.Tensor, xy:
     """Add one row (time since the history's first row (B,), waiting time (B,), location (B, 2), the previous
     row's location (B, 2), marks {name: (B,)}) to every sequence of ``cache``: the features :meth:`encode`
     gives a row, computed for that row alone."""
-    cfg, sc = model.cfg, model.scaler
-    wait = sc.time_coordinate(dt) if cfg.time_features else None
-    step = sc(dt, xy, prev_xy)[..., 1:] if cfg.location in DISPLACEMENTS else None
-    mark = None
-    if cfg.mark_inputs:
-        m = torch.as_tensor(marks["magnitude"], dtype=time.dtype, device=time.device)
-        mark = (m - cfg.mark_center) / cfg.mark_scale
-    model.encoder.advance(cache, time, sc.position(xy), wait, step, mark)
+    m = marks.get("magnitude")
+    m = None if m is None else torch.as_tensor(m, dtype=time.dtype, device=time.device)
+    model.encoder.advance(cache, time, model.scaler.position(xy), *model.row_inputs(dt, xy, prev_xy, m))
