@@ -172,8 +172,9 @@ def results_on_disk(out: Path, results: list[DayResult]) -> list[DayResult]:
             found[(r.label, r.day)] = r
         elif (r.label, r.day) in found:
             found[(r.label, r.day)].status = r.status
+    this_run = {(r.label, r.day) for r in results}
     for key, r in found.items():
-        if r.status == "done" and key not in {(x.label, x.day) for x in results}:
+        if r.status == "done" and key not in this_run:
             r.status = "earlier run"
     return [found[k] for k in sorted(found)]
 

@@ -231,10 +231,7 @@ class IngestedCatalog:
 
             from stforecast.clean import project
 
-            edge = np.linspace(0, 1, 101)  # the box's outline, densified: its projection is curved
-            x0, y0, x1, y1 = (float(v) for v in bbox)
-            lon = np.r_[x0 + (x1 - x0) * edge, np.full(101, x1), x1 - (x1 - x0) * edge, np.full(101, x0)]
-            lat = np.r_[np.full(101, y0), y0 + (y1 - y0) * edge, np.full(101, y1), y1 - (y1 - y0) * edge]
+            lon, lat = box_outline(tuple(float(v) for v in bbox), 101)  # densified: its projection is curved
             px, py = project(lon, lat, self.units.crs_input, self.units.crs_model)
             lo, hi = np.minimum(lo, [px.min(), py.min()]), np.maximum(hi, [px.max(), py.max()])
         return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
@@ -249,12 +246,7 @@ class IngestedCatalog:
     def view_bounds(self, pad: float = 0.05) -> list[list[float]]:
         """[[south, west], [north, east]] of :meth:`view_box` in the map's frame (lon/lat, longitudes continuous
         across the antimeridian around the catalog's centre; pixels for a pixel frame): where a map opens."""
-        import numpy as np
-
-        x0, y0, x1, y1 = self.view_box(pad)
-        edge = np.linspace(0, 1, 41)
-        xs = np.r_[x0 + (x1 - x0) * edge, np.full(41, x1), x1 - (x1 - x0) * edge, np.full(41, x0)]
-        ys = np.r_[np.full(41, y0), y0 + (y1 - y0) * edge, np.full(41, y1), y1 - (y1 - y0) * edge]
+        xs, ys = box_outline(self.view_box(pad), 41)
         if self.units.crs_model and self.units.geographic:
             from stforecast.clean import project
 
@@ -285,6 +277,18 @@ class IngestedCatalog:
 def as_catalog(catalog) -> IngestedCatalog:
     """An IngestedCatalog from itself, a folder or a name."""
     return catalog if isinstance(catalog, IngestedCatalog) else IngestedCatalog.open(catalog)
+
+
+def box_outline(box: tuple, n: int):
+    """The outline of ``box`` (x0, y0, x1, y1) as ``n`` points per side: (xs, ys), for projecting a box whose
+    image in another CRS is curved."""
+    import numpy as np
+
+    x0, y0, x1, y1 = box
+    edge = np.linspace(0, 1, n)
+    xs = np.r_[x0 + (x1 - x0) * edge, np.full(n, x1), x1 - (x1 - x0) * edge, np.full(n, x0)]
+    ys = np.r_[np.full(n, y0), y0 + (y1 - y0) * edge, np.full(n, y1), y1 - (y1 - y0) * edge]
+    return xs, ys
 
 
 def unwrap_longitudes(lon, center: float | None):
