@@ -41,6 +41,12 @@ class ForecastRequest:
     notes: list = field(default_factory=list)
 
 
+def default_sampling(fmt: str) -> Sampling:
+    """How a forecast in output format ``fmt`` samples unless told otherwise: catalog forecasts (csep) the fast
+    sampler they need (:data:`~stforecast.sampling.CATALOGS`), everything else the exact ODE."""
+    return CATALOGS if fmt == "csep" else DEFAULT
+
+
 def write_table(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
     path = path.with_suffix(".csv" if fmt == "csv" else ".parquet")
     with atomic_path(path) as tmp:
@@ -58,7 +64,7 @@ def run_forecast(catalog, model, req: ForecastRequest, out: Path, log=print) -> 
     catalog.require_continuous("forecasting")
     units, events = catalog.units, catalog.events
     t_at = units.model_time_of(req.at) if req.at else float(events["t"].iloc[-1])
-    sampling = req.sampling or (CATALOGS if req.fmt == "csep" else DEFAULT)
+    sampling = req.sampling or default_sampling(req.fmt)
     model = model.with_sampling(sampling)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"catalog": catalog.name, "model": model.describe(), "at_model_time": t_at,
@@ -174,7 +180,7 @@ def run(args) -> int:
     model = load_forecaster(args.model, catalog, allow_other_catalog=args.allow_other_catalog, log=console.print)
     req = ForecastRequest(at=args.at, samples=args.samples, horizon=args.horizon, simulations=args.simulations,
                           max_events=args.max_events, max_history=args.max_history,
-                          sampling=sampling_from_args(args, CATALOGS if args.fmt == "csep" else DEFAULT), fmt=args.fmt,
+                          sampling=sampling_from_args(args, default_sampling(args.fmt)), fmt=args.fmt,
                           days=args.days, csep_test=args.csep_test, seed=args.seed)
     out = Path(args.out or Path("reports") / f"forecast-{safe_name(catalog.folder.name)}-{model_label(args.model)}")
     summary = run_forecast(catalog, model, req, out, log=console.print)

@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 from stforecast.models.marks import M_MAX, sample_gutenberg_richter
+from stforecast.sampling import MAGNITUDES
 
 COLUMNS = ["lon", "lat", "mag", "time_string", "depth", "catalog_id", "event_id"]
-MAGNITUDES = ("model", "gutenberg-richter")
 TESTS = ("number", "spatial", "magnitude", "pseudolikelihood")
 ALPHA = 0.05  # the conventional 5 % level of the pass flags
 

@@ -136,12 +136,13 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def build_model(cfg: ModelConfig, data: str | os.PathLike, train_set: SequenceSet | None = None) -> DSTPP:
-    """A new model for the ingested catalog in folder ``data``, scaled by its manifest's train statistics; a
-    bounded location's support is the catalog's region (:attr:`IngestedCatalog.region_box` with the margin); with
-    ``mark_inputs`` or ``mark_head``, the magnitudes of ``train_set`` (the train split) set their standardisation and
-    the Gutenberg-Richter law simulated events draw."""
-    catalog = IngestedCatalog.open(data, Path(data).parent)
+def build_model(cfg: ModelConfig, data: IngestedCatalog | str | os.PathLike,
+                train_set: SequenceSet | None = None) -> DSTPP:
+    """A new model for the ingested catalog ``data`` (the catalog, or its folder), scaled by its manifest's train
+    statistics; a bounded location's support is the catalog's region (:attr:`IngestedCatalog.region_box` with the
+    margin); with ``mark_inputs`` or ``mark_head``, the magnitudes of ``train_set`` (the train split) set their
+    standardisation and the Gutenberg-Richter law simulated events draw."""
+    catalog = data if isinstance(data, IngestedCatalog) else IngestedCatalog.open(data, Path(data).parent)
     region = catalog.region_box if cfg.location == "bounded" else None
     if cfg.mark_inputs or cfg.mark_head:
         marks = None if train_set is None or train_set.mark is None else train_set.mark[np.isfinite(train_set.mark)]
@@ -246,7 +247,7 @@ def _train(cfg: TrainConfig, dist: "Distributed", resume: bool, on_eval) -> Trai
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     model_cfg = cfg.model_config()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(model_cfg, cfg.data, train_set).to(device)
+    model = build_model(model_cfg, catalog, train_set).to(device)
     model_cfg = model.cfg  # with the statistics build_model filled in (magnitudes), as the checkpoint stores it
     torch.manual_seed(cfg.seed + rank)
     amp = cfg.amp and device.type == "cuda"

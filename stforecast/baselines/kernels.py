@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from stforecast.models.base import Histories
+from stforecast.models.base import Histories, inside
 
 
 #: (event, parent) pairs per block when pairs are built or summed in pieces
@@ -28,9 +28,7 @@ class UniformBox:
         self.log_area = math.log((self.x1 - self.x0) * (self.y1 - self.y0))
 
     def logpdf(self, xy):
-        xy = np.asarray(xy)
-        inside = (xy[:, 0] >= self.x0) & (xy[:, 0] <= self.x1) & (xy[:, 1] >= self.y0) & (xy[:, 1] <= self.y1)
-        return np.where(inside, -self.log_area, -np.inf)
+        return np.where(inside(np.asarray(xy), (self.x0, self.y0, self.x1, self.y1)), -self.log_area, -np.inf)
 
     def sample(self, n, rng):
         return np.column_stack([rng.uniform(self.x0, self.x1, n), rng.uniform(self.y0, self.y1, n)])

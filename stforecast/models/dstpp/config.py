@@ -59,6 +59,3 @@ EDGE = 1e-6
 #: The published configuration (d_model 64, 4 layers, 4 heads, LSTM heads of 256, K = 500, raw waiting times).
 PAPER = ModelConfig(steps=500, time_transform="none", range_margin=0.0, spatial_embedding="mlp", attn_dropout=0.1,
                     location="absolute")
-
-
-# -------------------------------------------------------------------------------------------------- scaling

@@ -36,6 +36,7 @@ def exact_nll(model, histories: Batch, truth: torch.Tensor, tolerance: float | N
         nll = -result.log_prob - model.log_jacobian(truth, ref).sum(-1)
         return nll, info
 
+
 @torch.no_grad()
 def _bound_draws(model, histories: Batch, truth: torch.Tensor, repeats: int, x0_mse, generator, cond=None):
     """``repeats`` draws of :func:`variational_bound` for the event ``truth`` (H, 3) after each history."""
@@ -50,6 +51,7 @@ def _bound_draws(model, histories: Batch, truth: torch.Tensor, repeats: int, x0_
 
         return [variational_bound(model.schedule, denoise, x0, x0_mse, generator) for _ in range(repeats)]
 
+
 def nll_bound(model, histories: Batch, truth: torch.Tensor, repeats: int = 4, x0_mse: torch.Tensor | None = None,
               generator: torch.Generator | None = None, cond: torch.Tensor | None = None) -> "NLLBound":
     """Upper bound on the next-event negative log-likelihood of ``truth`` (H, 3) = (dt, x, y) after each of
@@ -60,12 +62,12 @@ def nll_bound(model, histories: Batch, truth: torch.Tensor, repeats: int = 4, x0
     return NLLBound(scaled=scaled, log_jacobian=model.log_jacobian(truth.to(scaled.device),
                                                                   model.reference_location(histories)))
 
+
 def reverse_variance_fit(model, histories: Batch, truth: torch.Tensor, repeats: int = 2,
                          generator: torch.Generator | None = None) -> torch.Tensor:
     """(K, 3) mean squared error of x̂0 per step and dimension on these (validation, never test) events."""
     draws = _bound_draws(model, histories, truth, repeats, None, generator)
     return torch.stack([sq_err for _, sq_err in draws]).mean(0)
-
 
 
 @dataclass

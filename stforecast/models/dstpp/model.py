@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stforecast.batch import Batch
+from stforecast.batch import Batch, SequenceSet
 from stforecast.diffusion.ode import ProbabilityFlow, clamp_steps
 from stforecast.diffusion.schedule import (
     DPMSolverSampler,
@@ -131,8 +131,6 @@ class DSTPP(nn.Module, Forecaster):
     def history_batch(self, histories: Histories, context: int | None = None) -> Batch:
         """The histories as a padded batch: the catalog's own sequences where they come with them (evaluation
         of its windows), else each history's newest ``context`` events, times since its oldest one."""
-        from stforecast.batch import SequenceSet
-
         if histories.sequences is not None:
             return histories.sequences.collate(np.arange(len(histories.sequences)))
         h = histories.newest(context or self.context)
