@@ -6,7 +6,7 @@ sampling throughput.
     python -m benchmarks.gpu --device cpu --quick --no-compile   # a dry run of the same code path on the CPU
 
 What it measures, with the benchmark's Japan training settings (``data/benchmark.toml``: ``[train]`` merged with
-``[catalog.japan.train]``; ``--quick`` adds ``[quick.train]``, a tiny model) on the ingested ``japan`` catalog
+``[catalogs.japan.train]``; ``--quick`` adds ``[quick.train]``, a tiny model) on the ingested ``japan`` catalog
 (ingested first when missing):
 
 1. **Loss parity**: the same weights (eval mode: no dropout), the same ``--parity-batches`` training batches and
@@ -74,11 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda; exits with status 2 where there is none)")
     ap.add_argument("--data", default="japan", help="catalog name (under the processed directory) or folder")
     ap.add_argument("--settings-of", default="japan",
-                    help="whose training settings of the benchmark config to use ([catalog.NAME.train])")
+                    help="whose training settings of the benchmark config to use ([catalogs.NAME.train])")
     ap.add_argument("--config", help="benchmark settings (default data/benchmark.toml)")
     ap.add_argument("--checkpoint", help="a trained best.pt to measure instead of freshly initialised weights")
     ap.add_argument("--quick", action="store_true",
-                    help="tiny sizes (the config's [quick] model; " + ", ".join(f"{k} {v}" for k, v in QUICK.items())
+                    help="tiny sizes (the config's [quick.train]; " + ", ".join(f"{k} {v}" for k, v in QUICK.items())
                     + "): proves the code path runs")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     ap.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on the device (no bf16 autocast)")
@@ -130,7 +130,7 @@ def resolve_device(name: str | None) -> torch.device | None:
 
 def train_settings(args, folder: Path, device: torch.device):
     """The benchmark's training settings for ``--settings-of`` as a checked :class:`~stforecast.train.TrainConfig`
-    (``[train]``, then ``[catalog.NAME.train]``, then with ``--quick`` ``[quick.train]``), and its ODE tolerance."""
+    (``[train]``, then ``[catalogs.NAME.train]``, then with ``--quick`` ``[quick.train]``), and its ODE tolerance."""
     from pipelines.benchmark import catalog_settings, load_benchmark_config
     from stforecast.train import load_train_config
 
@@ -144,6 +144,16 @@ def train_settings(args, folder: Path, device: torch.device):
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def cpu_bf16_lstm() -> bool:
+    """Whether an LSTM (the encoder's recurrent heads) runs under bf16 autocast on this CPU."""
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(4, 4, batch_first=True)(torch.zeros(1, 2, 4))
+        return True
+    except RuntimeError:
+        return False
 
 
 def autocast(device: torch.device, amp: bool):
@@ -178,7 +188,8 @@ class NoisyLoss(torch.nn.Module):
         head = getattr(m, "magnitude_head", None)
         if head is not None:
             b, j = batch.target.nonzero(as_tuple=True)
-            mark_nll = -head.log_prob(cond, batch.mark[b, j]).float().mean()
+            fit = m.scaler.statistics
+            mark_nll = -head.log_prob(cond, batch.mark[b, j], fit.mark_mc, fit.mark_b).float().mean()
         return mse, mark_nll, eps.float()
 
 
@@ -446,15 +457,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.gpu: {torch.cuda.get_device_name(device)} has no bf16 support: add --no-amp",
               file=sys.stderr)
         return EXIT_NO_DEVICE
+    if device.type == "cpu" and args.amp and not cpu_bf16_lstm():
+        # a CPU dry run checks the script, not bf16: oneDNN has no bf16 LSTM on CPUs without AVX-512 (BF16)
+        print("benchmarks.gpu: this CPU's oneDNN cannot run the LSTM heads in bf16; the CPU dry run uses float32 "
+              "(as --no-amp)", file=sys.stderr, flush=True)
+        args.amp = False
 
     from benchmarks.prepare import ensure_ingested
-    from stforecast.batch import load_split
+    from stforecast.ingested import as_catalog
     from stforecast.checkpoints import load_model
     from stforecast.train import build_model
 
     folder = ensure_ingested(args.data)
     tc, ode_tolerance = train_settings(args, folder, device)
-    train_set, test_set = load_split(folder, "train"), load_split(folder, "test")
+    train_set, test_set = as_catalog(folder).sequences("train"), as_catalog(folder).sequences("test")
     torch.manual_seed(tc.seed)
     if args.checkpoint:
         model = load_model(args.checkpoint)

@@ -9,7 +9,7 @@ Generates a ComCat-style CSV (22 columns, as the USGS FDSN service writes them) 
 then runs, each in a fresh subprocess so memory is measured cleanly:
 
 * ``dask``:   ``run_ingest`` on a LocalCluster (N worker processes, 1 thread each, 64 MB chunks);
-* ``dask``: the global steps partition-wise (time ranges of 500,000 events; ``pipelines.ingest_parts``);
+* ``dask``: the global steps partition-wise (time ranges of 500,000 events; ``pipelines.ingest.partitioned``);
 * ``dask-in-memory``: the same parse on Dask, the global steps in one task holding the catalog (before issue 13);
 * ``pandas``: the same ``run_ingest`` steps on the synchronous scheduler with the file as one chunk: one
   ``pandas.read_csv`` and the same validation/cleaning/windowing, single-threaded;
@@ -170,7 +170,7 @@ def compare_real(settings, out: Path) -> dict:
     """Every catalog of the configuration whose inputs are on disk: ingested by the in-memory reference path and
     partition-wise (1 MB chunks, time ranges of 20,000 events so the larger ones span several), content hashes."""
     from pipelines.ingest import run_ingest
-    from pipelines.ingest_parts import content_hash
+    from pipelines.ingest.stats import content_hash
 
     rows = []
     for name in settings.catalogs:

@@ -2,7 +2,7 @@
 the newest event) against today's relative one, on each catalog's **validation** split (never test).
 
 For every catalog: both variants trained with the benchmark's settings for that catalog (`data/benchmark.toml`,
-`[train]` + `[catalog.NAME.train]`; the folders are keyed by the settings, so a finished run is reused), then on
+`[train]` + `[catalogs.NAME.train]`; the folders are keyed by the settings, so a finished run is reused), then on
 the same validation events (a seeded subset):
 
 * the exact next-event NLL of each (the probability-flow ODE, tolerance as the benchmark's), its standard error,
@@ -45,10 +45,11 @@ def outside_shares(xy: np.ndarray, box: tuple, pad: float = 0.1) -> tuple[float,
 
 
 def run(catalogs, targets: int, samples: int, sample_events: int, out: Path, runs: Path, seed: int = 0) -> pd.DataFrame:
-    from pipelines.benchmark import benchmark_sampling, catalog_settings, load_benchmark_config, merge, train_dstpp
+    from pipelines.benchmark import benchmark_sampling, catalog_settings, load_benchmark_config, train_dstpp
     from pipelines.evaluation import markdown_table
     from pipelines.ingest import run_ingest
     from stforecast.config import load_settings
+    from stforecast.settings_files import deep_merge
     from stforecast.evaluate import next_event_targets
     from stforecast.ingested import IngestedCatalog
     from stforecast.io.atomic import atomic_write_text
@@ -60,7 +61,7 @@ def run(catalogs, targets: int, samples: int, sample_events: int, out: Path, run
     for name in catalogs:
         ingested = run_ingest(settings.catalog(name), settings, progress=False)
         catalog = IngestedCatalog.open(ingested.out_dir)
-        box = catalog.region_box
+        box = catalog.region
         val = next_event_targets(ingested.out_dir, "val", targets, seed)
         check = next_event_targets(ingested.out_dir, "val", sample_events, seed + 1)
         events = catalog.events if catalog.continuous else None
@@ -68,7 +69,7 @@ def run(catalogs, targets: int, samples: int, sample_events: int, out: Path, run
         per_event = {}
         for variant, model_values in VARIANTS.items():
             t0 = time.perf_counter()
-            tc, result, _ = train_dstpp(merge(base, {"model": model_values}), ingested, runs, name, False, "cpu",
+            tc, result, _ = train_dstpp(deep_merge(base, {"model": model_values}), ingested, runs, name, False, "cpu",
                                         True)
             train_s = time.perf_counter() - t0
             model = load_model(Path(tc.out_dir) / "best.pt").with_sampling(benchmark_sampling(cfg))

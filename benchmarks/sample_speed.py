@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from stforecast.batch import load_split
+from stforecast.ingested import as_catalog
 from stforecast.models.base import Histories
 from stforecast.diffusion.schedule import make_sampler
 from stforecast.checkpoints import load_model
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     else:
         model = build_model(TrainConfig(preset=args.preset).model_config(), args.data).to(device)
     model.eval()
-    data = load_split(args.data, args.split)
+    data = as_catalog(args.data).sequences(args.split)
     print(f"device {device}, {torch.get_num_threads()} threads; model K={model.cfg.steps} "
           f"({'trained: ' + args.checkpoint if args.checkpoint else 'untrained ' + args.preset}); "
           f"best of {args.repeats} after a warm-up")

@@ -18,7 +18,8 @@ import time
 import torch
 
 from stforecast import train as training
-from stforecast.batch import load_split, padding_fraction
+from stforecast.batch import padding_fraction
+from stforecast.ingested import as_catalog
 from stforecast.train import TrainConfig, build_model, pick_device
 
 from benchmarks.prepare import ensure_ingested
@@ -30,7 +31,7 @@ def measure(preset: str, steps: int, device: torch.device, data: str, batch_size
     learning rate ``TrainConfig.lr``), each with its batch's collation, after 3 untimed warm-up steps.
     ``model_overrides``: ModelConfig fields over the preset (tests use a tiny model)."""
     cfg = TrainConfig(data=data, preset=preset, model=dict(model_overrides or {}))
-    train = load_split(data, "train")
+    train = as_catalog(data).sequences("train")
     model = build_model(cfg.model_config(), data).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     amp = cfg.amp and device.type == "cuda"

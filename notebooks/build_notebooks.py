@@ -92,15 +92,15 @@ def cells(kind: str, spec: dict) -> list:
            "(time, space and joint views) and learns to turn noise into the next event (waiting time, x, y) step by "
            "step — a denoising diffusion model. The checkpoint is chosen on the **validation** split; the test split "
            "is never read during training."),
-        code("from stforecast.tracking import load_model\nfrom stforecast.train import TrainConfig, train\n\n"
-             "if MODEL_URI:\n    model = load_model(MODEL_URI)\nelse:\n"
+        code("from stforecast.tracking import fetch_model\nfrom stforecast.train import TrainConfig, train\n\n"
+             "if MODEL_URI:\n    model = fetch_model(MODEL_URI)\nelse:\n"
              "    cfg = TrainConfig(data=str(ingested.out_dir), epochs=EPOCHS, max_steps=MAX_STEPS, batch_size=8, lr=2e-3,\n"
              "                      model={'d_model': 32, 'n_layers': 2, 'n_heads': 4, 'd_ff': 64, 'rnn_hidden': 64},\n"
              "                      out_dir=str(WORK / 'run'), progress=False)\n"
              "    # run again, it reuses (or continues) the run in WORK/run; force=True starts it over\n"
              "    result = train(cfg, resume=True)\n"
              "    print(f'best validation loss {result.best_val:.4f} after {result.steps} steps')\n"
-             "    model = load_model(str(WORK / 'run' / 'best.pt'))"),
+             "    model = fetch_model(str(WORK / 'run' / 'best.pt'))"),
         md("## 3. Forecast the next event\n\nA forecast is a cloud of samples: each is one plausible next event. "
            "Their spread *is* the uncertainty."),
         code("from stforecast.forecast import next_event\nfrom stforecast.ingested import IngestedCatalog\n\n"

@@ -1,6 +1,6 @@
 """``stforecast batch``: scheduled forecasts for a list of catalogs, fanned out over a Dask cluster.
 
-For each job of the config (``data/batch.toml``): optionally refresh the catalog (ingestion is itself
+For each ``[[jobs]]`` table of the config (``data/batch.toml``): optionally refresh the catalog (ingestion is itself
 idempotent), load the model, and — unless an identical forecast already exists — run :func:`run_report` into
 ``OUT/<forecast date>/<job>/`` with a ``forecast.json`` record naming every input. A job's inputs hash to a key (the
 catalog's input hash, the model file's SHA-256 or MLflow URI, the settings and the forecast time); a folder whose
@@ -61,19 +61,27 @@ class JobResult:
     detail: str = ""  # the traceback of a failure (shown with `stforecast -v batch`)
 
 
+@dataclass
+class BatchSettings:
+    """The ``[batch]`` table of a batch config."""
+
+    out: str = "reports/batch"  # output root: OUT/<forecast date>/<job>/
+
+
 def load_jobs(path=None) -> tuple[list[Job], Path]:
-    """The jobs of a batch config: ``out`` and ``[[job]]`` tables whose keys are :class:`Job` fields (an unknown
-    key or a wrong type is an error naming the job and the key)."""
-    from stforecast.config import check_name, read_settings_file, typed_fields
+    """The jobs of a batch config: a ``[batch]`` table (:class:`BatchSettings`) and ``[[jobs]]`` tables whose keys
+    are :class:`Job` fields (an unknown key or a wrong type is an error naming the job and the key)."""
+    from stforecast.config import check_name
+    from stforecast.settings_files import read_settings_file, typed_fields
 
     path = Path(path or DEFAULT_CONFIG)
-    cfg = read_settings_file(path)
-    unknown = sorted(set(cfg) - {"out", "job"})
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; a batch config holds `out` and [[job]] tables")
+    cfg = read_settings_file(path, ("batch", "jobs"), home="batch")
+    batch = BatchSettings(**typed_fields(BatchSettings, cfg.get("batch", {}), f"{path} [batch]"))
+    if not isinstance(cfg.get("jobs", []), list):
+        raise ValueError(f"{path}: jobs are [[jobs]] tables (an array of tables), not one [jobs] table")
     jobs = []
-    for i, raw in enumerate(cfg.get("job", [])):
-        where = f"{path}: [[job]] number {i + 1}"
+    for i, raw in enumerate(cfg.get("jobs", [])):
+        where = f"{path}: [[jobs]] number {i + 1}"
         missing = [k for k in ("name", "catalog", "model") if k not in raw]
         if missing:
             raise ValueError(f"{where}: missing {missing}")
@@ -87,7 +95,7 @@ def load_jobs(path=None) -> tuple[list[Job], Path]:
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: job names must be unique, got {names}")
-    return jobs, Path(cfg.get("out", "reports/batch"))
+    return jobs, Path(batch.out)
 
 
 def model_identity(model: str) -> str:
@@ -196,13 +204,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "batch", help="scheduled forecasts for the jobs in a config (idempotent, atomic, on Dask)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=("Run every [[job]] of the batch config (default data/batch.toml): optionally refresh the catalog,\n"
-                     "forecast with the given model, and write map, NetCDF, PNG and a manifest into\n"
+        description=("Run every [[jobs]] of the batch config (default data/batch.toml): optionally refresh the\n"
+                     "catalog, forecast with the given model, and write map, NetCDF, PNG and a manifest into\n"
                      "OUT/<forecast date>/<job>/. Jobs whose inputs are unchanged are skipped; a failed job leaves no\n"
                      "partial output and makes the command exit 1. Meant for cron or a systemd timer (see README)."),
         epilog="examples:\n  stforecast batch\n  stforecast batch --config ops/batch.toml --scheduler tcp://10.0.0.5:8786")
     p.add_argument("--config", help="batch config (default data/batch.toml)")
-    p.add_argument("--out", help="output root (default: the config's `out`, reports/batch)")
+    p.add_argument("--out", help="output root (default: the config's [batch] out, reports/batch)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)")
     p.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
     p.add_argument("--local", action="store_true",
@@ -215,7 +223,7 @@ def run(args) -> int:
     jobs, out = load_jobs(args.config)
     out = Path(args.out) if args.out else out
     if not jobs:
-        raise ValueError(f"no [[job]] in {args.config or 'data/batch.toml'}")
+        raise ValueError(f"no [[jobs]] in {args.config or 'data/batch.toml'}")
     if args.local:
         results = run_batch(jobs, out)
     else:

@@ -6,7 +6,6 @@ table, the settings and seeds used, and MLflow runs. ``--quick`` runs the same s
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import platform
@@ -17,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.evaluation import PAPER_JAPAN, evaluate_catalog, log_evaluation, markdown_table, paper_comparison
-from stforecast.config import read_settings_file, typed_fields
+from stforecast.settings_files import check_layout, deep_merge, read_settings_file, typed_fields
 from stforecast.defaults import SCORE_SAMPLES
 from stforecast.io.atomic import atomic_write_text
 from stforecast.registry import BASELINES
@@ -30,17 +29,15 @@ SUMMARY = ["catalog", "model", "nll_joint", "nll_joint_se", "nll_dt", "nll_xy", 
 COMPARED = ["nll_joint", "nll_dt", "nll_xy", "crps_dt", "energy_xy"]
 
 
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and v else copy.deepcopy(v)
-    return out
+#: the tables of data/benchmark.toml (the one layout: stforecast/settings_files.py), and those [quick] may hold
+TABLES = ("benchmark", "train", "catalogs", "ablations", "quick")
+QUICK_TABLES = ("benchmark", "train", "ablations")
 
 
 @dataclass
 class BenchmarkSettings:
-    """The keys of data/benchmark.toml (checked by :func:`stforecast.config.typed_fields`: an unknown key or a
-    wrong type is an error naming it and the file)."""
+    """The keys of data/benchmark.toml's ``[benchmark]`` table (checked by :func:`stforecast.settings_files.typed_fields`:
+    an unknown key or a wrong type is an error naming it and the file)."""
 
     catalogs: list = field(default_factory=lambda: ["japan", "chicago", "wmaze"])
     seed: int = 0
@@ -52,10 +49,6 @@ class BenchmarkSettings:
     ode_tolerance: float = 1e-4  # DSTPP's probability-flow ODE (sampling and exact likelihood): rtol = atol
     baselines: list = field(default_factory=lambda: list(BASELINES))
     baseline_fit_events: int | None = None
-    train: dict = field(default_factory=dict)  # TrainConfig fields (checked when each catalog trains)
-    catalog: dict = field(default_factory=dict)  # per-catalog overrides: [catalog.NAME.train]
-    quick: dict = field(default_factory=dict)  # what --quick changes
-    ablations: dict = field(default_factory=dict)  # conditioning variants scored on validation: catalogs, variants
 
 
 @dataclass
@@ -78,20 +71,32 @@ def benchmark_sampling(cfg: dict):
 
 
 def load_benchmark_config(path=None, quick: bool = False) -> dict:
+    """The benchmark's settings: ``[benchmark]``'s keys (:class:`BenchmarkSettings`), and ``train`` (``[train]``),
+    ``catalog_train`` (catalog → its ``[catalogs.NAME.train]``), ``ablations`` and ``quick`` (the tables as they
+    are). ``quick``: ``[quick]``'s tables merged over the file's first (:func:`stforecast.settings_files.deep_merge`)."""
     path = Path(path or DEFAULT_CONFIG)
-    raw = read_settings_file(path)
-    cfg = asdict(BenchmarkSettings(**typed_fields(BenchmarkSettings, raw, str(path))))
+    doc = read_settings_file(path, TABLES, home="benchmark")
+    quick_doc = check_layout(doc.get("quick", {}), f"{path} [quick]", QUICK_TABLES, home="quick.benchmark")
+    typed_fields(BenchmarkSettings, quick_doc.get("benchmark", {}), f"{path} [quick.benchmark]")
+    for name, table in doc.get("catalogs", {}).items():
+        if not isinstance(table, dict) or set(table) - {"train"}:
+            raise ValueError(f"{path}: [catalogs.{name}] may hold only a [catalogs.{name}.train] table (training "
+                             f"settings for that catalog, over [train]), not {table!r}")
     if quick:
-        typed_fields(BenchmarkSettings, {k: v for k, v in cfg["quick"].items() if k != "train"}, f"{path} [quick]")
-        cfg = merge(cfg, cfg.get("quick", {}))
+        doc = deep_merge(doc, quick_doc)
+    cfg = asdict(BenchmarkSettings(**typed_fields(BenchmarkSettings, doc.get("benchmark", {}), f"{path} [benchmark]")))
+    cfg.update(train=doc.get("train", {}), ablations=doc.get("ablations", {}), quick=quick_doc,
+               catalog_train={n: t.get("train", {}) for n, t in doc.get("catalogs", {}).items()})
+    typed_fields(AblationSettings, cfg["ablations"], f"{path} [ablations]")
     return cfg
 
 
 def catalog_settings(cfg: dict, name: str, quick: bool) -> dict:
-    """Train settings for one catalog: [train], then [catalog.NAME.train], then (quick) [quick.train]."""
-    train = merge(cfg["train"], cfg.get("catalog", {}).get(name, {}).get("train", {}))
+    """Train settings for one catalog: [train], then [catalogs.NAME.train], then (quick) [quick.train], merged by
+    :func:`stforecast.settings_files.deep_merge` (``model = {}`` drops [train.model]: dstpp_japan's paper model)."""
+    train = deep_merge(cfg["train"], cfg["catalog_train"].get(name, {}))
     if quick:
-        train = merge(train, cfg.get("quick", {}).get("train", {}))
+        train = deep_merge(train, cfg["quick"].get("train", {}))
     return train
 
 
@@ -248,7 +253,7 @@ def run_ablations(cfg: dict, name: str, ingested, train_values: dict, runs_dir: 
     for variant, model_values in ab["variants"].items():
         if name not in ab["only"].get(variant, [name]):
             continue
-        values = merge(train_values, {"model": model_values})
+        values = deep_merge(train_values, {"model": model_values})
         log(f"== {name}: ablation {variant!r} ({model_values})")
         t0 = time.perf_counter()
         tc, result, _ = train_dstpp(values, ingested, runs_dir, name, track, device, progress)

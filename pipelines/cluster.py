@@ -76,3 +76,24 @@ def dask_client(scheduler: str | None, workers: int = 2):
             if client is not None:
                 client.close()
             cluster.close()
+
+
+def wait_with_progress(futures, progress: bool, label: str) -> None:
+    """Until every future is done, with a progress bar (``progress``); a worker's error is raised here, with its
+    message."""
+    from distributed import as_completed
+
+    if not progress:
+        for _ in as_completed(futures):
+            pass
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False) as bar:
+        task = bar.add_task(label, total=len(futures))
+        for fut in as_completed(futures):
+            if fut.status == "error":
+                fut.result()  # re-raise the worker's error here, with its message
+            bar.advance(task)
+

@@ -115,7 +115,7 @@ def _run_day(task: DayTask, out_root: Path) -> DayResult:
         lonlat = units.to_original(events[["t", "x", "y"]])
         observed = events.assign(lon=lonlat["lon"], lat=lonlat["lat"])
         record["csep"] = run_csep_tests(record["file"], task.catalogs, observed, record["start"], record["end"], mc,
-                                        tuple(catalog.region_lonlat()), out_dir=staging)
+                                        catalog.region_lonlat(), out_dir=staging)
         record["file"] = Path(record["file"]).name
         record.update(key=key, task=asdict(task), model_identity=model_identity(task.model))
         (staging / DAY_RECORD).write_text(json.dumps(record, indent=1, default=str))

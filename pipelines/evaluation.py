@@ -64,8 +64,8 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
 
     catalog = as_catalog(catalog)
     folder, continuous = catalog.folder, catalog.continuous
-    targets = next_event_targets(folder, split, max_targets, seed)
-    calibration = next_event_targets(folder, "val", min(max_targets or 1000, 1000), seed + 1)
+    targets = next_event_targets(catalog, split, max_targets, seed)
+    calibration = next_event_targets(catalog, "val", min(max_targets or 1000, 1000), seed + 1)
     models = {model.name: model} if model is not None else {}
     events = catalog.events if continuous else None
     baselines = [b for b in baselines if b not in models]

@@ -129,7 +129,7 @@ def csep_days(catalog, model, req: ForecastRequest, t_at: float, out: Path, log)
             lonlat = units.to_original(events[["t", "x", "y"]])
             observed = events.assign(lon=lonlat["lon"], lat=lonlat["lat"])
             entry["csep"] = run_csep_tests(entry["file"], req.simulations, observed, entry["start"], entry["end"], mc,
-                                           tuple(catalog.region_lonlat()), out_dir=out)
+                                           catalog.region_lonlat(), out_dir=out)
         log(f"{pd.Timestamp(entry['start']):%Y-%m-%d}: {entry['mean_events']:.2f} events per simulated catalog "
             f"(observed {entry['observed_events']}) -> {entry['file']}")
         result["days"].append(entry)

@@ -1,7 +1,7 @@
 """Sequences → padded, masked batches for the model.
 
-Reads the sequence store written by the ingestion pipeline (``sequences/split=*/part-*.parquet`` and the
-manifest's train-only normalisation statistics) and builds :class:`Batch` objects: every tensor is right-padded
+Takes a split's sequences from the ingested catalog (:meth:`stforecast.ingested.IngestedCatalog.sequences`) and
+builds :class:`Batch` objects: every tensor is right-padded
 to the longest sequence in the batch, with a mask. Batches are built from length buckets so sequences of similar
 length travel together (little padding, and the recurrent heads run without packing).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -163,15 +162,6 @@ class SequenceSet:
         if shuffle:
             rng.shuffle(out)
         return out
-
-
-def load_split(processed_dir: str | Path, split: str) -> SequenceSet:
-    path = Path(processed_dir) / "sequences" / f"split={split}"
-    files = sorted(path.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{path}: no sequences; run `stforecast ingest` first")
-    return SequenceSet.from_frame(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True))
-
 
 
 def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:

@@ -3,8 +3,10 @@
 * ``best.pt`` / ``last.pt`` are plain dicts of tensors and JSON text, written atomically
   (:func:`atomic_torch_save`) and read with ``torch.load(weights_only=True)`` (:func:`load_checkpoint`): nothing
   in a file is executed.
-* :func:`load_model` checks the stored configuration against the stored weights before building anything
-  (:func:`checked_model_config`: a crafted file cannot size memory), then builds the DSTPP;
+* :func:`load_model` reads older checkpoints through :func:`upgraded` (the one place that knows older formats),
+  checks the stored configuration against the stored weights before building anything
+  (:func:`checked_model_config`: a crafted file cannot size memory), then builds the DSTPP from its configuration
+  and restores everything else, fitted statistics included, with ``load_state_dict``;
   :func:`check_catalog` refuses a model on a catalog in other units or another frame.
 * :func:`claimed_run_folder` holds a run folder for one training (a kernel lock; an existing run needs
   ``resume`` or ``force``).
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from stforecast.ingested import IngestedCatalog
-from stforecast.models.dstpp import DSTPP, ModelConfig, Scaler
+from stforecast.models.dstpp import DSTPP, ModelConfig, Scaler, Statistics
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -149,8 +152,42 @@ def describe_run(out: Path) -> str:
 CONFIG_LIMITS = {"d_model": (1, 4096), "n_layers": (1, 64), "n_heads": (1, 64), "d_ff": (1, 65536),
                  "rnn_hidden": (0, 8192), "denoiser_width": (1, 8192), "denoiser_layers": (1, 64),
                  "steps": (1, 10_000), "mark_components": (1, 64)}
-SCALER_SHAPES = {"scaler.lo": (3,), "scaler.hi": (3,), "scaler.log_time": (), "scaler.r0": (),
-                 "scaler.xy_lo": (2,), "scaler.xy_hi": (2,), "scaler.box_lo": (2,), "scaler.box_hi": (2,)}
+#: the state-dict key of the scaler's :class:`Statistics` (nn.Module's extra state)
+STATISTICS_KEY = "scaler._extra_state"
+
+
+def upgraded(state, config) -> tuple:
+    """A checkpoint's weights ``state`` and configuration ``config`` (JSON text) as this version writes them; the
+    one place that reads older formats. Written before the scaler held the train split's scalar statistics, a
+    checkpoint's configuration carries them (``mark_center``, ``mark_scale``, ``mark_mc``, ``mark_b``,
+    ``parent_c``; missing ones count as the defaults) and its weights lack ``scaler._extra_state``: they move
+    there. Written before the relative location, the weights lack ``scaler.r0`` (0: absolute) and
+    ``scaler.xy_lo``/``xy_hi`` (the location range); before the bounded location, ``scaler.box_lo``/``box_hi``
+    (zeros: unbounded). Anything else (this version's format, or a file too damaged to read) is returned as it
+    is, for :func:`checked_model_config` to judge."""
+    if not isinstance(state, dict):
+        return state, config
+    state = dict(state)
+    state.setdefault("scaler.r0", torch.tensor(0.0))
+    if isinstance(state.get("scaler.lo"), torch.Tensor) and isinstance(state.get("scaler.hi"), torch.Tensor):
+        state.setdefault("scaler.xy_lo", state["scaler.lo"][1:])
+        state.setdefault("scaler.xy_hi", state["scaler.hi"][1:])
+    for key in ("scaler.box_lo", "scaler.box_hi"):
+        state.setdefault(key, torch.zeros(2))
+    try:
+        values = json.loads(config) if isinstance(config, str) else None
+    except json.JSONDecodeError:
+        values = None
+    if STATISTICS_KEY not in state and isinstance(values, dict):
+        names = [f.name for f in dataclasses.fields(Statistics)]
+        stored = {k: values.pop(k) for k in names if k in values}
+        wrong = [k for k, v in stored.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if wrong:
+            raise ValueError(f"the checkpoint's model.{wrong[0]} = {stored[wrong[0]]!r} is not a number; the file is "
+                             "damaged or was edited; retrain it with `stforecast train`")
+        state[STATISTICS_KEY] = Statistics(**{k: float(v) for k, v in stored.items()}).as_tensor()
+        config = json.dumps(values)
+    return state, config
 
 
 def checked_model_config(raw, state: dict, where: str) -> ModelConfig:
@@ -158,7 +195,7 @@ def checked_model_config(raw, state: dict, where: str) -> ModelConfig:
     ``state`` before any network is built: known fields of the right types, sizes within :data:`CONFIG_LIMITS`,
     and every weight's shape the one the configuration implies (networks built on the meta device: no memory).
     A ValueError naming ``where`` and the first mismatch otherwise."""
-    from stforecast.config import typed_fields
+    from stforecast.settings_files import typed_fields
 
     damaged = f"{where}: the checkpoint's model configuration does not match its weights"
     advice = "the file is damaged or was edited; retrain it with `stforecast train`"
@@ -179,8 +216,8 @@ def checked_model_config(raw, state: dict, where: str) -> ModelConfig:
         raise ValueError(f"{where}: the checkpoint's weights are not a table of tensors; {advice}")
     with torch.device("meta"):
         nets = DSTPP.networks(cfg)
-    expected = {**SCALER_SHAPES, **{f"{name}.{k}": tuple(v.shape) for name, net in nets.items()
-                                    for k, v in net.state_dict().items()}}
+    expected = {**{f"scaler.{k}": tuple(v.shape) for k, v in Scaler().state_dict().items()},
+                **{f"{name}.{k}": tuple(v.shape) for name, net in nets.items() for k, v in net.state_dict().items()}}
     stored = {k: tuple(v.shape) for k, v in state.items()}
     for key in sorted(set(expected) | set(stored)):
         if key not in stored:
@@ -194,23 +231,18 @@ def checked_model_config(raw, state: dict, where: str) -> ModelConfig:
 
 
 def load_model(checkpoint: str | os.PathLike, map_location="cpu") -> DSTPP:
-    """A trained model from ``best.pt``/``last.pt`` (weights only: nothing in the file is executed). The stored
-    configuration is checked against the weights before anything is built (:func:`checked_model_config`)."""
+    """A trained model from ``best.pt``/``last.pt`` (weights only: nothing in the file is executed), older formats
+    read through :func:`upgraded`. The stored configuration is checked against the weights before anything is
+    built (:func:`checked_model_config`); the model is then built from the configuration and ``load_state_dict``
+    restores its weights and every fitted statistic (the scaler's)."""
     ckpt = load_checkpoint(Path(checkpoint), map_location)
-    state = ckpt["model"]
-    if isinstance(state, dict):
-        # checkpoints written before the relative location carry no r0 / absolute-position range
-        state.setdefault("scaler.r0", torch.tensor(0.0))
-        if isinstance(state.get("scaler.lo"), torch.Tensor) and isinstance(state.get("scaler.hi"), torch.Tensor):
-            state.setdefault("scaler.xy_lo", state["scaler.lo"][1:])
-            state.setdefault("scaler.xy_hi", state["scaler.hi"][1:])
-        for key in ("scaler.box_lo", "scaler.box_hi"):  # written before the bounded location: unbounded
-            state.setdefault(key, torch.zeros(2))
-    cfg = checked_model_config(ckpt["model_config"], state, str(checkpoint))
     try:
-        scaler = Scaler(state["scaler.lo"], state["scaler.hi"], bool(state["scaler.log_time"]), float(state["scaler.r0"]),
-                        state["scaler.xy_lo"], state["scaler.xy_hi"], state["scaler.box_lo"], state["scaler.box_hi"])
-        model = DSTPP(cfg, scaler)
+        state, config = upgraded(ckpt["model"], ckpt["model_config"])
+    except ValueError as e:
+        raise ValueError(f"{checkpoint}: {e}") from None
+    cfg = checked_model_config(config, state, str(checkpoint))
+    try:
+        model = DSTPP(cfg)
         model.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -224,3 +256,13 @@ def claim_depth(out: Path) -> int:
     """How many times this process holds the run folder ``out`` (0: not held)."""
     held = _held.get(str(Path(out).resolve()))
     return held[1] if held else 0
+
+
+def restore_rng(ckpt: dict, rank: int, device: torch.device) -> None:
+    """This rank's random-number state from a full checkpoint (``last.pt``), so a resumed run draws the noise an
+    uninterrupted one would. Checkpoints written before multi-process training hold one CPU state, not a list."""
+    rng = ckpt["rng_cpu"]
+    torch.set_rng_state(rng[rank] if isinstance(rng, list) else rng)
+    if device.type == "cuda" and "rng_cuda" in ckpt:
+        cuda_rng = ckpt["rng_cuda"]
+        torch.cuda.set_rng_state((cuda_rng[rank] if isinstance(cuda_rng, list) else cuda_rng).cpu(), device)

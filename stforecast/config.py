@@ -1,4 +1,5 @@
-"""Ingestion configuration: plain dataclasses, loaded from ``data/catalogs.toml`` and overridden from the CLI.
+"""Ingestion configuration: plain dataclasses, loaded from ``data/catalogs.toml`` (in the one layout of every
+settings file, :mod:`stforecast.settings_files`) and overridden from the command line.
 
 Unknown keys are errors that name the file and the key, so a typo never silently falls back to a default.
 """
@@ -9,10 +10,11 @@ import dataclasses
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from stforecast.settings_files import deep_merge, read_settings_file, typed_fields
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,84 +137,6 @@ def _build(cls, values: dict, where: str):
     return cls(**typed_fields(cls, values, where))
 
 
-# ------------------------------------------------------------------------------- the one settings loader
-def read_settings_file(path: str | os.PathLike, table: str | None = None) -> dict:
-    """A TOML (or ``.yaml``/``.yml``) settings file as a dict; ``table``: only that table of it, when present. A
-    file that does not parse is an error naming the file (and the parser's line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no settings file {path}")
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = tomllib.loads(text)
-    except Exception as e:  # noqa: BLE001 - TOML and YAML parsers raise their own types
-        kind = "YAML" if path.suffix in (".yaml", ".yml") else "TOML"
-        raise ValueError(f"{path}: not valid {kind}: {str(e).splitlines()[0]}") from None
-    if table is not None and isinstance(values.get(table), dict):
-        return values[table]
-    return values
-
-
-_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", dict: "a table",
-               list: "a list", tuple: "a list"}
-
-
-def typed_fields(cls, values: dict, where: str, prefix: str = "") -> dict:
-    """``values`` checked against the fields of dataclass ``cls``: an unknown key, or a value of the wrong type, is
-    a ValueError naming the key and ``where`` (the file, or --set). Ints are accepted for floats, lists for
-    tuples; nested dataclass fields are built from their tables. Returns the keyword arguments for ``cls``."""
-    import typing
-
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: {prefix.rstrip('.') or 'settings'} must be a table, not {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {[prefix + k for k in unknown]}; allowed: {sorted(known)}")
-    out = {}
-    for key, value in values.items():
-        hint = hints[key]
-        options = [a for a in typing.get_args(hint) if a is not type(None)] if type(None) in typing.get_args(hint) \
-            else [hint]
-        if value is None and type(None) in typing.get_args(hint):
-            out[key] = None
-            continue
-        if value is None and dataclasses.is_dataclass(hint):  # an empty nested table: its defaults
-            out[key] = hint()
-            continue
-        done = False
-        for kind in options:
-            base = typing.get_origin(kind) or kind
-            if dataclasses.is_dataclass(base) and isinstance(value, dict):
-                out[key], done = base(**typed_fields(base, value, where, f"{prefix}{key}.")), True
-            elif base is float and isinstance(value, int) and not isinstance(value, bool):
-                out[key], done = float(value), True
-            elif base is tuple and isinstance(value, (list, tuple)):
-                out[key], done = tuple(value), True
-            elif base is typing.Any or (isinstance(base, type) and isinstance(value, base)
-                                         and not (base in (int, float) and isinstance(value, bool))):
-                out[key], done = value, True
-            if done:
-                break
-        if not done:
-            wanted = " or ".join(_TYPE_WORDS.get(typing.get_origin(k) or k, str(k)) for k in options)
-            raise ValueError(f"{where}: setting {prefix}{key} must be {wanted}, not {value!r}")
-    return out
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 @dataclass
 class Settings:
     """Where things live. The data root defaults to ``../shared/data`` beside the repo when it exists;
@@ -257,11 +181,12 @@ DEFAULT_CONFIG = REPO_ROOT / "data" / "catalogs.toml"
 
 def load_settings(config_file: str | os.PathLike | None = None, data_root: str | None = None) -> Settings:
     config_file = Path(config_file or os.environ.get("STFORECAST_CONFIG", DEFAULT_CONFIG))
-    doc = read_settings_file(config_file)
-    unknown = sorted(set(doc) - {"settings", "catalogs"})
-    if unknown:
-        raise ValueError(f"{config_file}: unknown top-level table(s) {unknown}; expected [settings] and [catalogs.NAME]")
+    doc = read_settings_file(config_file, ("settings", "catalogs"), home="settings")
     s = doc.get("settings", {})
+    unknown = sorted(set(s) - {"data_root", "processed_dir", "cache_dir"})
+    if unknown:
+        raise ValueError(f"{config_file}: unknown setting(s) {unknown} in [settings]; allowed: "
+                         "['cache_dir', 'data_root', 'processed_dir']")
     base = config_file.resolve().parent.parent  # paths in the file are relative to the repo root
 
     def rel(p: str) -> Path:

@@ -20,13 +20,13 @@ functions, and every model reports a next-event negative log-likelihood in the c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from stforecast.batch import SequenceSet
 from stforecast.defaults import HDR_EVENTS, SCORE_SAMPLES
+from stforecast.ingested import as_catalog
 from stforecast.metrics import crps_from_samples, energy_score, hdr_coverage, interval_coverage
 from stforecast.models.base import MARK_COLUMNS, Histories
 
@@ -52,8 +52,10 @@ class Targets:
                                      length, marks, sequences=self.histories)
 
 
-def next_event_targets(processed_dir, split: str = "test", max_targets: int | None = None, seed: int = 0) -> Targets:
-    frame = pd.read_parquet(Path(processed_dir) / "sequences" / f"split={split}")
+def next_event_targets(catalog, split: str = "test", max_targets: int | None = None, seed: int = 0) -> Targets:
+    """Every target of ``split`` with ≥ 1 event before it in its sequence (or a seeded subset of
+    ``max_targets``) of ``catalog`` (an :class:`~stforecast.ingested.IngestedCatalog`, or its folder or name)."""
+    frame = as_catalog(catalog).sequence_frame(split)
     frame = frame.sort_values(["sequence", "position"], kind="stable").reset_index(drop=True)
     data = SequenceSet.from_frame(frame)
     seq_index = np.repeat(np.arange(len(data)), data.lengths)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from stforecast.region import Region
+
 
 @dataclass(frozen=True)
 class CatalogUnits:
@@ -195,6 +197,21 @@ class IngestedCatalog:
         """Every kept event, time-sorted (``events.parquet``)."""
         return pd.read_parquet(self.folder / "events.parquet")
 
+    def sequence_frame(self, split: str) -> pd.DataFrame:
+        """The ``split`` (train, val, test) sequences' rows as stored (one row per event of a sequence:
+        ``sequence``, ``position``, ``is_target``, ``t``, ``x``, ``y``, marks, ``event_index``)."""
+        folder = self.folder / self.manifest["files"]["sequences"] / f"split={split}"
+        files = sorted(folder.glob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{folder}: no sequences; run `stforecast ingest` first")
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def sequences(self, split: str):
+        """The ``split``'s sequences as a :class:`~stforecast.batch.SequenceSet` (what training batches)."""
+        from stforecast.batch import SequenceSet
+
+        return SequenceSet.from_frame(self.sequence_frame(split))
+
     def before(self, t: float) -> pd.DataFrame:
         return self.events[self.events["t"] < t]
 
@@ -210,43 +227,40 @@ class IngestedCatalog:
             return None
         return self.manifest["config"]["filters"].get("magnitude_min") or float(self.events["magnitude"].min())
 
-    def region_lonlat(self) -> tuple[float, float, float, float]:
-        """(min lon, min lat, max lon, max lat): the ingestion bounding box, else the events' extent (+0.1°)."""
+    def region_lonlat(self) -> Region:
+        """In lon/lat: the ingestion bounding box, else the events' extent (+0.1°)."""
         bbox = self.manifest["config"]["filters"].get("bbox")
         if bbox:
-            return tuple(float(v) for v in bbox)
+            return Region.of(bbox)
         lonlat = self.units.to_original(self.events[["t", "x", "y"]])
-        return (float(lonlat["lon"].min()), float(lonlat["lat"].min()), float(lonlat["lon"].max()) + 0.1,
-                float(lonlat["lat"].max()) + 0.1)
+        return Region.of((lonlat["lon"].min(), lonlat["lat"].min(), lonlat["lon"].max() + 0.1,
+                          lonlat["lat"].max() + 0.1))
 
     @functools.cached_property
-    def region_box(self) -> tuple[float, float, float, float]:
-        """(x0, y0, x1, y1) in model units: the catalog's region, the box every one of its events lies in — the
-        extent of all its events, joined with the ingestion bounding box (projected) when one was set. A bounded
-        DSTPP's support is this box plus a margin; maps and gridded forecasts cover it."""
+    def region(self) -> Region:
+        """In model units: the catalog's region, the box every one of its events lies in — the extent of all its
+        events, joined with the ingestion bounding box (projected) when one was set. A bounded DSTPP's support is
+        this box plus a margin; maps and gridded forecasts cover it."""
         lo, hi = self.events[["x", "y"]].min().to_numpy(), self.events[["x", "y"]].max().to_numpy()
+        region = Region.of((*lo, *hi))
         bbox = self.manifest["config"]["filters"].get("bbox")
         if bbox and self.units.crs_model:
-            import numpy as np
-
             from stforecast.clean import project
 
-            lon, lat = box_outline(tuple(float(v) for v in bbox), 101)  # densified: its projection is curved
+            lon, lat = Region.of(bbox).outline(101)  # densified: its projection is curved
             px, py = project(lon, lat, self.units.crs_input, self.units.crs_model)
-            lo, hi = np.minimum(lo, [px.min(), py.min()]), np.maximum(hi, [px.max(), py.max()])
-        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+            region = region.joined((px.min(), py.min(), px.max(), py.max()))
+        return region
 
-    def view_box(self, pad: float = 0.05) -> tuple[float, float, float, float]:
-        """(x0, y0, x1, y1) in model units: :attr:`region_box` widened by ``pad`` of its size on each side (a
-        bounded DSTPP's support with the default margin): what maps, grids and highest-density regions cover."""
-        x0, y0, x1, y1 = self.region_box
-        px, py = pad * (x1 - x0), pad * (y1 - y0)
-        return x0 - px, y0 - py, x1 + px, y1 + py
+    def view_box(self, pad: float = 0.05) -> Region:
+        """In model units: :attr:`region` widened by ``pad`` of its size on each side (a bounded DSTPP's support
+        with the default margin): what maps, grids and highest-density regions cover."""
+        return self.region.padded(pad)
 
     def view_bounds(self, pad: float = 0.05) -> list[list[float]]:
         """[[south, west], [north, east]] of :meth:`view_box` in the map's frame (lon/lat, longitudes continuous
         across the antimeridian around the catalog's centre; pixels for a pixel frame): where a map opens."""
-        xs, ys = box_outline(self.view_box(pad), 41)
+        xs, ys = self.view_box(pad).outline(41)
         if self.units.crs_model and self.units.geographic:
             from stforecast.clean import project
 
@@ -262,12 +276,11 @@ class IngestedCatalog:
         center = self.schema.get("projection_center_lonlat")
         return float(center[0]) if center else None
 
-    def extent(self, pad: float = 0.05) -> tuple[float, float, float, float]:
-        """(x0, y0, x1, y1) in model units: the training events' extent widened by ``pad`` of its size."""
+    def extent(self, pad: float = 0.05) -> Region:
+        """In model units: the training events' extent widened by ``pad`` of its size."""
         train = self.train_events if self.continuous else self.events
         lo, hi = train[["x", "y"]].min().to_numpy(), train[["x", "y"]].max().to_numpy()
-        p = pad * (hi - lo)
-        return float(lo[0] - p[0]), float(lo[1] - p[1]), float(hi[0] + p[0]), float(hi[1] + p[1])
+        return Region.of((*lo, *hi)).padded(pad)
 
     def __repr__(self) -> str:
         return f"IngestedCatalog({self.name!r}, {self.folder}, {len(self.events):,} events)" if \
@@ -277,18 +290,6 @@ class IngestedCatalog:
 def as_catalog(catalog) -> IngestedCatalog:
     """An IngestedCatalog from itself, a folder or a name."""
     return catalog if isinstance(catalog, IngestedCatalog) else IngestedCatalog.open(catalog)
-
-
-def box_outline(box: tuple, n: int):
-    """The outline of ``box`` (x0, y0, x1, y1) as ``n`` points per side: (xs, ys), for projecting a box whose
-    image in another CRS is curved."""
-    import numpy as np
-
-    x0, y0, x1, y1 = box
-    edge = np.linspace(0, 1, n)
-    xs = np.r_[x0 + (x1 - x0) * edge, np.full(n, x1), x1 - (x1 - x0) * edge, np.full(n, x0)]
-    ys = np.r_[np.full(n, y0), y0 + (y1 - y0) * edge, np.full(n, y1), y1 - (y1 - y0) * edge]
-    return xs, ys
 
 
 def unwrap_longitudes(lon, center: float | None):

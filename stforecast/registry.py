@@ -173,9 +173,9 @@ def load_forecaster(spec: str, catalog: IngestedCatalog, *, allow_other_catalog:
     if is_baseline(spec):
         model = cached_baseline(spec, catalog, cache_root, log=log, track=track, mc=mc)
     else:
-        from stforecast.tracking import load_model
+        from stforecast.tracking import fetch_model
         from stforecast.checkpoints import check_catalog
 
-        model = load_model(spec)
+        model = fetch_model(spec)
         check_catalog(model, catalog, allow_other_catalog, warn=log)
     return model.within(catalog.view_box())

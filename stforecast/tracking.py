@@ -130,8 +130,9 @@ def is_model_uri(text: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(text)) is not None
 
 
-def load_model(uri: str):
-    """A DSTPP from an MLflow model URI (``models:/NAME/VERSION``, ``runs:/ID/model``) or a checkpoint path.
+def fetch_model(uri: str):
+    """A DSTPP from an MLflow model URI (``models:/NAME/VERSION``, ``runs:/ID/model``: its checkpoint downloaded from
+    the store, then :func:`stforecast.checkpoints.load_model`) or a checkpoint path.
     Reads the weights with ``torch.load(weights_only=True)``; no pickled object is loaded (unlike
     ``mlflow.pyfunc.load_model``, which imports and runs the code stored with the model). A missing file, an
     unknown model or an unreadable checkpoint raises FileNotFoundError/ValueError naming it."""

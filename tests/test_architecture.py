@@ -88,9 +88,10 @@ def test_model_names_are_listed_in_the_registry_alone():
 
 
 def test_the_ingestion_manifest_is_read_by_the_catalog_object_alone():
-    """`manifest.json` of an ingested catalog is written by the ingestion pipeline and read by
+    """`manifest.json` of an ingested catalog is written by the ingestion pipeline (from one
+    :class:`pipelines.ingest.manifest.Manifest`, whose file name is its ``MANIFEST``) and read by
     stforecast/ingested.py; a batch job folder's own record is `forecast.json`."""
-    allowed = {ROOT / "stforecast" / "ingested.py", ROOT / "pipelines" / "ingest.py"}
+    allowed = {ROOT / "stforecast" / "ingested.py", ROOT / "pipelines" / "ingest" / "manifest.py"}
     offenders = []
     for path in modules().values():
         if path in allowed:
@@ -181,3 +182,15 @@ def test_no_library_module_is_longer_than_a_reader_can_hold():
     long = {name: len(path.read_text().splitlines()) for name, path in modules().items()
             if name.startswith("stforecast") and len(path.read_text().splitlines()) > 400}
     assert sorted(set(long) - set(LONG_MODULES)) == [], long
+
+
+def test_the_model_configuration_holds_hyperparameters_alone():
+    """Every statistic fitted on the train split lives in the scaler (its buffers and its ``Statistics``), none in
+    ``ModelConfig``: the configuration says how to build a model, the checkpoint's state dict what was fitted."""
+    import dataclasses
+
+    from stforecast.models.dstpp import ModelConfig, Scaler, Statistics
+
+    fitted = {f.name for f in dataclasses.fields(Statistics)} | {name for name, _ in Scaler().named_buffers()}
+    assert {"mark_center", "mark_scale", "mark_mc", "mark_b", "parent_c"} <= fitted
+    assert fitted & {f.name for f in dataclasses.fields(ModelConfig)} == set()

@@ -139,7 +139,7 @@ def test_failed_rerun_keeps_previous_output(settings, tmp_path):
 
 
 def test_interrupted_write_keeps_previous_output(settings, tmp_path, monkeypatch):
-    import pipelines.ingest as ing
+    import pipelines.ingest.ranges as ing  # where the partition-wise path writes sequences
 
     path = comcat(tmp_path, GOOD_ROWS)
     ok = run_ingest(cfg_for(path), settings, out_root=tmp_path / "out", progress=False)

@@ -10,6 +10,7 @@ from scipy import integrate
 
 from stforecast.baselines import HawkesST, PoissonKDE, simulate_hawkes
 from stforecast.baselines.kernels import UniformBox
+from stforecast.models.base import Histories
 
 BOX = (0.0, 0.0, 20.0, 20.0)
 TRUE = {"mu": 0.5, "alpha": 0.6, "beta": 2.0, "sigma": 0.4}
@@ -48,7 +49,8 @@ def test_hawkes_next_event_density_integrates_to_one_and_sampling_agrees(catalog
     total, _ = integrate.quad(p_tau, 0, 60, limit=200)
     assert total == pytest.approx(1.0, abs=1e-3)
     # the sampler's waiting times follow that density: compare means
-    draws = model.sample_next(t, xy, np.array([i]), 20_000, np.random.default_rng(0))
+    history = Histories.from_stream(t, xy, np.array([i]), model.context)
+    draws = model.forecast(history).sample(20_000, np.random.default_rng(0)).events
     mean_tau, _ = integrate.quad(lambda s: s * p_tau(s), 0, 60, limit=200)
     assert draws[0, :, 0].mean() == pytest.approx(mean_tau, rel=0.03)
 
@@ -67,7 +69,7 @@ def test_poisson_kde_rate_and_density():
     assert dens.sum() * 0.1 * 0.1 == pytest.approx(1.0, abs=0.02)
     centre = float(np.exp(m.space.logpdf(np.array([[3.0, -2.0]])))[0])
     assert centre == pytest.approx(1 / (2 * math.pi * 1.0 * 2.0), rel=0.15)
-    s = m.sample_next(t, xy, np.array([10, 20]), 5000, rng)
+    s = m.forecast(Histories.from_stream(t, xy, np.array([10, 20]), m.context)).sample(5000, rng).events
     assert s.shape == (2, 5000, 3) and s[..., 0].mean() == pytest.approx(0.25, rel=0.05)
 
 
@@ -153,9 +155,10 @@ def test_etas_sampler_agrees_with_its_density(etas_catalog):
 
     cuts = (0, 0.01, 0.1, 1, 10, 300)
     mean_tau = sum(integrate.quad(lambda s: s * p_tau(s), a, b, limit=400)[0] for a, b in zip(cuts[:-1], cuts[1:]))
-    draws = model.sample_next(t, xy, m, np.array([i]), 20_000, np.random.default_rng(1))
-    assert draws.shape == (1, 20_000, 4)
-    assert draws[0, :, 0].mean() == pytest.approx(mean_tau, rel=0.05)
+    history = Histories.from_stream(t, xy, np.array([i]), model.context, {"magnitude": m})
+    draws = model.forecast(history).sample(20_000, np.random.default_rng(1))
+    assert draws.events.shape == (1, 20_000, 3) and draws.marks["magnitude"].shape == (1, 20_000)
+    assert draws.events[0, :, 0].mean() == pytest.approx(mean_tau, rel=0.05)
     # most of these next events are aftershocks near the big event
-    near = np.hypot(*(draws[0, :, 1:3] - xy[i - 1]).T) < 20
-    assert near.mean() > 0.5 and (draws[0, :, 3] >= 3.0).all()
+    near = np.hypot(*(draws.events[0, :, 1:3] - xy[i - 1]).T) < 20
+    assert near.mean() > 0.5 and (draws.marks["magnitude"] >= 3.0).all()

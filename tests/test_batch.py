@@ -16,8 +16,9 @@ def ridgecrest_model(ridgecrest_tiny):
 
 
 def write_config(path, folder, ckpt, out, extra=""):
-    path.write_text(f'''out = "{out}"
-[[job]]
+    path.write_text(f'''[batch]
+out = "{out}"
+[[jobs]]
 name = "rc-12h"
 catalog = "{folder}"
 model = "{ckpt}"
@@ -26,7 +27,7 @@ horizon = "12h"
 simulations = 20
 samples = 200
 max_events = 60
-[[job]]
+[[jobs]]
 name = "rc-1d"
 catalog = "{folder}"
 model = "{ckpt}"
@@ -92,6 +93,6 @@ def test_a_failing_job_exits_nonzero_and_leaves_the_previous_output(ridgecrest_m
 
 def test_config_errors_name_the_job(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[job]]\nname = "a"\ncatalog = "japan"\nmodel = "m.pt"\nhorizon_days = 3\n')
-    with pytest.raises(ValueError, match=r"\[\[job\]\] number 1: .*horizon_days"):
+    bad.write_text('[[jobs]]\nname = "a"\ncatalog = "japan"\nmodel = "m.pt"\nhorizon_days = 3\n')
+    with pytest.raises(ValueError, match=r"\[\[jobs\]\] number 1: .*horizon_days"):
         load_jobs(bad)

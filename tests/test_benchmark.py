@@ -8,7 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.benchmark import catalog_settings, load_benchmark_config, merge, verdict
+from pipelines.benchmark import catalog_settings, load_benchmark_config, verdict
+from stforecast.settings_files import deep_merge
 
 
 def test_quick_benchmark_on_the_three_primary_catalogs(tmp_path, monkeypatch):
@@ -64,7 +65,8 @@ def test_settings_merge_per_catalog_and_quick():
     assert paper["preset"] == "paper" and paper["epochs"] != cfg["train"]["epochs"]
     quick = load_benchmark_config(quick=True)
     assert quick["targets"] < cfg["targets"] and catalog_settings(quick, "japan", quick=True)["max_steps"] > 0
-    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+    assert paper["model"] == {} and catalog_settings(quick, "dstpp_japan", quick=True)["model"]["d_model"] == 16
 
 
 def test_verdict_names_the_best_baseline_and_the_margin():

@@ -137,7 +137,7 @@ def test_a_bounded_model_samples_inside_the_catalogs_region_even_when_its_networ
     folder, checkpoint = bounded_model
     model = load_model(checkpoint)
     catalog = IngestedCatalog.open(folder)
-    x0, y0, x1, y1 = catalog.region_box
+    x0, y0, x1, y1 = catalog.region
     sx0, sy0, sx1, sy1 = model.scaler.support()
     assert sx0 < x0 and sy0 < y0 and sx1 > x1 and sy1 > y1  # the support holds the region, with its margin
     t, xy, marks = history_of(catalog.events, model.context)

@@ -77,7 +77,7 @@ def test_bad_training_settings(tiny, tmp_path, capfd, setting, words):
 
 
 def test_benchmark_settings_file_trains(tmp_path):
-    """data/benchmark.toml keeps its training settings under [train]: `train --config` reads them."""
+    """data/benchmark.toml keeps its training settings under [train]: `train --config` reads them (and only them)."""
     from stforecast.config import REPO_ROOT
     from stforecast.train import load_train_config
 
@@ -145,7 +145,7 @@ def test_ctrl_c_in_ingest_keeps_the_previous_output(capfd, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipelines.ingest.run_ingest", interrupted)
+    monkeypatch.setattr("pipelines.ingest.cli.run_ingest", interrupted)  # the command's own name for it
     assert main(["ingest", "earthquakes", "ridgecrest", "--out", "/nonexistent-never-written"]) == 130
     one_line_error(capfd, "interrupted; previous output kept")
 
@@ -166,7 +166,7 @@ def test_an_unexpected_error_is_one_line_with_a_way_to_see_more(tiny, tmp_path, 
 def test_a_failed_batch_job_is_one_line(tiny, tmp_path, capfd):
     folder, _ = tiny
     cfg = tmp_path / "batch.toml"
-    cfg.write_text(f'out = "{tmp_path / "b"}"\n[[job]]\nname = "j"\ncatalog = "{folder}"\n'
+    cfg.write_text(f'[batch]\nout = "{tmp_path / "b"}"\n[[jobs]]\nname = "j"\ncatalog = "{folder}"\n'
                    f'model = "{tmp_path / "missing.pt"}"\nhorizon = "12h"\n')
     assert main(["batch", "--config", str(cfg), "--workers", "1", "--no-track"]) == 1
     err = capfd.readouterr().err
@@ -214,7 +214,7 @@ def test_one_set_of_sampling_defaults():
         assert from_args(parse(argv)) == DEFAULT, argv
     assert from_args(parse(["forecast", "--data", "d", "--model", "m", "--format", "csep"]), CATALOGS) == CATALOGS
     assert from_args(parse(["csep-eval", "--data", "d", "--model", "m", "--start", "2020-01-01"]), CATALOGS) == CATALOGS
-    assert parse(["evaluate", "--data", "d"]).samples == SCORE_SAMPLES == bench["samples"]
+    assert parse(["evaluate", "--data", "d"]).samples == SCORE_SAMPLES == bench["benchmark"]["samples"]
     assert benchmark_sampling(load_benchmark_config()) == DEFAULT
     assert ForecastRequest().sampling is None and ReportRequest().sampling == DEFAULT == Job("a", "b", "c").sampling()
 

@@ -17,10 +17,10 @@ from tests.test_incremental import VARIANTS, make
 
 def test_simulated_magnitudes_follow_the_model_unless_the_option_says_gutenberg_richter():
     m = make(VARIANTS["relative + waits + magnitudes + head"]).with_sampling(Sampling(sampler="dpm", steps=4))
-    head = m.magnitude_head
+    head, fit = m.magnitude_head, m.scaler.statistics
     J = m.cfg.mark_components
     with torch.no_grad():  # every component at rate 20: magnitudes hug Mc (G-R with b = 1 has rate 2.3)
-        head.net[-1].bias[J:] = math.log(20.0) - head.base
+        head.net[-1].bias[J:] = math.log(20.0) - math.log(fit.mark_b * math.log(10))
     rng = np.random.default_rng(0)
     t0 = np.cumsum(rng.exponential(0.5, 15) + 0.01)
     xy0 = np.column_stack([rng.uniform(-90, 90, 15), rng.uniform(-40, 70, 15)])
@@ -30,7 +30,7 @@ def test_simulated_magnitudes_follow_the_model_unless_the_option_says_gutenberg_
         drawn = m.with_sampling(m.sampling.replace(magnitudes=option))
         ev = pd.concat([c.events for c in drawn.simulate_catalogs(t0, xy0, marks, t0[-1] + 2.0, 200,
                                                               np.random.default_rng(1))])
-        return (ev["magnitude"] - head.lo).to_numpy()
+        return (ev["magnitude"] - (fit.mark_mc - 0.05)).to_numpy()
 
     model_excess, gr_excess = excess("model"), excess("gutenberg-richter")
     assert len(model_excess) > 100 and len(gr_excess) > 100

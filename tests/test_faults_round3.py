@@ -72,7 +72,7 @@ def test_a_batch_job_name_cannot_escape_the_output_root(tmp_path, capfd):
     out = tmp_path / "reports" / "batch"
     rel = os.path.relpath(victim, out / "2019-07-12")
     cfg = tmp_path / "evil.toml"
-    cfg.write_text(f'out = "{out}"\n[[job]]\nname = "{rel}"\ncatalog = "japan"\nmodel = "etas"\n')
+    cfg.write_text(f'[batch]\nout = "{out}"\n[[jobs]]\nname = "{rel}"\ncatalog = "japan"\nmodel = "etas"\n')
     assert main(["batch", "--config", str(cfg), "--no-track", "--workers", "1"]) == 2
     one_line_error(capfd, "error:", "job name", repr(rel), "letters, digits")
     assert (victim / "keep.txt").read_text() == "precious"
@@ -155,6 +155,7 @@ def write_checkpoint(tmp_path, source: Path, **config_changes) -> Path:
     ({"d_model": 32}, "does not match its weights"),
     ({"d_model": "wide"}, "model.d_model must be a whole number"),
     ({"mark_head": True}, "does not match its weights"),
+    ({"mark_mc": 2.0}, "unknown setting"),  # fitted statistics are the scaler's, never the configuration's
 ])
 def test_a_crafted_checkpoint_is_checked_before_anything_is_built(tiny, tmp_path, capfd, changes, words):
     folder, ckpt = tiny

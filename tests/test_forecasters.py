@@ -143,7 +143,7 @@ def test_report_and_batch_with_etas_from_the_command_line(catalog, tmp_path, mon
     fits = mlflow.search_runs(experiment_names=["stforecast-baselines"])
     assert list(fits["tags.model_kind"]) == ["etas"] and "params.A" in fits.columns
     config = tmp_path / "batch.toml"
-    config.write_text(f'out = "{tmp_path / "batch"}"\n[[job]]\nname = "rc-etas"\ncatalog = "{folder}"\n'
+    config.write_text(f'[batch]\nout = "{tmp_path / "batch"}"\n[[jobs]]\nname = "rc-etas"\ncatalog = "{folder}"\n'
                       'model = "etas"\nhorizon = "12h"\nsimulations = 15\nsamples = 300\nat = "2019-07-12"\n')
     assert main(["batch", "--config", str(config), "--workers", "1"]) == 0
     (job,) = (tmp_path / "batch").glob("*/rc-etas")

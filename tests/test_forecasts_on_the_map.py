@@ -129,7 +129,7 @@ def test_the_mlflow_model_forecasts_a_model_that_reads_and_forecasts_magnitudes(
     loaded = mlflow.pyfunc.load_model(uri)
     out = loaded.predict(table, params={"n": 25, "sampler": "dpm", "steps": 4})
     assert len(out) == 50 and np.isfinite(out[["dt", "x", "y", "magnitude"]].to_numpy()).all()
-    assert (out["magnitude"] >= model.cfg.mark_mc - 0.05 - 1e-9).all()
+    assert (out["magnitude"] >= model.scaler.statistics.mark_mc - 0.05 - 1e-9).all()
     with pytest.raises(Exception, match="magnitude"):
         loaded.predict(table.drop(columns="magnitude"), params={"n": 5})
 

@@ -14,13 +14,14 @@ from stforecast.sampling import Sampling
 
 from stforecast.batch import SequenceSet
 from stforecast.models.base import Histories
-from stforecast.models.dstpp import DSTPP, ModelConfig, Scaler
+from stforecast.models.dstpp import DSTPP, ModelConfig, Scaler, Statistics
 from stforecast.models.dstpp.simulation import extend
 
 STATS = {"dt": {"min": 0.001, "max": 5.0}, "log_dt": {"min": math.log(0.001), "max": math.log(5.0)},
          "x": {"min": -100.0, "max": 100.0}, "y": {"min": -50.0, "max": 80.0}}
 BASE = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, rnn_hidden=16, denoiser_width=16, steps=50,
-                   dropout=0.0, mark_mc=2.5, mark_b=1.0, mark_center=3.5, mark_scale=0.8, location="absolute")
+                   dropout=0.0, location="absolute")
+FITTED = Statistics(mark_center=3.5, mark_scale=0.8, mark_mc=2.5, mark_b=1.0)  # the train split's, in the scaler
 VARIANTS = {
     "paper-like (absolute, no extras)": {},
     "bounded + waits + magnitudes + head (the default)": dict(location="bounded", time_features=True,
@@ -36,7 +37,7 @@ def make(overrides: dict, seed: int = 0) -> DSTPP:
     torch.manual_seed(seed)
     region = (STATS["x"]["min"] - 20, STATS["y"]["min"] - 20, STATS["x"]["max"] + 20, STATS["y"]["max"] + 20)
     m = DSTPP(cfg, Scaler.from_stats(STATS, cfg.time_transform, cfg.range_margin, cfg.location,
-                                     region=region)).eval()
+                                     region=region, statistics=FITTED)).eval()
     with torch.no_grad():  # larger weights than the init: differences would show, not average away
         for p in m.encoder.parameters():
             p.mul_(2.0)

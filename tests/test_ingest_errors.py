@@ -381,15 +381,15 @@ def test_adhoc_catalog_can_be_benchmarked(settings, tmp_path):
 # size finishes in under a second; timing a signal into it races the machine's load).
 _HELD_OPEN = """
 import pathlib, sys, time
-import pipelines.ingest as ingest
+import pipelines.cluster as cluster
 from pipelines.cli import main
-watch = ingest._wait_with_progress
+watch = cluster.wait_with_progress
 def held_open(futures, progress, label):
     pathlib.Path(sys.argv[1]).touch()  # the staging folder exists and the graph is submitted
     time.sleep(120)
     watch(futures, progress, label)
 if __name__ == "__main__":  # the workers are spawned: they import this file again
-    ingest._wait_with_progress = held_open
+    cluster.wait_with_progress = held_open
     sys.exit(main(sys.argv[2:]))
 """
 
@@ -425,3 +425,18 @@ def test_ctrl_c_keeps_previous_output_and_leaves_no_temp_folder(settings, tmp_pa
     assert [line for line in err.splitlines() if line.strip()] == ["interrupted; previous output kept"], err
     assert (before.out_dir / "manifest.json").read_text() == manifest
     assert sorted(x.name for x in out.iterdir()) == ["big"]
+
+
+def test_ingest_takes_set_overrides_like_train(tmp_path):
+    """`--set KEY=VALUE` reaches any catalog setting (the same parser as `stforecast train --set`), and wins over the
+    named flags; an unknown key is one line naming it."""
+    path = comcat(tmp_path, GOOD_ROWS)
+    done = ingest_cli(path, tmp_path / "out", "--name", "over", "--history-events", "2",
+                      "--set", "sequences.history_events=3", "--set", "filters.magnitude_min=0.5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "over" / "manifest.json").read_text())
+    assert manifest["config"]["sequences"]["history_events"] == 3
+    assert manifest["config"]["filters"]["magnitude_min"] == 0.5
+    one_error_line(ingest_cli(path, tmp_path / "out", "--name", "bad", "--set", "sequences.histroy_events=3"),
+                   "sequences.histroy_events")
+    one_error_line(ingest_cli(path, tmp_path / "out", "--name", "bad", "--set", "history_events"), "key=value")

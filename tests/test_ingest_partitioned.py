@@ -1,4 +1,4 @@
-"""The partition-wise ingestion (pipelines.ingest_parts) against the in-memory reference path (one task holding the
+"""The partition-wise ingestion (pipelines.ingest.partitioned) against the in-memory reference path (one task holding the
 whole catalog): identical events and sequences, with partition edges placed inside runs of tied times and
 duplicates on purpose, on a 2-worker cluster too; and its exact order statistics."""
 
@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from pipelines.ingest import run_ingest
-from pipelines.ingest_parts import ChunkInfo, _write, content_hash, order_statistic, quantile, time_edges
+from pipelines.ingest.ranges import time_edges
+from pipelines.ingest.spill import ChunkInfo, _write
+from pipelines.ingest.stats import content_hash, order_statistic, quantile
 
 from .test_bad_input import cfg_for, comcat
 

@@ -11,7 +11,8 @@ import torch
 from stforecast.sampling import Sampling
 
 from stforecast.batch import SequenceSet
-from stforecast.models.dstpp import DSTPP, PAPER, ModelConfig, Scaler
+from stforecast.models.base import Histories
+from stforecast.models.dstpp import DSTPP, PAPER, ModelConfig, Scaler, Statistics
 from stforecast.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule, sample_loop
 
 TINY = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, rnn_hidden=16, denoiser_width=16, steps=50,
@@ -164,12 +165,13 @@ def test_shapes_loss_and_batched_sampling():
     assert m.loss(batch).shape == ()
     cond, x0 = m.targets(batch)
     assert cond.shape == (batch.num_targets, 3 * TINY.d_model) and x0.shape == (batch.num_targets, 3)
-    for sampler, steps in (("ddpm", 0), ("ddim", 10)):
-        out = m.sample_next(batch, 7, sampler=sampler, steps=steps or 50, generator=torch.Generator().manual_seed(0))
+    histories = Histories.from_sequences(data)
+    for sampling in (Sampling("ddim", 10), Sampling("ddim", 50), Sampling("dpm", 5)):  # DDIM-50: all K steps
+        out = m.with_sampling(sampling).forecast(histories).sample(7, np.random.default_rng(0)).events
         assert out.shape == (len(data), 7, 3)
-        assert torch.isfinite(out).all() and (out[..., 0] > 0).all()  # waiting times are positive
-        # clamped x̂0: samples stay inside the scaled training range (plus the margin)
-        assert (out[..., 1] >= -100 - 10.1).all() and (out[..., 1] <= 100 + 10.1).all()
+        assert np.isfinite(out).all() and (out[..., 0] > 0).all()  # waiting times are positive
+        if sampling.sampler == "ddim":  # clamped x̂0: samples stay inside the scaled training range (plus the margin)
+            assert (out[..., 1] >= -100 - 10.1).all() and (out[..., 1] <= 100 + 10.1).all()
 
 
 def test_target_is_predicted_only_from_earlier_events_and_sampling_uses_the_newest():
@@ -198,10 +200,10 @@ def test_target_is_predicted_only_from_earlier_events_and_sampling_uses_the_newe
 def test_sampling_is_one_batched_call_and_seeded():
     data = toy_set()
     batch = data.collate(np.arange(len(data)))
-    m = model()
-    a = m.sample_next(batch, 5, steps=5, generator=torch.Generator().manual_seed(3))
-    b = m.sample_next(batch, 5, steps=5, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
+    m = model().with_sampling(Sampling("ddim", 5))
+    a = m.forecast(Histories.from_sequences(data)).sample(5, np.random.default_rng(3)).events
+    b = m.forecast(Histories.from_sequences(data)).sample(5, np.random.default_rng(3)).events
+    assert a.shape == (len(data), 5, 3) and np.array_equal(a, b)
     # history 2 gets the same condition alone as inside the batch: histories do not mix in the encoder
     last = m.last_states(batch)
     alone = m.last_states(data.collate(np.array([2])))
@@ -262,9 +264,9 @@ def test_conditioning_inputs_reach_the_encoder_and_magnitudes_are_forecast():
     data.mark = np.random.default_rng(1).uniform(2.5, 6, len(data.t))
     batch = data.collate(np.arange(len(data)))
     assert batch.mark is not None and batch.mark.shape == batch.time.shape
-    cfg = dataclasses.replace(TINY, mark_inputs=True, time_features=True, location="relative", mark_mc=2.5, mark_b=1.0)
+    cfg = dataclasses.replace(TINY, mark_inputs=True, time_features=True, location="relative")
     torch.manual_seed(0)
-    m = DSTPP(cfg, Scaler.from_stats(STATS, "log", 0.05, "relative")).eval()
+    m = DSTPP(cfg, Scaler.from_stats(STATS, "log", 0.05, "relative", statistics=Statistics(mark_mc=2.5))).eval()
     assert m.mark_names == ("magnitude",)
     h = m.encode(batch)
     other = data.collate(np.arange(len(data)))
@@ -272,11 +274,50 @@ def test_conditioning_inputs_reach_the_encoder_and_magnitudes_are_forecast():
     assert not torch.allclose(m.encode(other)[:, -1], h[:, -1])
     plain = model()
     assert plain.mark_names == () and torch.equal(plain.encode(other), plain.encode(batch))  # marks ignored
-    from stforecast.models.base import Histories
-
     drawn = m.with_sampling(Sampling(sampler="ddim", steps=5)).forecast(Histories.from_sequences(data)).sample(
         7, np.random.default_rng(0))
     assert drawn.events.shape == (len(data), 7, 3) and drawn.marks["magnitude"].shape == (len(data), 7)
     assert (drawn.marks["magnitude"] >= 2.5).all()
     with pytest.raises(ValueError, match="magnitudes"):
         m.encode(model().history_batch(Histories.from_sequences(toy_set())))
+
+
+# ------------------------------------------------------------------------------------ checkpoints, older format
+def test_a_checkpoint_of_the_older_format_scores_and_samples_as_the_new_one(tmp_path):
+    """Written before the scaler held the train split's statistics, a checkpoint's configuration carried them
+    (mark_center ... parent_c) and its weights had no ``scaler._extra_state``: ``checkpoints.upgraded`` reads it,
+    and the model it loads scores and samples exactly as the same model saved in the new format."""
+    import dataclasses
+    import json
+
+    from stforecast.checkpoints import STATISTICS_KEY, load_model, upgraded
+
+    data = toy_set()
+    data.mark = np.random.default_rng(1).uniform(2.5, 6, len(data.t))
+    cfg = dataclasses.replace(TINY, mark_inputs=True, mark_head=True, location="parent")
+    fitted = Statistics(mark_center=3.46, mark_scale=0.81, mark_mc=2.5, mark_b=1.07, parent_c=0.032)
+    torch.manual_seed(0)
+    m = DSTPP(cfg, Scaler.from_stats(STATS, "log", 0.05, "parent", statistics=fitted)).eval()
+    new_state = m.state_dict()
+    old_state = {k: v for k, v in new_state.items() if k != STATISTICS_KEY}  # what the older version wrote
+    old_config = {**cfg.to_dict(), **dataclasses.asdict(fitted)}
+    torch.save({"model": new_state, "model_config": json.dumps(cfg.to_dict())}, tmp_path / "new.pt")
+    torch.save({"model": old_state, "model_config": json.dumps(old_config)}, tmp_path / "old.pt")
+
+    state, config = upgraded(old_state, json.dumps(old_config))
+    assert json.loads(config) == cfg.to_dict() and torch.equal(state[STATISTICS_KEY], new_state[STATISTICS_KEY])
+    # written before the statistics were stored at all: the defaults
+    assert torch.equal(upgraded(old_state, json.dumps(cfg.to_dict()))[0][STATISTICS_KEY], Statistics().as_tensor())
+
+    new, old = load_model(tmp_path / "new.pt"), load_model(tmp_path / "old.pt")
+    assert new.scaler.statistics == old.scaler.statistics == fitted and new.cfg == old.cfg == cfg
+    seq, cut = np.arange(4), np.full(4, 3)
+    sub, truth = data.prefixes(seq, cut)
+    results = []
+    for model in (m, new, old):
+        dist = model.with_sampling(Sampling("ddim", 5)).forecast(Histories.from_sequences(sub))
+        drawn = dist.sample(6, np.random.default_rng(0))
+        results.append((drawn.events, drawn.marks["magnitude"], dist.nll(truth).joint,
+                        *dist.mark_nll({"magnitude": data.next_marks(seq, cut)}).values()))
+    for a, b, c in zip(*results):
+        assert np.array_equal(a, b) and np.array_equal(a, c)

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from pipelines.ingest import run_ingest
-from stforecast.batch import load_split
+from stforecast.ingested import as_catalog
 from stforecast.ingested import IngestedCatalog
 from stforecast.checkpoints import load_model
+from stforecast.models.base import Histories
+from stforecast.sampling import Sampling
 from stforecast.train import TrainConfig, build_model, evaluate_loss, train
 
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "rnn_hidden": 16, "denoiser_width": 32, "steps": 100}
@@ -38,7 +40,7 @@ def test_short_training_reduces_validation_loss(windows, tmp_path):
     cfg = tiny(windows, tmp_path, epochs=1, max_steps=45)
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg.model_config(), windows)
-    val = load_split(windows, "val")
+    val = as_catalog(windows).sequences("val")
     before = evaluate_loss(untrained, val, cfg.batch_size, torch.device("cpu"))
     result = train(cfg)
     after = evaluate_loss(load_model(tmp_path / "run" / "best.pt"), val, cfg.batch_size, torch.device("cpu"))
@@ -108,10 +110,12 @@ def test_mlflow_run_holds_a_registered_model_that_reloads_and_samples(windows, t
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [15, 30]
     assert {"train_loss", "val_loss", "lr", "best_val_loss"} <= set(run.data.metrics)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
-    model = tracking.load_model(uri)
-    data = load_split(windows, "test")
-    out = model.sample_next(data.collate(np.arange(4)), 6, steps=5)
-    assert out.shape == (4, 6, 3)
+    model = tracking.fetch_model(uri)
+    data = as_catalog(windows).sequences("test")
+    histories, _ = data.prefixes(np.arange(4), data.lengths[:4] - 1)
+    out = model.with_sampling(Sampling("ddim", 5)).forecast(Histories.from_sequences(histories)).sample(
+        6, np.random.default_rng(0))
+    assert out.events.shape == (4, 6, 3)
     py = mlflow.pyfunc.load_model(uri)
     hist = pd.DataFrame({"history": [0, 0, 1], "t": [0.1, 0.4, 0.2], "x": [140.0, 141, 139], "y": [35.0, 36, 34]})
     pred = py.predict(hist, params={"n": 4, "steps": 5})

@@ -79,6 +79,7 @@ class ETAS(Forecaster):
         self.context = max_lag
         self.variant, self.cutoff = self.variants[0], math.inf
         self.validation, self.selected_on, self.summary = {}, "none", {}
+        self.fit_info = {}  # the fit's diagnostics (etas_kernel.INFO), stored with its state
 
     # -------------------------------------------------------------------------------- likelihood
     def _pairs(self, data, cap, horizon, radius2=None):
@@ -260,7 +261,7 @@ class ETAS(Forecaster):
                 "converged": self.converged, "cutoff": None if math.isinf(self.cutoff) else float(self.cutoff),
                 "cutoff_mass": self.cutoff_mass, "max_lag": self.max_lag, "selected_on": self.selected_on,
                 "validation_nll": dict(self.validation), "variants": self.summary,
-                **{k: (None if math.isinf(v) else float(v)) for k, v in getattr(self, "fit_info", {}).items()}}
+                **{k: (None if math.isinf(v) else float(v)) for k, v in self.fit_info.items()}}
 
     @staticmethod
     def check_state(state: dict) -> None:
@@ -324,15 +325,6 @@ class ETAS(Forecaster):
         h = Histories.from_stream(t, xy, index, needed_length(t, index, self.max_lag, self.cutoff),
                                   {"magnitude": m})
         return self.forecast(h).log_terms(np.column_stack([t[index] - t[index - 1], xy[index]]))
-
-    def sample_next(self, t, xy, m, index, n: int, rng: np.random.Generator,
-                    b_value: float | None = None) -> np.ndarray:
-        """(H, n, 4) exact draws of (τ, x, y, magnitude) for the event after each ``index`` of one stream."""
-        t, index = np.asarray(t, float), np.atleast_1d(index)
-        h = Histories.from_stream(t, xy, index, needed_length(t, index, self.max_lag, self.cutoff),
-                                  {"magnitude": m})
-        s = self.forecast(h).sample(n, rng, b_value)
-        return np.concatenate([s.events, s.marks["magnitude"][..., None]], -1)
 
     def simulate_catalogs(self, t, xy, marks, t_end: float, n: int, rng: np.random.Generator, *,
                           t_start: float | None = None, chunk: int = 2000, max_events: int = 5000,

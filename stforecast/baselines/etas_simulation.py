@@ -61,7 +61,7 @@ class ETASNextEvent(NextEvent):
             return {}
         return {"magnitude": -gutenberg_richter_log_prob(marks["magnitude"], self.model.mc, self.model.b_value)}
 
-    def sample(self, n: int, rng: np.random.Generator, b_value: float | None = None) -> Samples:
+    def sample(self, n: int, rng: np.random.Generator) -> Samples:
         """Exact draws. The triggered part after t_n is a Poisson process (the superposition of each parent's
         remaining offspring) that competes with a background event at τ_bg ~ Exp(μ). It is drawn window by window,
         (0, τ_1], (τ_1, 2τ_1], (2τ_1, 4τ_1], ... (independent counts of a Poisson process): in a window each
@@ -71,9 +71,10 @@ class ETASNextEvent(NextEvent):
         falls in the window, whichever is earlier; work grows with the windows and the offspring drawn before the
         first, not with the remaining offspring mass (which for p near 1 is huge and nearly all far in the future).
         The winner's location is the parent's kernel draw or the background density's; magnitudes are
-        Gutenberg-Richter with ``b_value`` (default: the fitted one, else 1)."""
+        Gutenberg-Richter with the model's :attr:`~stforecast.baselines.etas.ETAS.sampling_b` (the sampling's
+        ``magnitude_b``, else the fitted b)."""
         mu, A, alpha, c, p, D, q, gamma = self.theta
-        b_value = b_value or self.model.sampling_b
+        b_value = self.model.sampling_b
         H, W = self.age.shape
         tau = rng.exponential(1 / mu, (H, n))  # the background event; replaced by an earlier offspring
         parent = np.full((H, n), -1, dtype=np.int64)

@@ -193,12 +193,6 @@ class HawkesST(Forecaster):
         h = Histories.from_stream(t, xy, index, needed_length(t, index, self.max_lag, self.cutoff))
         return self.forecast(h).log_terms(np.column_stack([t[index] - t[index - 1], xy[index]]))
 
-    def sample_next(self, t, xy, index, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(H, n, 3) exact draws of (τ, x, y) for the event after each ``index`` of one stream."""
-        t, index = np.asarray(t, float), np.atleast_1d(index)
-        h = Histories.from_stream(t, xy, index, needed_length(t, index, self.max_lag, self.cutoff))
-        return self.forecast(h).sample(n, rng).events
-
 
 class HawkesNextEvent(NextEvent):
     """The exact next-event distribution after each history: p(τ, s) = λ(t_n + τ, s) exp(−Λ(τ)), its parents

@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 
-from stforecast.models.base import Histories, inside
+from stforecast.models.base import Histories
+from stforecast.region import Region
 
 
 #: (event, parent) pairs per block when pairs are built or summed in pieces
@@ -28,7 +29,7 @@ class UniformBox:
         self.log_area = math.log((self.x1 - self.x0) * (self.y1 - self.y0))
 
     def logpdf(self, xy):
-        return np.where(inside(np.asarray(xy), (self.x0, self.y0, self.x1, self.y1)), -self.log_area, -np.inf)
+        return np.where(Region(self.x0, self.y0, self.x1, self.y1).contains(xy), -self.log_area, -np.inf)
 
     def sample(self, n, rng):
         return np.column_stack([rng.uniform(self.x0, self.x1, n), rng.uniform(self.y0, self.y1, n)])

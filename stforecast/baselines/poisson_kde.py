@@ -72,10 +72,6 @@ class PoissonKDE(Forecaster):
         index = np.asarray(index)
         return PoissonNextEvent(self, len(index)).log_terms(np.column_stack([t[index] - t[index - 1], xy[index]]))
 
-    def sample_next(self, t, xy, index, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(H, n, 3) draws of (τ, x, y) for the event after each ``index``."""
-        return PoissonNextEvent(self, len(np.atleast_1d(index))).sample(n, rng).events
-
 
 class PoissonNextEvent(NextEvent):
     def __init__(self, model: PoissonKDE, histories: int):

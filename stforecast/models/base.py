@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stforecast.models.simulate import SimulatedChunk, lockstep
+from stforecast.region import Region
 from stforecast.sampling import DEFAULT as DEFAULT_SAMPLING
 from stforecast.sampling import Sampling
 
@@ -177,16 +178,10 @@ class NextEvent(ABC):
         return {}
 
 
-def inside(xy: np.ndarray, box: tuple) -> np.ndarray:
-    """(...,) True where the (..., 2) locations lie in ``box`` (x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = box
-    return (xy[..., 0] >= x0) & (xy[..., 0] <= x1) & (xy[..., 1] >= y0) & (xy[..., 1] <= y1)
-
-
-def chunk_within(part: SimulatedChunk, box: tuple) -> SimulatedChunk:
+def chunk_within(part: SimulatedChunk, box: Region) -> SimulatedChunk:
     """A chunk of simulated catalogs with only its events inside ``box`` forecast (those outside may still have
     shaped the simulation, as a model's process runs on the whole plane), and the counts recounted."""
-    keep = inside(part.events[["x", "y"]].to_numpy(), box)
+    keep = Region.of(box).contains(part.events[["x", "y"]].to_numpy())
     events = part.events[keep].reset_index(drop=True)
     counts = np.bincount(events["simulation"].to_numpy(np.int64) - part.first, minlength=len(part.counts))
     return SimulatedChunk(events, part.first, counts, part.capped)
@@ -198,21 +193,21 @@ class WithinSupport(NextEvent):
     history's inside draws). That samples the distribution conditioned on the box. The likelihood stays ``dist``'s
     own (the model on the whole plane); :attr:`outside_share` says how much of its mass the box cut off."""
 
-    def __init__(self, dist: NextEvent, box: tuple, rounds: int = 50):
-        self.dist, self.box, self.rounds = dist, box, rounds
+    def __init__(self, dist: NextEvent, box: Region, rounds: int = 50):
+        self.dist, self.box, self.rounds = dist, Region.of(box), rounds
         self.kind = dist.kind
         self.outside_share = 0.0
 
     def sample(self, n: int, rng: np.random.Generator) -> Samples:
         s = self.dist.sample(n, rng)
         events, marks = s.events.copy(), {k: v.copy() for k, v in s.marks.items()}
-        bad = ~inside(events[..., 1:3], self.box)
+        bad = ~self.box.contains(events[..., 1:3])
         self.outside_share = float(bad.mean()) if bad.size else 0.0
         for _ in range(self.rounds):
             if not bad.any():
                 break
             fresh = self.dist.sample(n, rng)
-            use = bad & inside(fresh.events[..., 1:3], self.box)
+            use = bad & self.box.contains(fresh.events[..., 1:3])
             events[use] = fresh.events[use]
             for k in marks:
                 marks[k][use] = fresh.marks[k][use]
@@ -242,7 +237,7 @@ class Forecaster(ABC):
     sampling: Sampling = DEFAULT_SAMPLING  # how forecasts are drawn (see with_sampling)
     #: (x0, y0, x1, y1) model units: where forecast locations are kept (the catalog's region with its margin, set
     #: by :meth:`within`); None: the whole plane
-    support: tuple | None = None
+    support: Region | None = None
     mark_names: tuple = ()
     #: marks its simulated events carry from the model itself (ETAS: its Gutenberg-Richter magnitudes)
     forecast_marks: tuple = ()
@@ -266,13 +261,13 @@ class Forecaster(ABC):
         """Evaluation settings (DSTPP: ``bound_repeats``); other models have none."""
         return self
 
-    def within(self, support: tuple | None) -> "Forecaster":
+    def within(self, support: Region | None) -> "Forecaster":
         """This forecaster with its forecast locations kept in ``support`` (a shallow copy, as
         :meth:`with_sampling`): next-event draws outside it are redrawn, simulated events outside it are not
         forecast (they still trigger others where the model triggers). A bounded DSTPP's own support already
         lies inside its catalog's region."""
         twin = copy.copy(self)
-        twin.support = None if support is None else tuple(float(v) for v in support)
+        twin.support = None if support is None else Region.of(support)
         return twin
 
     def forecast_within(self, histories: Histories) -> NextEvent:

@@ -5,8 +5,9 @@
 
 Training minimises ||ε − ε̂||² over every target event (the event after position ``i`` is predicted from
 ``h_i``, so the encoder only sees the past: the causal mask comes from positions and lengths). Forecasts solve
-the probability-flow ODE (:mod:`stforecast.diffusion.ode`), whose exact density is the reported likelihood; DDPM and
-DDIM (:mod:`stforecast.diffusion.schedule`) remain available. ``n`` draws per history run at once, and everything
+the probability-flow ODE (:mod:`stforecast.diffusion.ode`), whose exact density is the reported likelihood; the
+fast samplers DPM-Solver and DDIM (:class:`stforecast.sampling.Sampling`), and ancestral DDPM (a ``DDPMSampler``
+given to ``sample_from_condition_with``), sit beside it in :mod:`stforecast.diffusion.schedule`. ``n`` draws per history run at once, and everything
 that does not depend on the noisy value (the history encoding, the denoiser's condition projections, its
 attention over the history) is computed once per history, not once per denoising step.
 
@@ -19,7 +20,8 @@ event, ``"absolute"`` the scaled position; ``time_features`` feeds each row's lo
 The package, in reading order:
 
 * :mod:`.config`: ``ModelConfig`` (a plain dataclass), the published preset ``PAPER``, shared constants;
-* :mod:`.scaler`: ``Scaler``, (dt, x, y) ↔ [-1, 1]³ with its exact log-Jacobian;
+* :mod:`.scaler`: ``Scaler``, (dt, x, y) ↔ [-1, 1]³ with its exact log-Jacobian, and every statistic fitted on
+  the train split (its buffers and its ``Statistics``);
 * :mod:`.encoder`: ``HistoryEncoder`` and its key/value cache (one row at a time for simulations);
 * :mod:`.denoiser`: ``CoAttentionDenoiser``; :mod:`.head`: ``MagnitudeHead``;
 * :mod:`.model`: ``DSTPP``, the composition, its training loss and encoder states;
@@ -37,6 +39,6 @@ from stforecast.models.dstpp.config import (
     ModelConfig,
 )
 from stforecast.models.dstpp.model import DSTPP
-from stforecast.models.dstpp.scaler import Scaler
+from stforecast.models.dstpp.scaler import Scaler, Statistics
 
-__all__ = ["DSTPP", "DISPLACEMENTS", "EDGE", "ModelConfig", "OUTSIDE", "PAPER", "Scaler"]
+__all__ = ["DSTPP", "DISPLACEMENTS", "EDGE", "ModelConfig", "OUTSIDE", "PAPER", "Scaler", "Statistics"]

@@ -1,6 +1,6 @@
-"""DSTPP's configuration: a plain dataclass of hyperparameters (and the few statistics training fills in
-from the train split, so a checkpoint carries them), the published preset, and the constants the scaler and
-sampler share."""
+"""DSTPP's configuration: a plain dataclass of hyperparameters (the statistics fitted on the train split live in
+the scaler: :class:`~stforecast.models.dstpp.scaler.Statistics`), the published preset, and the constants the
+scaler and sampler share."""
 
 from __future__ import annotations
 
@@ -37,12 +37,6 @@ class ModelConfig:
     mark_head: bool = False
     mark_components: int = 3
     mark_weight: float = 1.0  # weight of the magnitude NLL in the training loss
-    # filled from the train split by stforecast.train.build_model (so a checkpoint carries them)
-    mark_center: float = 0.0
-    mark_scale: float = 1.0
-    mark_mc: float = 0.0  # magnitude of completeness and b-value of the simulated magnitudes
-    mark_b: float = 1.0
-    parent_c: float = 0.01  # "parent": Omori's c in model time units (a tenth of the typical waiting time)
 
     def to_dict(self) -> dict:
         return asdict(self)

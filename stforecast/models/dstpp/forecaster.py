@@ -48,14 +48,15 @@ class DiffusionNextEvent(NextEvent):
     def mark_nll(self, marks: dict) -> dict:
         """{"magnitude": (H,)} exact NLL of the held-out magnitudes by the model's head (nats per magnitude unit),
         and {"magnitude_gr": (H,)} by the Gutenberg-Richter law of the same train split, beside it."""
-        model, cfg = self.model, self.model.cfg
+        model, cfg, fit = self.model, self.model.cfg, self.model.scaler.statistics
         if "magnitude" not in marks or not (cfg.mark_head or cfg.mark_inputs):
             return {}
         m = np.asarray(marks["magnitude"], float)
-        out = {"magnitude_gr": -gutenberg_richter_log_prob(m, cfg.mark_mc, cfg.mark_b)}
+        out = {"magnitude_gr": -gutenberg_richter_log_prob(m, fit.mark_mc, fit.mark_b)}
         if model.magnitude_head is not None:
             with torch.no_grad():
-                lp = model.magnitude_head.log_prob(self.cond, torch.as_tensor(m, device=self.cond.device))
+                lp = model.magnitude_head.log_prob(self.cond, torch.as_tensor(m, device=self.cond.device),
+                                                   fit.mark_mc, fit.mark_b)
             out["magnitude"] = -lp.double().cpu().numpy()
         return out
 

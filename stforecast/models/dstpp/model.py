@@ -37,10 +37,12 @@ class DSTPP(nn.Module, Forecaster):
     #: the catalog it was trained on (:attr:`IngestedCatalog.identity`, from its checkpoint); None: not recorded
     trained_on: dict | None = None
 
-    def __init__(self, cfg: ModelConfig, scaler: Scaler):
+    def __init__(self, cfg: ModelConfig, scaler: Scaler | None = None):
+        """``scaler``: fitted on the train split (``stforecast.train.build_model``); None: an unfitted one, for a
+        checkpoint's ``load_state_dict`` to fill (the configuration alone gives every shape)."""
         super().__init__()
         self.cfg = cfg
-        self.scaler = scaler
+        self.scaler = Scaler() if scaler is None else scaler
         for name, module in self.networks(cfg).items():  # encoder, denoiser (and magnitude_head)
             setattr(self, name, module)
         self.schedule = NoiseSchedule(cfg.steps, cfg.schedule)
@@ -48,6 +50,7 @@ class DSTPP(nn.Module, Forecaster):
         # probability-flow ODE whose exact density they report); sampler objects are kept per setting
         self._flows, self._samplers = {}, {}
         self.bound_repeats, self.x0_mse = 4, None
+        self._clamp_counts = (0, 0)  # values the far clamp moved, values it saw (take_clamped_share)
         self.mark_names = ("magnitude",) if cfg.mark_inputs else ()
         if not cfg.mark_head:
             self.magnitude_head = None
@@ -91,7 +94,7 @@ class DSTPP(nn.Module, Forecaster):
     @property
     def fill_b(self) -> float:
         """The b-value of the Gutenberg-Richter fill-in: the sampling's, else the model's training split's."""
-        return self.sampling.magnitude_b or self.cfg.mark_b
+        return self.sampling.magnitude_b or self.scaler.statistics.mark_b
 
     @property
     def forecast_marks(self) -> tuple:
@@ -175,10 +178,10 @@ class DSTPP(nn.Module, Forecaster):
         displacement (..., 2), standardised magnitude), each None where the configuration reads none. The one
         definition of a row's features, for a whole batch (:meth:`row_features`) and for one simulated row
         (:func:`~stforecast.models.dstpp.simulation.extend`)."""
-        cfg, sc = self.cfg, self.scaler
+        cfg, sc, fit = self.cfg, self.scaler, self.scaler.statistics
         wait = sc.time_coordinate(dt) if cfg.time_features else None
         step = sc(dt, xy, prev_xy)[..., 1:] if cfg.location in DISPLACEMENTS else None
-        scaled_mark = (mark - cfg.mark_center) / cfg.mark_scale if cfg.mark_inputs else None
+        scaled_mark = (mark - fit.mark_center) / fit.mark_scale if cfg.mark_inputs else None
         return wait, step, scaled_mark
 
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +205,7 @@ class DSTPP(nn.Module, Forecaster):
             return rows
         t_i = torch.gather(batch.time, 1, rows)  # (B, R)
         lag = t_i.unsqueeze(2) - batch.time.unsqueeze(1)  # (B, R, L)
-        score = -1.1 * torch.log(lag.clamp(min=0) + self.cfg.parent_c)
+        score = -1.1 * torch.log(lag.clamp(min=0) + self.scaler.statistics.parent_c)
         if batch.mark is not None:
             score = score + math.log(10) * batch.mark.unsqueeze(1)
         score = score.masked_fill(cols.view(1, 1, L) > rows.unsqueeze(2), -math.inf)
@@ -229,17 +232,10 @@ class DSTPP(nn.Module, Forecaster):
             if batch.mark is None:
                 raise ValueError("this model forecasts magnitudes (mark_head) and the sequences carry none")
             b, j = batch.target.nonzero(as_tuple=True)
-            loss = loss - self.cfg.mark_weight * self.magnitude_head.log_prob(cond, batch.mark[b, j]).mean()
+            fit = self.scaler.statistics
+            loss = loss - self.cfg.mark_weight * self.magnitude_head.log_prob(cond, batch.mark[b, j], fit.mark_mc,
+                                                                              fit.mark_b).mean()
         return loss
-
-    @torch.no_grad()
-    def sample_next(self, batch: Batch, n: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` draws of the event after each history's last row → (B, n, 3) = (dt, x, y) in model units.
-        Runs in eval mode (no dropout) whatever mode the model is in, and restores it."""
-        with evaluating(self):
-            return self.sample_from_condition(self.last_states(batch), n, sampler, steps, eta, generator,
-                                              self.reference_location(batch))
 
     @torch.no_grad()
     def last_states(self, batch: Batch, max_rows: int = 32768) -> torch.Tensor:
@@ -262,7 +258,7 @@ class DSTPP(nn.Module, Forecaster):
         evaluation's targets) take it from **one causal pass per window**: row j of the window's encoding is the
         state after its first j + 1 rows, so H prefixes of W windows cost W sequences, not H. Otherwise each
         history is encoded (:meth:`last_states`)."""
-        origin = getattr(histories.sequences, "origin", None)
+        origin = None if histories.sequences is None else histories.sequences.origin
         if origin is None:
             return self.last_states(self.history_batch(histories) if batch is None else batch, max_rows)
         source, seq, cut = origin
@@ -285,21 +281,14 @@ class DSTPP(nn.Module, Forecaster):
                                                                torch.as_tensor(cut[rows] - 1, device=device)].to(out.dtype)
         return out
 
-    @torch.no_grad()
-    def sample_from_condition(self, cond: torch.Tensor, n: int, sampler: str = "ddim", steps: int = 50,
-                              eta: float = 0.0, generator: torch.Generator | None = None,
-                              ref: torch.Tensor | None = None) -> torch.Tensor:
-        """``cond`` (B, 3 d) → (B, n, 3) samples in model units; one batched tensor, no loop over histories.
-        DDIM on more steps than the model's K runs all K (the shared default of 50 on a model trained with K < 50).
-        ``ref`` (B, 2): each history's newest location (needed by a relative location)."""
-        s = make_sampler(self.schedule, sampler, min(steps, self.cfg.steps) if sampler == "ddim" else steps, eta)
-        return self.sample_from_condition_with(cond, n, s, generator, ref)
-
     def sample_from_condition_with(self, cond: torch.Tensor, n: int, sampler,
                                    generator: torch.Generator | None = None,
                                    ref: torch.Tensor | None = None) -> torch.Tensor:
-        """The same with a sampler object from :mod:`stforecast.diffusion.schedule` (DDPM, DDIM, ...) or a
-        :class:`~stforecast.diffusion.ode.ProbabilityFlow` (the ODE sampler)."""
+        """``cond`` (B, 3 d) → (B, n, 3) samples in model units, one batched tensor (no loop over histories), drawn
+        with a sampler object from :mod:`stforecast.diffusion.schedule` (DDPM, DDIM, ...) or a
+        :class:`~stforecast.diffusion.ode.ProbabilityFlow` (the ODE sampler): :meth:`sampler_object` gives the one
+        :attr:`sampling` asks for. ``ref`` (B, 2): each history's reference location (needed by a relative
+        location)."""
         ctx = self.denoiser.prepare(cond.unsqueeze(1))  # (B, 1, w): broadcast over the n samples
         x = torch.randn((cond.shape[0], n, 3), device=cond.device, generator=generator, dtype=cond.dtype)
         if isinstance(sampler, ProbabilityFlow):
@@ -317,13 +306,12 @@ class DSTPP(nn.Module, Forecaster):
 
     def _clamp_far(self, x0: torch.Tensor) -> torch.Tensor:
         """``x0`` clamped to ±OUTSIDE, counting the values the clamp moved (:meth:`take_clamped_share`)."""
-        counts = self.__dict__.setdefault("_clamp_counts", [0, 0])
-        counts[0] += int((x0.abs() > OUTSIDE).sum())
-        counts[1] += x0.numel()
+        clamped, total = self._clamp_counts
+        self._clamp_counts = (clamped + int((x0.abs() > OUTSIDE).sum()), total + x0.numel())
         return x0.clamp(-OUTSIDE, OUTSIDE)
 
     def take_clamped_share(self) -> float | None:
-        clamped, total = self.__dict__.pop("_clamp_counts", (0, 0))
+        (clamped, total), self._clamp_counts = self._clamp_counts, (0, 0)
         return clamped / total if total else 0.0
 
     @torch.no_grad()
@@ -331,11 +319,12 @@ class DSTPP(nn.Module, Forecaster):
                           generator: torch.Generator | None = None) -> dict:
         """{"magnitude": (B, n)} numpy magnitudes for ``n`` events after each state ``cond`` (B, 3 d), from the
         head or the Gutenberg-Richter fill-in (``self.magnitudes``); {} for a model without magnitudes."""
+        fit = self.scaler.statistics
         if self.magnitudes == "model":
-            return {"magnitude": self.magnitude_head.sample(cond, n, generator).double().cpu().numpy()}
+            return {"magnitude": self.magnitude_head.sample(cond, n, fit.mark_mc, fit.mark_b,
+                                                            generator).double().cpu().numpy()}
         if self.magnitudes == "gutenberg-richter":
-            cfg = self.cfg
-            return {"magnitude": sample_gutenberg_richter((len(cond), n), cfg.mark_mc, self.fill_b, rng)}
+            return {"magnitude": sample_gutenberg_richter((len(cond), n), fit.mark_mc, self.fill_b, rng)}
         return {}
 
     def log_jacobian(self, truth: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:

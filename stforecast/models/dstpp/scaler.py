@@ -1,13 +1,55 @@
-"""(dt, x, y) ↔ the diffusion's [-1, 1]³: the scaler, with every statistic fitted on the train split as a buffer."""
+"""(dt, x, y) ↔ the diffusion's [-1, 1]³: the scaler, holding every statistic fitted on the train split (the
+coordinate ranges as buffers, the scalar :class:`Statistics` as its extra state), so a checkpoint's state dict
+restores all of them."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import astuple, dataclass, fields
 
 import torch
 from torch import nn
 
 from stforecast.models.dstpp.config import EDGE
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """The train split's scalar statistics beside the coordinate ranges (``stforecast.train.build_model`` fits
+    them; the defaults are what a model fitted without magnitudes, or without a "parent" location, reads):
+
+    * ``mark_center``, ``mark_scale``: mean and standard deviation of the magnitudes (the encoder's standardised
+      magnitude, ``mark_inputs``);
+    * ``mark_mc``, ``mark_b``: the magnitude of completeness and Aki's b-value: the Gutenberg-Richter law of
+      simulated magnitudes and of ``magnitude_gr``, the magnitude head's lower edge and starting rates;
+    * ``parent_c``: Omori's c in model time units (``location = "parent"``: a tenth of the typical waiting time).
+
+    Plain Python numbers, not buffers: numpy's samplers read them, and the tensor arithmetic keeps Python-scalar
+    operands on every device. A state dict stores them as one float64 tensor in field order (:meth:`as_tensor`)."""
+
+    mark_center: float = 0.0
+    mark_scale: float = 1.0
+    mark_mc: float = 0.0
+    mark_b: float = 1.0
+    parent_c: float = 0.01
+
+    def __post_init__(self) -> None:
+        values = astuple(self)
+        if not all(math.isfinite(v) for v in values) or min(self.mark_scale, self.mark_b, self.parent_c) <= 0:
+            raise ValueError(f"the train split's statistics must be finite, with mark_scale, mark_b and parent_c "
+                             f"positive, not {dict(zip((f.name for f in fields(self)), values))}")
+
+    def as_tensor(self) -> torch.Tensor:
+        """(5,) float64, in field order: the scaler's extra state."""
+        return torch.tensor(astuple(self), dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> "Statistics":
+        """The inverse of :meth:`as_tensor`; a ValueError unless ``values`` holds one valid number per field."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (len(names),):
+            raise ValueError(f"the scaler's statistics must be {len(names)} numbers ({', '.join(names)})")
+        return cls(*values.double().tolist())
 
 
 class Scaler(nn.Module):
@@ -27,27 +69,46 @@ class Scaler(nn.Module):
       density's mass is all on it. Near the reference the map is the relative one (dz/dx = 4 / width at the
       box's centre), so it keeps its multi-scale resolution.
 
-    ``xy_lo``/``xy_hi`` scale absolute positions for the encoder in every case."""
+    ``xy_lo``/``xy_hi`` scale absolute positions for the encoder in every case. ``statistics``: the train split's
+    scalar :class:`Statistics` (magnitudes, Omori's c), kept in the state dict as the module's extra state.
 
-    def __init__(self, lo: torch.Tensor, hi: torch.Tensor, log_time: bool, r0: float = 0.0,
-                 xy_lo: torch.Tensor | None = None, xy_hi: torch.Tensor | None = None,
-                 box_lo: torch.Tensor | None = None, box_hi: torch.Tensor | None = None):
+    ``Scaler()`` (nothing given) is the unfitted scaler a checkpoint's ``load_state_dict`` fills: every buffer in
+    its shape and dtype, every statistic a placeholder."""
+
+    def __init__(self, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None, log_time: bool = False,
+                 r0: float = 0.0, xy_lo: torch.Tensor | None = None, xy_hi: torch.Tensor | None = None,
+                 box_lo: torch.Tensor | None = None, box_hi: torch.Tensor | None = None,
+                 statistics: Statistics | None = None):
         super().__init__()
-        self.register_buffer("lo", torch.as_tensor(lo, dtype=torch.float32))
-        self.register_buffer("hi", torch.as_tensor(hi, dtype=torch.float32))
+
+        def vector(values, default) -> torch.Tensor:  # float32, a copy: no two buffers share storage
+            return torch.as_tensor(default if values is None else values, dtype=torch.float32).clone()
+
+        self.register_buffer("lo", vector(lo, torch.zeros(3)))
+        self.register_buffer("hi", vector(hi, torch.ones(3)))
         self.register_buffer("log_time", torch.tensor(bool(log_time)))
         self.register_buffer("r0", torch.tensor(float(r0)))
-        self.register_buffer("xy_lo", torch.as_tensor(self.lo[1:] if xy_lo is None else xy_lo, dtype=torch.float32))
-        self.register_buffer("xy_hi", torch.as_tensor(self.hi[1:] if xy_hi is None else xy_hi, dtype=torch.float32))
+        self.register_buffer("xy_lo", vector(xy_lo, self.lo[1:]))
+        self.register_buffer("xy_hi", vector(xy_hi, self.hi[1:]))
         # the support of a bounded location (zeros: unbounded)
-        self.register_buffer("box_lo", torch.zeros(2) if box_lo is None else torch.as_tensor(box_lo, dtype=torch.float32))
-        self.register_buffer("box_hi", torch.zeros(2) if box_hi is None else torch.as_tensor(box_hi, dtype=torch.float32))
+        self.register_buffer("box_lo", vector(box_lo, torch.zeros(2)))
+        self.register_buffer("box_hi", vector(box_hi, torch.zeros(2)))
+        self.statistics = statistics or Statistics()
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The :class:`Statistics` in the state dict (key ``scaler._extra_state``: a float64 tensor in field order)."""
+        return self.statistics.as_tensor()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.statistics = Statistics.from_tensor(state)
 
     @classmethod
     def from_stats(cls, stats: dict, time_transform: str = "log", margin: float = 0.0, location: str = "absolute",
-                   location_scale: float = 0.002, region: tuple | None = None) -> "Scaler":
+                   location_scale: float = 0.002, region: tuple | None = None,
+                   statistics: Statistics | None = None) -> "Scaler":
         """``region`` (x0, y0, x1, y1), model units: the catalog's region, whose box widened by ``margin`` of its
-        width on each side is a bounded location's support (needed for ``location = "bounded"``)."""
+        width on each side is a bounded location's support (needed for ``location = "bounded"``). ``statistics``:
+        the train split's scalar statistics (default: the placeholders of a model fitted without them)."""
         log_time = time_transform == "log"
         t = stats["log_dt" if log_time else "dt"]
         lo = torch.tensor([t["min"], stats["x"]["min"], stats["y"]["min"]], dtype=torch.float64)
@@ -75,7 +136,7 @@ class Scaler(nn.Module):
             lo[1:], hi[1:] = -half, half
         elif location != "absolute":
             raise ValueError(f"location must be 'absolute', 'relative', 'parent' or 'bounded', not {location!r}")
-        return cls(lo, hi, log_time, r0, xy_lo, xy_hi, box_lo, box_hi)
+        return cls(lo, hi, log_time, r0, xy_lo, xy_hi, box_lo, box_hi, statistics)
 
     @property
     def relative(self) -> bool:
