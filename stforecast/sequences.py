@@ -109,8 +109,8 @@ def build_sequences(events: pd.DataFrame, split: np.ndarray, cfg: SequenceConfig
             raise ValueError(f"sequence mode {cfg.mode!r} needs the source's own sequences (mode 'given')")
         hist, first, stop, starts = sequence_ranges(first, stop, starts, cfg)
         rows, seq, position, is_target, t_start = sequence_rows(hist, first, stop, starts, t)
-        pieces.append(_frame(events, rows, name, seq, position, is_target, t_start))
-    return pd.concat(pieces, ignore_index=True) if pieces else _frame(events, np.array([], int), "train", *[np.array([])] * 4)
+        pieces.append(rows_as_sequences(events, rows, name, seq, position, is_target, t_start))
+    return pd.concat(pieces, ignore_index=True) if pieces else rows_as_sequences(events, np.array([], int), "train", *[np.array([])] * 4)
 
 
 def given_sequences(events: pd.DataFrame, split_of_file: dict[str, str]) -> pd.DataFrame:
@@ -125,11 +125,13 @@ def given_sequences(events: pd.DataFrame, split_of_file: dict[str, str]) -> pd.D
         seq = events["sequence"].to_numpy()[sel]
         _, seq_index = np.unique(seq, return_inverse=True)
         position = pd.Series(seq_index).groupby(seq_index).cumcount().to_numpy()
-        pieces.append(_frame(events, sel, name, seq_index, position, np.ones(len(sel), bool), np.zeros(len(sel))))
+        pieces.append(rows_as_sequences(events, sel, name, seq_index, position, np.ones(len(sel), bool), np.zeros(len(sel))))
     return pd.concat(pieces, ignore_index=True)
 
 
-def _frame(events, rows, name, seq, position, is_target, t_start) -> pd.DataFrame:
+def rows_as_sequences(events, rows, name, seq, position, is_target, t_start) -> pd.DataFrame:
+    """The stored table of sequences: ``events``' rows ``rows`` (their global event index), each in sequence
+    ``seq`` at ``position``, a target or history, of split ``name``, with its sequence's start time ``t_start``."""
     sub = events.iloc[rows]
     out = pd.DataFrame({
         "split": name, "sequence": np.asarray(seq, dtype="int64"), "position": np.asarray(position, dtype="int64"),

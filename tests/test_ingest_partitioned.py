@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.ingest import run_ingest
 from pipelines.ingest.ranges import time_edges
-from pipelines.ingest.spill import ChunkInfo, _write
+from pipelines.ingest.spill import ChunkInfo, write_arrow
 from pipelines.ingest.stats import content_hash, order_statistic, quantile
 
 from .test_bad_input import cfg_for, comcat
@@ -110,7 +110,7 @@ def test_order_statistics_and_quantiles_are_numpys(tmp_path, collect):
     files = []
     for i, piece in enumerate(np.array_split(values, 7)):
         files.append(tmp_path / f"{i}.arrow")
-        _write(pd.DataFrame({"v": piece}), files[-1])
+        write_arrow(pd.DataFrame({"v": piece}), files[-1])
     finite = values[np.isfinite(values)]
     lo, hi = finite.min(), finite.max()
     for rank in (0, 1, 57, 3000, 5200, len(finite) - 1):

@@ -38,10 +38,10 @@ import pandas as pd
 from dask import delayed
 
 from pipelines.ingest.ranges import (
-    Finalize, Parts, _ranges, check_id_bucket, empty_sequences, finish_range, first_time, locate, sequence_batch,
+    Finalize, Parts, time_ranges, check_id_bucket, empty_sequences, finish_range, first_time, locate, sequence_batch,
     sort_range, time_edges)
 from pipelines.ingest.spill import LABELS, Rejects, SpikeRows, count_below, merge_rejects, spill_chunk, spill_spikes
-from pipelines.ingest.stats import _union, cleanup, normalisation_from_parts, stream_parquet
+from pipelines.ingest.stats import union_size, cleanup, normalisation_from_parts, stream_parquet
 from pipelines.ingest.tasks import choose_projection
 from stforecast.catalog import MARK_COLUMNS, SECONDS_PER, CatalogError, raise_for_invalid
 from stforecast.sequences import SPLITS, chunk_edges, sequence_ranges, window_edges
@@ -77,7 +77,7 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     projection = choose_projection([c.bounds for c in chunks], cfg, crs_in)
     rows_read = sum(c.rows_read for c in chunks)
     file_codes = {name: i for i, name in enumerate(sorted(set().union(*(c.files for c in chunks))))}
-    ranges = _ranges(time_edges(chunks, part_rows))
+    ranges = time_ranges(time_edges(chunks, part_rows))
     buckets = len(ranges)
 
     def overlapping(lo, hi):
@@ -175,7 +175,7 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
             hist, first, stop, starts = sequence_ranges(first, stop, starts, seq_cfg)
         plans[name] = (hist, first, stop, starts)
         counts[name] = {"sequences": int(((stop - hist) > 0).sum()), "targets": int((stop - first).sum()),
-                        "history_rows": int((first - hist).sum()), "distinct_target_events": _union(first, stop)}
+                        "history_rows": int((first - hist).sum()), "distinct_target_events": union_size(first, stop)}
     if counts["train"]["targets"] == 0:
         raise CatalogError(f"catalog {cfg.name}: the train split has no target events; check the split settings "
                            f"against the catalog's time range {time_range[0]} … {time_range[1]}")

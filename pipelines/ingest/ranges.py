@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.ingest.spill import (
-    _HELPER_COLUMNS, LABELS, ChunkInfo, Rejects, SpikeRows, _open, _read, _write, spike_rows)
-from pipelines.ingest.stats import _moments
+    HELPER_COLUMNS, LABELS, ChunkInfo, Rejects, SpikeRows, open_arrow, read_arrow, write_arrow, spike_rows)
+from pipelines.ingest.stats import moments_of
 from pipelines.ingest.tasks import project_part, write_sequences
 from stforecast.catalog import empty_rejects
 from stforecast.clean import break_ties, check_unique_ids, deduplicate
@@ -42,7 +42,7 @@ def time_edges(chunks: list[ChunkInfo], part_rows: int) -> np.ndarray:
     return edges[edges > v[0]]  # the first range must not be empty by construction
 
 
-def _ranges(edges: np.ndarray) -> list[tuple[float, float]]:
+def time_ranges(edges: np.ndarray) -> list[tuple[float, float]]:
     bounds = np.r_[-np.inf, edges, np.inf]
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -53,7 +53,7 @@ def _read_range(files: list[Path], lo: float, hi: float) -> pd.DataFrame | None:
 
     tables = []
     for f in files:
-        table = _open(f)
+        table = open_arrow(f)
         t = table.column("t").to_numpy()
         a, b = np.searchsorted(t, [lo, hi], side="left")
         if b > a:
@@ -103,7 +103,7 @@ def sort_range(p: int, lo: float, hi: float, chunk_files: list[Path], crs_in, pr
         for b in np.unique(bucket):
             folder = work / "ids" / f"{b:04d}"
             folder.mkdir(parents=True, exist_ok=True)
-            _write(ids[bucket == b], folder / f"{p:06d}.arrow")
+            write_arrow(ids[bucket == b], folder / f"{p:06d}.arrow")
     codes = events["_file"].map(file_codes).to_numpy()
     order = np.lexsort((events["_row"].to_numpy(), codes, events["t"].to_numpy()))
     events = events.take(order).reset_index(drop=True)
@@ -112,14 +112,14 @@ def sort_range(p: int, lo: float, hi: float, chunk_files: list[Path], crs_in, pr
         # t >= hi among the spilled chunks is the catalog's next time
         after = finalize.next_start
         for f in finalize.straddling:
-            t = _open(f, ["t"]).column("t").to_numpy()
+            t = open_arrow(f, ["t"]).column("t").to_numpy()
             i = np.searchsorted(t, hi, side="left")
             if i < len(t):
                 after = min(after, float(t[i]))
         return {**_finish(events, p, after, finalize.resolution, finalize.barriers, finalize.bounds_t,
                           finalize.marks, work), "rejects": rejects}
     (work / "sorted").mkdir(exist_ok=True)
-    _write(events, work / "sorted" / f"{p:06d}.arrow")
+    write_arrow(events, work / "sorted" / f"{p:06d}.arrow")
     return {"part": p, "rows": len(events), "rejects": rejects}
 
 
@@ -128,7 +128,7 @@ def check_id_bucket(folder: Path, line_offset, id_col: str) -> pd.DataFrame:
     files = sorted(folder.glob("*.arrow"))
     if not files:
         return empty_rejects()
-    ids = pd.concat([_read(f) for f in files], ignore_index=True)
+    ids = pd.concat([read_arrow(f) for f in files], ignore_index=True)
     order = np.lexsort((ids["_row"].to_numpy(), ids["_chunk"].to_numpy()))
     return check_unique_ids(ids.take(order).reset_index(drop=True), line_offset, id_col)
 
@@ -144,7 +144,7 @@ def first_time(sorted_file: Path, invalid: pd.DataFrame) -> float | None:
     """Worker task: a sorted range's first time once invalid rows are dropped (None when nothing is left)."""
     if not sorted_file.exists():
         return None
-    cols = _read(sorted_file, ["t", "_file", "_row"])
+    cols = read_arrow(sorted_file, ["t", "_file", "_row"])
     cols = _drop_invalid(cols, invalid)
     return float(cols["t"].iloc[0]) if len(cols) else None
 
@@ -157,7 +157,7 @@ def finish_range(p: int, invalid: pd.DataFrame, after: float, resolution: float,
     empty = {"part": p, "rows": 0, "labels": {}, "time": None, "marks": []}
     if not src.exists():
         return empty
-    events = _drop_invalid(_read(src), invalid)
+    events = _drop_invalid(read_arrow(src), invalid)
     if events.empty:
         return empty
     return _finish(events, p, after, resolution, barriers, bounds_t, marks, work)
@@ -168,11 +168,11 @@ def _finish(events: pd.DataFrame, p: int, after: float, resolution: float, barri
     """A sorted range → ties broken (the last group capped by ``after``, the next range's first time), splits
     assigned; written to ``work/final``. Returns counts and first/last times."""
     events["t"] = break_ties(events["t"].to_numpy(), resolution, barriers, after=after)
-    events = events.drop(columns=[c for c in _HELPER_COLUMNS if c in events])
+    events = events.drop(columns=[c for c in HELPER_COLUMNS if c in events])
     labels = assign_splits(events["t"].to_numpy(), bounds_t)
     events["split"] = labels
     (work / "final").mkdir(exist_ok=True)
-    _write(events, work / "final" / f"{p:06d}.arrow")
+    write_arrow(events, work / "final" / f"{p:06d}.arrow")
     t = events["t"].to_numpy()
     per_label = {}
     for name in LABELS:
@@ -186,7 +186,7 @@ def _finish(events: pd.DataFrame, p: int, after: float, resolution: float, barri
 
 def locate(final_file: Path, offset: int, values: np.ndarray) -> np.ndarray:
     """Worker task: ``offset + searchsorted(t, values)`` in one final range (global row of each value)."""
-    t = _open(final_file, ["t"]).column("t").to_numpy()
+    t = open_arrow(final_file, ["t"]).column("t").to_numpy()
     return offset + np.searchsorted(t, values, side="left")
 
 
@@ -210,7 +210,7 @@ def read_rows(files: list[str], offsets: list[int], lo: int, hi: int, columns: l
 
     pieces = []
     for f, start in zip(files, offsets):
-        table = _open(f, columns)
+        table = open_arrow(f, columns)
         a, b = max(lo - start, 0), min(hi - start, table.num_rows)
         if a < b:
             pieces.append(table.slice(a, b - a))
@@ -223,12 +223,12 @@ def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, 
     """Worker task: the rows of sequences ``seq0 …`` (global row ranges [hist, stop), targets from ``first``)
     written as part ``batch`` of the split; for train, the targets' (dt, x, y) to ``stats_dir`` and their partial
     statistics."""
-    from stforecast.sequences import _frame, inter_event_times, sequence_rows
+    from stforecast.sequences import inter_event_times, rows_as_sequences, sequence_rows
 
     base = int(hist[0])
     events = read_rows(files, offsets, base, int(stop[-1]), columns)
     rows, seq, position, is_target, t_start = sequence_rows(hist, first, stop, starts, events["t"].to_numpy(), base)
-    frame = _frame(events, rows - base, split, seq + seq0, position, is_target, t_start)
+    frame = rows_as_sequences(events, rows - base, split, seq + seq0, position, is_target, t_start)
     frame["event_index"] += base
     write_sequences(frame, out_tmp / "sequences", part=batch, splits=(split,))
     result = {"rows": len(frame)}
@@ -238,19 +238,19 @@ def sequence_batch(split: str, files: list[str], offsets: list[int], seq0: int, 
         positive = values["dt"].to_numpy()
         values["log_dt"] = np.log(np.where(positive > 0, positive, np.nan))
         stats_dir.mkdir(parents=True, exist_ok=True)
-        _write(values, stats_dir / f"{batch:06d}.arrow")
-        result["moments"] = {c: _moments(values[c].to_numpy()) for c in ("dt", "log_dt", "x", "y")}
+        write_arrow(values, stats_dir / f"{batch:06d}.arrow")
+        result["moments"] = {c: moments_of(values[c].to_numpy()) for c in ("dt", "log_dt", "x", "y")}
     return result
 
 
 def empty_sequences(split: str, marks: list[str], out_tmp: Path) -> None:
     """A split without sequences still gets its (empty) part, with the table's columns."""
-    from stforecast.sequences import _frame
+    from stforecast.sequences import rows_as_sequences
 
     events = pd.DataFrame({c: pd.Series(dtype="float64") for c in ("t", "x", "y")})
     for m in marks:
         events[m] = pd.Series(dtype="float64" if m == "magnitude" else "object")
     e = np.array([], dtype=int)
-    write_sequences(_frame(events, e, split, e, e, e.astype(bool), np.array([])), out_tmp / "sequences",
+    write_sequences(rows_as_sequences(events, e, split, e, e, e.astype(bool), np.array([])), out_tmp / "sequences",
                            splits=(split,))
 

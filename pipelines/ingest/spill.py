@@ -29,7 +29,7 @@ LABELS = ("history", *SPLITS, "after")
 INTERMEDIATE_COMPRESSION = None
 
 
-_HELPER_COLUMNS = ["_hash", "_idhash", "_chunk"]
+HELPER_COLUMNS = ["_hash", "_idhash", "_chunk"]
 
 
 
@@ -50,7 +50,7 @@ class Rejects:
         if quarantine and len(rejects):
             (work / "rejects").mkdir(exist_ok=True)
             file = work / "rejects" / f"{name}.arrow"
-            _write(rejects.astype({"value": "str"}), file)
+            write_arrow(rejects.astype({"value": "str"}), file)
         return cls(rejects[rejects["kind"] == "invalid"].reset_index(drop=True), counts, file)
 
 
@@ -83,7 +83,7 @@ class ChunkInfo:
 
 
 
-def _write(frame: pd.DataFrame, path: Path) -> None:
+def write_arrow(frame: pd.DataFrame, path: Path) -> None:
     """An intermediate table as an uncompressed Arrow IPC file: written and memory-mapped back at memory speed
     (Parquet's encoding and compression cost more than the work done between two steps)."""
     import warnings
@@ -100,7 +100,7 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)  # a task that runs twice never leaves a half-written file for the next step
 
 
-def _open(path: Path, columns: list[str] | None = None):
+def open_arrow(path: Path, columns: list[str] | None = None):
     """An intermediate table, memory-mapped (pages are read when a slice of them is used)."""
     import pyarrow as pa
 
@@ -108,8 +108,8 @@ def _open(path: Path, columns: list[str] | None = None):
     return table.select(columns) if columns else table
 
 
-def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    return _open(path, columns).to_pandas()
+def read_arrow(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    return open_arrow(path, columns).to_pandas()
 
 
 
@@ -126,7 +126,7 @@ def spill_chunk(part, index: int, train_range, work: Path, quarantine: bool = Fa
     n = len(t)
     if n:
         (work / "chunks").mkdir(exist_ok=True)
-        _write(events, work / "chunks" / f"{index:06d}.arrow")
+        write_arrow(events, work / "chunks" / f"{index:06d}.arrow")
     sample = t[np.linspace(0, n - 1, min(n, SAMPLE_POINTS)).round().astype(int)] if n else np.array([])
     return ChunkInfo(index, n, float(t[0]) if n else math.inf, float(t[-1]) if n else -math.inf, sample, bounds,
                      Rejects.of(rejects, work, f"chunk-{index:06d}", quarantine), int(rows_read),
@@ -177,7 +177,7 @@ def spill_spikes(inputs: dict, cfg, origin, work: Path, batch_spikes: int):
         frame = pd.DataFrame({"time": times, "t": t, "x": x, "y": y, "speed": speed, "_code": codes,
                               "_index": index, "_drop": drop}).take(order).reset_index(drop=True)
         i = len(chunks)
-        _write(frame, work / "chunks" / f"{i:06d}.arrow")
+        write_arrow(frame, work / "chunks" / f"{i:06d}.arrow")
         ts = t[order]
         sample = ts[np.linspace(0, len(ts) - 1, min(len(ts), SAMPLE_POINTS)).round().astype(int)]
         chunks.append(ChunkInfo(i, len(ts), float(ts[0]), float(ts[-1]), sample, None, Rejects(empty_rejects(), {}),
@@ -223,5 +223,5 @@ def spike_rows(frame: pd.DataFrame, rows: SpikeRows) -> tuple[pd.DataFrame, pd.D
 
 def count_below(chunk_file: Path, values: np.ndarray) -> np.ndarray:
     """Worker task: rows of one time-sorted chunk with t below each value."""
-    return np.searchsorted(_open(chunk_file, ["t"]).column("t").to_numpy(), values, side="left")
+    return np.searchsorted(open_arrow(chunk_file, ["t"]).column("t").to_numpy(), values, side="left")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.ingest.spill import _open
+from pipelines.ingest.spill import open_arrow
 from stforecast.sequences import SPLITS
 
 
-def _moments(v: np.ndarray) -> dict:
+def moments_of(v: np.ndarray) -> dict:
     v = v[np.isfinite(v)]
     if not len(v):
         return {"n": 0, "mean": 0.0, "m2": 0.0, "min": math.inf, "max": -math.inf}
@@ -57,7 +57,7 @@ def order_statistic(files: list[Path], column: str, rank: int, lo: float, hi: fl
             return lo
         counts = np.zeros(bins, dtype=np.int64)
         for f in files:
-            v = candidates(_open(f, [column]).column(column).to_numpy())
+            v = candidates(open_arrow(f, [column]).column(column).to_numpy())
             v = v[(v >= lo) & (v <= hi)]
             counts += np.bincount(_bin(v, lo, hi, bins), minlength=bins)
         cum = np.cumsum(counts)
@@ -65,7 +65,7 @@ def order_statistic(files: list[Path], column: str, rank: int, lo: float, hi: fl
         rank -= int(cum[j - 1]) if j else 0
         levels.append((lo, hi, j))
         if counts[j] <= collect:
-            v = np.concatenate([candidates(_open(f, [column]).column(column).to_numpy()) for f in files])
+            v = np.concatenate([candidates(open_arrow(f, [column]).column(column).to_numpy()) for f in files])
             return float(np.partition(v, rank)[rank])
         width = (hi - lo) / bins
         lo, hi = lo + j * width, min(hi, lo + (j + 1) * width)  # a superset of the bin: `levels` decides
@@ -109,7 +109,7 @@ def stream_parquet(files: list[Path], dest: Path) -> None:
     writer = None
     try:
         for f in files:
-            table = _open(f)
+            table = open_arrow(f)
             if writer is None:
                 writer = pq.ParquetWriter(dest, table.schema)
             elif not table.schema.equals(writer.schema, check_metadata=False):
@@ -149,7 +149,7 @@ def cleanup(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _union(first: np.ndarray, stop: np.ndarray) -> int:
+def union_size(first: np.ndarray, stop: np.ndarray) -> int:
     """Size of the union of the row intervals [first, stop) (sorted by first)."""
     total, reach = 0, -1
     for a, b in zip(first.tolist(), stop.tolist()):
