@@ -386,7 +386,10 @@ from pipelines.cli import main
 watch = cluster.wait_with_progress
 def held_open(futures, progress, label):
     pathlib.Path(sys.argv[1]).touch()  # the staging folder exists and the graph is submitted
-    time.sleep(120)
+    # short sleeps: the kernel may hand the process's SIGINT to another thread (one of the client's), and then only
+    # the main thread's next bytecode raises KeyboardInterrupt, never a sleep that is already under way
+    for _ in range(1200):
+        time.sleep(0.1)
     watch(futures, progress, label)
 if __name__ == "__main__":  # the workers are spawned: they import this file again
     cluster.wait_with_progress = held_open
