@@ -185,7 +185,7 @@ class NoisyLoss(torch.nn.Module):
         eps = m.denoiser(m.schedule.add_noise(x0, noise, k), k, m.denoiser.prepare(cond))
         mse = F.mse_loss(eps.float(), noise.float())
         mark_nll = torch.zeros((), device=mse.device)
-        head = getattr(m, "magnitude_head", None)
+        head = m.magnitude_head
         if head is not None:
             b, j = batch.target.nonzero(as_tuple=True)
             fit = m.scaler.statistics
@@ -194,7 +194,7 @@ class NoisyLoss(torch.nn.Module):
 
 
 def total_loss(model, mse, mark_nll) -> float:
-    return float(mse) + getattr(model.cfg, "mark_weight", 0.0) * float(mark_nll)
+    return float(mse) + model.cfg.mark_weight * float(mark_nll)
 
 
 def draw_noise(model, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +263,7 @@ def loss_parity(model, train_set, device: torch.device, batch_size: int, n_batch
     rel = diff / np.maximum(np.abs(a["cpu_mse"]), 1e-12)
     mark_rel = np.abs(a["device_mark_nll"] - a["cpu_mark_nll"]) / np.maximum(np.abs(a["cpu_mark_nll"]), 1.0)
     loss_diff = np.abs(a["device_loss"] - a["cpu_loss"])
-    has_head = getattr(ref, "magnitude_head", None) is not None
+    has_head = ref.magnitude_head is not None
     finite = all(bool(np.isfinite(v).all()) for v in a.values())
     passed = finite and float(rel.max()) <= rtol and float(mark_rel.max()) <= rtol
     return {"batches": len(index), "batch_size": batch_size, **values, "magnitude_head": has_head,
