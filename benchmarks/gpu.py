@@ -470,12 +470,13 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = ensure_ingested(args.data)
     tc, ode_tolerance = train_settings(args, folder, device)
-    train_set, test_set = as_catalog(folder).sequences("train"), as_catalog(folder).sequences("test")
+    catalog = as_catalog(folder)  # tc.data: the same folder
+    train_set, test_set = catalog.sequences("train"), catalog.sequences("test")
     torch.manual_seed(tc.seed)
     if args.checkpoint:
         model = load_model(args.checkpoint)
     else:
-        model = build_model(tc.model_config(), tc.data, train_set)
+        model = build_model(tc.model_config(), catalog, train_set)
     compile_ = args.compile
     print(f"benchmarks.gpu on {device}: {'untrained' if not args.checkpoint else args.checkpoint} DSTPP with the "
           f"{args.settings_of} benchmark settings on {folder}", flush=True)

@@ -85,13 +85,14 @@ def main(argv=None) -> None:
         ap.error("--quality needs --checkpoint (an untrained model's draws say nothing about quality)")
     args.data = str(ensure_ingested(args.data))
     device = pick_device(args.device)
+    catalog = as_catalog(args.data)
     torch.manual_seed(0)
     if args.checkpoint:
         model = load_model(args.checkpoint).to(device)
     else:
-        model = build_model(TrainConfig(preset=args.preset).model_config(), args.data).to(device)
+        model = build_model(TrainConfig(preset=args.preset).model_config(), catalog).to(device)
     model.eval()
-    data = as_catalog(args.data).sequences(args.split)
+    data = catalog.sequences(args.split)
     print(f"device {device}, {torch.get_num_threads()} threads; model K={model.cfg.steps} "
           f"({'trained: ' + args.checkpoint if args.checkpoint else 'untrained ' + args.preset}); "
           f"best of {args.repeats} after a warm-up")

@@ -31,8 +31,9 @@ def measure(preset: str, steps: int, device: torch.device, data: str, batch_size
     learning rate ``TrainConfig.lr``), each with its batch's collation, after 3 untimed warm-up steps.
     ``model_overrides``: ModelConfig fields over the preset (tests use a tiny model)."""
     cfg = TrainConfig(data=data, preset=preset, model=dict(model_overrides or {}))
-    train = as_catalog(data).sequences("train")
-    model = build_model(cfg.model_config(), data).to(device).train()
+    catalog = as_catalog(data)
+    train = catalog.sequences("train")
+    model = build_model(cfg.model_config(), catalog).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     amp = cfg.amp and device.type == "cuda"
     batches = []

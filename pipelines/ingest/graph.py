@@ -155,5 +155,5 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
             files={"events": "events.parquet", "sequences": "sequences/",
                    "rejected": "rejected.parquet" if summary["quarantined"] else None},
             spikes=spikes_info)
-        manifest.write(tmp)
-    return IngestResult(out_dir, manifest.as_json(), skipped=False, seconds=time.perf_counter() - started, stages=stages)
+        record = manifest.write(tmp)
+    return IngestResult(out_dir, record, skipped=False, seconds=time.perf_counter() - started, stages=stages)

@@ -52,14 +52,12 @@ class Manifest:
             del out["spikes"]
         return out
 
-    def as_json(self) -> dict:
-        """The record as the file holds it (plain JSON types), as :class:`IngestedCatalog` reads it back."""
-        return json.loads(json.dumps(self.to_dict(), default=_json_default))
-
-    def write(self, folder: Path) -> None:
-        """Into ``folder`` (the run's staging folder, renamed into place with the rest of the output)."""
-        with open(Path(folder) / MANIFEST, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, default=_json_default)
+    def write(self, folder: Path) -> dict:
+        """Into ``folder`` (the run's staging folder, renamed into place with the rest of the output); returns the
+        record as the file holds it (plain JSON types, as :class:`IngestedCatalog` reads it back)."""
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        (Path(folder) / MANIFEST).write_text(text)
+        return json.loads(text)
 
 
 def read_manifest(out_dir: Path) -> dict | None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from stforecast.models.dstpp.config import EDGE
+from stforecast.region import Region
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Scaler(nn.Module):
 
     @classmethod
     def from_stats(cls, stats: dict, time_transform: str = "log", margin: float = 0.0, location: str = "absolute",
-                   location_scale: float = 0.002, region: tuple | None = None,
+                   location_scale: float = 0.002, region: Region | None = None,
                    statistics: Statistics | None = None) -> "Scaler":
         """``region`` (x0, y0, x1, y1), model units: the catalog's region, whose box widened by ``margin`` of its
         width on each side is a bounded location's support (needed for ``location = "bounded"``). ``statistics``:
