@@ -33,8 +33,9 @@ browser:
 	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
+# one pytest process per core, at most 4 (pytest-xdist; tests/conftest.py gives each one compute thread)
 test: $(VENV)/.installed-dev browser
-	SE_OFFLINE=true $(BIN)/python -m pytest -q
+	SE_OFFLINE=true $(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 # Benchmarks need the product extras: a .venv made by `make test` (dev = all + test tools) already has them. Each
 # benchmark ingests the catalog it reads (data/processed/dstpp_japan) on its first run.

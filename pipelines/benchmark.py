@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.evaluation import PAPER_JAPAN, evaluate_catalog, log_evaluation, markdown_table, paper_comparison
+from pipelines.evaluation import (PAPER_JAPAN, evaluate_catalog, fit_catalog_baselines, log_evaluation, markdown_table,
+                                  paper_comparison)
 from stforecast.settings_files import check_layout, deep_merge, read_settings_file, typed_fields
 from stforecast.defaults import SCORE_SAMPLES
 from stforecast.io.atomic import atomic_write_text
@@ -168,13 +169,16 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
         log(f"== {name}: train DSTPP ({train_values.get('epochs')} epochs max, preset {train_values.get('preset')})")
         tc, result, uri = train_dstpp(train_values, ingested, runs_dir, name, track, device, progress)
         model = load_model(Path(tc.out_dir) / "best.pt")
+        catalog = ingested.catalog
+        log(f"== {name}: fit baselines")  # once: the validation ablations and the test scores share them
+        baselines = fit_catalog_baselines(catalog, cfg["baselines"], cfg.get("baseline_fit_events"), log)
         if name in ablation_catalogs(cfg):
             record.setdefault("ablations", {})[name] = run_ablations(cfg, name, ingested, train_values, runs_dir,
-                                                                     out, track, device, progress, log)
+                                                                     out, track, device, progress, baselines, log)
         log(f"== {name}: evaluate")
-        ev = evaluate_catalog(ingested.out_dir, model, cfg["baselines"], "test", cfg["targets"] or None,
+        ev = evaluate_catalog(catalog, model, baselines, "test", cfg["targets"] or None,
                               cfg["samples"], benchmark_sampling(cfg), cfg["seed"], cfg["bound_repeats"],
-                              out_dir=out / name, baseline_fit_events=cfg.get("baseline_fit_events"), log=log)
+                              out_dir=out / name, log=log)
         if track:
             log_evaluation(ev, f"benchmark-{name}", {"benchmark": "quick" if quick else "full", "model_uri": uri or ""},
                            experiment="stforecast-benchmark")
@@ -242,10 +246,10 @@ def ablation_catalogs(cfg: dict) -> list[str]:
 
 
 def run_ablations(cfg: dict, name: str, ingested, train_values: dict, runs_dir: Path, out: Path, track: bool,
-                  device: str, progress: bool, log=print) -> list[dict]:
+                  device: str, progress: bool, baselines: dict, log=print) -> list[dict]:
     """Each ``[ablations]`` variant of DSTPP trained with ``train_values`` and its own model settings, scored with
-    the baselines on ``targets`` validation events (never test). Rows: variant, exact and bound NLL, scores."""
-    from pipelines.evaluation import evaluate_catalog
+    the fitted ``baselines`` (name → Forecaster) on ``targets`` validation events (never test). Rows: variant,
+    exact and bound NLL, scores."""
     from stforecast.checkpoints import load_model
 
     ab = asdict(AblationSettings(**typed_fields(AblationSettings, cfg["ablations"], "[ablations]")))
@@ -259,10 +263,9 @@ def run_ablations(cfg: dict, name: str, ingested, train_values: dict, runs_dir: 
         tc, result, _ = train_dstpp(values, ingested, runs_dir, name, track, device, progress)
         train_s = time.perf_counter() - t0
         model = load_model(Path(tc.out_dir) / "best.pt")
-        ev = evaluate_catalog(ingested.out_dir, model, [] if baselines_done else cfg["baselines"], "val",
+        ev = evaluate_catalog(ingested.out_dir, model, {} if baselines_done else baselines, "val",
                               ab["targets"], ab["samples"], benchmark_sampling(cfg), cfg["seed"], 1,
-                              out_dir=out / name / "ablations" / variant, log=log,
-                              baseline_fit_events=cfg.get("baseline_fit_events"))
+                              out_dir=out / name / "ablations" / variant, log=log)
         for _, row in ev.table.iterrows():
             is_dstpp = row["model"] == "dstpp"
             rows.append({"catalog": name, "variant": variant if is_dstpp else "baseline", "model": row["model"],

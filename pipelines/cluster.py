@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 
 
-#: seconds to reach an existing scheduler before giving up (distributed's default, 30 s, looks like a hang)
-CONNECT_TIMEOUT_S = 10
+#: seconds to reach an existing scheduler before giving up (distributed's default, 30 s, looks like a hang);
+#: the environment variable STFORECAST_SCHEDULER_TIMEOUT_S sets another (a scheduler still starting, a slow link)
+CONNECT_TIMEOUT_S = 10.0
+TIMEOUT_VARIABLE = "STFORECAST_SCHEDULER_TIMEOUT_S"
+
+
+def connect_timeout() -> float:
+    """Seconds :func:`connect` waits for a scheduler: $STFORECAST_SCHEDULER_TIMEOUT_S, else 10."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return CONNECT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ValueError(f"environment variable {TIMEOUT_VARIABLE} must be a positive number of seconds, "
+                         f"not {text[:40]!r}")
+    return value
 
 
 def connect(address: str):
     """A client of the scheduler at ``address``; one line naming it when it cannot be reached."""
     from distributed import Client
 
+    timeout = connect_timeout()
     try:
-        return Client(address, timeout=CONNECT_TIMEOUT_S)
+        return Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as e:  # refused, timed out, unresolvable, malformed address
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConnectionError(f"cannot reach the Dask scheduler at {address} ({first}); check the address and that "

@@ -49,18 +49,37 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def fit_catalog_baselines(catalog, names=tuple(BASELINES), max_events: int | None = None, log=print) -> dict:
+    """The named baselines that apply to ``catalog`` (an IngestedCatalog, folder or name), fitted on its events
+    before the validation start (name → Forecaster; ``max_events``: only the latest ones, for quick runs). Empty
+    for catalogs with the source's own (non-chronological) split: they have no continuous past to condition on."""
+    from stforecast.ingested import as_catalog
+    from stforecast.registry import fit_baselines
+
+    catalog = as_catalog(catalog)
+    if not names:
+        return {}
+    if not catalog.continuous:
+        log(f"{catalog.name}: the source's own split is not one continuous catalog, so the baselines "
+            "(which condition on the whole past) are skipped")
+        return {}
+    log(f"fitting baselines {list(names)} on events before the validation start ...")
+    return fit_baselines(catalog.events, catalog.split_start("val"), mc=catalog.completeness(),
+                         max_events=max_events, names=names)
+
+
 def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str = "test",
                      max_targets: int | None = 1000, samples: int = SCORE_SAMPLES, sampling: Sampling = DEFAULT,
                      seed: int = 0, bound_repeats: int = 4, out_dir: Path | None = None,
                      baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print,
                      progress: bool = False) -> Evaluation:
-    """Score ``model`` (any loaded :class:`~stforecast.models.base.Forecaster`, or None) and the named baselines on
-    ``split`` of ``catalog`` (an IngestedCatalog, folder or name). Baselines are fitted on events before the validation start; every model
-    is offered the validation events to calibrate on (DSTPP's bound variances). Catalogs with the source's own
-    (non-chronological) split have no continuous past, so only ``model`` is scored there."""
+    """Score ``model`` (any loaded :class:`~stforecast.models.base.Forecaster`, or None) and the baselines on
+    ``split`` of ``catalog`` (an IngestedCatalog, folder or name). ``baselines``: names, fitted here by
+    :func:`fit_catalog_baselines`, or what it returned before (name → Forecaster), scored as they are: a benchmark
+    fits each catalog's baselines once for its validation ablations and its test scores. Every model is offered
+    the validation events to calibrate on (DSTPP's bound variances)."""
     from stforecast.evaluate import evaluate_next_event, next_event_targets, plot_reliability
     from stforecast.ingested import as_catalog
-    from stforecast.registry import fit_baselines
 
     catalog = as_catalog(catalog)
     folder, continuous = catalog.folder, catalog.continuous
@@ -68,14 +87,10 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
     calibration = next_event_targets(catalog, "val", min(max_targets or 1000, 1000), seed + 1)
     models = {model.name: model} if model is not None else {}
     events = catalog.events if continuous else None
-    baselines = [b for b in baselines if b not in models]
-    if baselines and not continuous:
-        log(f"{catalog.name}: the source's own split is not one continuous catalog, so the baselines "
-            "(which condition on the whole past) are skipped")
-    elif baselines:
-        log(f"fitting baselines {list(baselines)} on events before the validation start ...")
-        models.update(fit_baselines(events, catalog.split_start("val"), mc=catalog.completeness(),
-                                    max_events=baseline_fit_events, names=baselines))
+    if not isinstance(baselines, dict):
+        baselines = fit_catalog_baselines(catalog, [b for b in baselines if b not in models], baseline_fit_events,
+                                          log)
+    models.update({name: fitted for name, fitted in baselines.items() if name not in models})
     models = {name: m.with_sampling(sampling).configure(bound_repeats=bound_repeats) for name, m in models.items()}
     n_hdr = min(hdr_events, len(targets.truth))
     log(f"scoring {len(targets.truth):,} held-out events x {samples} samples for {list(models)} "

@@ -82,11 +82,12 @@ def write_static(batch_root, path) -> Path:
 IDLE_TIMEOUT_S = 5.0
 
 
-def make_server(batch_root, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+def make_server(batch_root, host: str = "127.0.0.1", port: int = 8765,
+                idle_timeout_s: float = IDLE_TIMEOUT_S) -> ThreadingHTTPServer:
     root = Path(batch_root)
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = IDLE_TIMEOUT_S  # the socket's timeout: a client that sends no headers is dropped after it
+        timeout = idle_timeout_s  # the socket's timeout: a client that sends no headers is dropped after it
 
         def do_GET(self):  # noqa: N802 - the http.server API
             if self.path.split("?")[0] not in ("/", "/index.html"):

@@ -73,7 +73,8 @@ def fit_baseline(name: str, events: pd.DataFrame, fit_end: float, mc: float | No
                  max_events: int | None = None) -> Forecaster:
     """A baseline fitted on events before ``fit_end`` (the latest ``max_events`` of them, for quick runs). A
     baseline that chooses among its variants on validation (ETAS's spatial kernels) is also handed the catalog's
-    validation events (``split == "val"``, never the test split) to score them on."""
+    validation events (``split == "val"``, never the test split; the first ``max_events`` of them) to score them
+    on."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     if not applies(name, events):
@@ -88,6 +89,9 @@ def fit_baseline(name: str, events: pd.DataFrame, fit_end: float, mc: float | No
     import pandas as pd
 
     later = events[(events["t"] >= fit_end) & (events["t"] < val_end)]
+    if max_events is not None and len(later) > max_events:
+        later = later.iloc[:max_events]
+        val_end = float(np.nextafter(later["t"].iloc[-1], np.inf))
     return model.fit_events(pd.concat([past, later]), fit_end, val_end=val_end)
 
 

@@ -13,10 +13,29 @@ from stforecast.config import load_settings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+#: the pytest-xdist worker this process is ("gw0", ...), or "" when the suite runs in one process
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if WORKER:
+    # `make test` runs the suite in one pytest process per core (pytest-xdist): each takes one core's compute
+    # threads, and so do the commands it starts, instead of every process spinning a thread per core (on 2 cores,
+    # 2 processes x 2 threads made the parallel suite no faster than the serial one)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy's BLAS, loaded before the variables above were set
+
 #: where the suite writes what commands would put in the checkout (processed catalogs, baseline fits, MLflow runs,
 #: reports, screenshots): a temporary root, so `make test` leaves the checkout as it found it and a later
-#: `make demo` is a first run. Set before any test (subprocesses inherit it).
-TEST_ROOT = Path(tempfile.mkdtemp(prefix="stforecast-tests-"))
+#: `make demo` is a first run. Set before any test (subprocesses inherit it). Under pytest-xdist, the main process
+#: makes it and each worker takes a folder of its own in it (gw0/, gw1/, ...).
+if WORKER and os.environ.get("STFORECAST_TEST_ROOT"):
+    TEST_ROOT = Path(os.environ["STFORECAST_TEST_ROOT"]) / WORKER
+    TEST_ROOT.mkdir(parents=True, exist_ok=True)
+else:
+    TEST_ROOT = Path(tempfile.mkdtemp(prefix="stforecast-tests-"))
+    os.environ["STFORECAST_TEST_ROOT"] = str(TEST_ROOT)
 for _key, _value in {"STFORECAST_PROCESSED_DIR": TEST_ROOT / "processed",
                      "STFORECAST_BASELINE_CACHE": TEST_ROOT / "baselines",
                      "MLFLOW_TRACKING_URI": f"sqlite:///{TEST_ROOT / 'mlruns' / 'mlflow.db'}",
@@ -36,7 +55,12 @@ def outside_the_checkout():
     os.chdir(work)
     yield
     os.chdir(before)
-    print(f"\ntest outputs (screenshots in test-artifacts/): {TEST_ROOT}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where to look afterwards (the main process prints it, also when workers ran the tests)."""
+    where = f"{TEST_ROOT}/gw*/" if any(TEST_ROOT.glob("gw*")) else f"{TEST_ROOT}/"
+    terminalreporter.write_line(f"test outputs (screenshots in test-artifacts/): {where}")
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ def test_thresholds_of_an_exact_gaussian_enclose_the_analytic_ellipse(level):
 def test_mass_inside_the_80_percent_contour_of_a_known_gaussian(tmp_path):
     rng = np.random.default_rng(0)
     cov = np.array([[900.0, 300.0], [300.0, 400.0]])  # km², correlated
-    samples = rng.multivariate_normal([0, 0], cov, 20_000)
+    samples = rng.multivariate_normal([0, 0], cov, 8_000)  # the KDE widens the regions a little: +0.014 at 95 %
     grid = kde_grid(samples, crs=AEQD)
     contours = mass_contours(grid, levels=(0.5, 0.8, 0.95), to_crs=None)
     assert list(contours["level"]) == [0.95, 0.8, 0.5]
@@ -51,13 +51,13 @@ def test_mass_inside_the_80_percent_contour_of_a_known_gaussian(tmp_path):
 
 def test_contours_of_a_bimodal_forecast_are_two_polygons_and_rings_have_holes():
     rng = np.random.default_rng(1)
-    a = rng.normal([-100, 0], 10, (5000, 2))
-    b = rng.normal([100, 0], 10, (5000, 2))
+    a = rng.normal([-100, 0], 10, (2000, 2))
+    b = rng.normal([100, 0], 10, (2000, 2))
     contours = mass_contours(kde_grid(np.vstack([a, b])), levels=(0.5,), to_crs=None)
     geom = contours.geometry.iloc[0]
     assert geom.geom_type == "MultiPolygon" and len(geom.geoms) == 2
-    angle = rng.uniform(0, 2 * np.pi, 8000)
-    ring = 60 * np.column_stack([np.cos(angle), np.sin(angle)]) + rng.normal(0, 5, (8000, 2))
+    angle = rng.uniform(0, 2 * np.pi, 3000)
+    ring = 60 * np.column_stack([np.cos(angle), np.sin(angle)]) + rng.normal(0, 5, (3000, 2))
     g = mass_contours(kde_grid(ring), levels=(0.8,), to_crs=None).geometry.iloc[0]
     polys = list(getattr(g, "geoms", [g]))
     assert any(len(p.interiors) == 1 for p in polys)  # the empty middle is a hole

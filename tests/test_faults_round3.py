@@ -483,11 +483,15 @@ def test_a_full_disk_is_one_line_and_earlier_output_stays(tiny, tmp_path, comman
     assert "Traceback" not in p.stderr
 
 
-def test_an_unreachable_scheduler_is_one_line(tmp_path):
+def test_an_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
     path = comcat(tmp_path, GOOD_ROWS)
+    monkeypatch.setenv("STFORECAST_SCHEDULER_TIMEOUT_S", "2")  # distributed retries a refused port until then
     p = ingest_cli(path, tmp_path / "out", "--scheduler", "tcp://127.0.0.1:1")
     one_error_line(p, "cannot reach the Dask scheduler at tcp://127.0.0.1:1")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    monkeypatch.setenv("STFORECAST_SCHEDULER_TIMEOUT_S", "soon")
+    one_error_line(ingest_cli(path, tmp_path / "out", "--scheduler", "tcp://127.0.0.1:1"),
+                   "STFORECAST_SCHEDULER_TIMEOUT_S must be a positive number of seconds, not 'soon'")
 
 
 def test_lines_reach_a_log_file_as_they_are_printed(tmp_path):
@@ -512,12 +516,12 @@ def test_lines_reach_a_log_file_as_they_are_printed(tmp_path):
 def test_serve_drops_a_connection_that_sends_no_headers(tmp_path):
     import threading
 
-    from pipelines.serve import IDLE_TIMEOUT_S, make_server
+    from pipelines.serve import make_server
 
-    server = make_server(tmp_path, "127.0.0.1", 0)
+    server = make_server(tmp_path, "127.0.0.1", 0, idle_timeout_s=0.5)  # the same socket timeout as the default 5 s
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with socket.create_connection(server.server_address, timeout=IDLE_TIMEOUT_S + 15) as s:
+        with socket.create_connection(server.server_address, timeout=15) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # ... and never the blank line that ends the headers
             assert s.recv(1024) == b""  # closed by the server (a client timeout here raises instead)
     finally:
