@@ -50,6 +50,8 @@ class BenchmarkSettings:
     ode_tolerance: float = 1e-4  # DSTPP's probability-flow ODE (sampling and exact likelihood): rtol = atol
     baselines: list = field(default_factory=lambda: list(BASELINES))
     baseline_fit_events: int | None = None
+    # DSTPP and the baselines mixed (stforecast.models.ensemble), weights by maximum likelihood on validation events
+    ensemble: bool = True
 
 
 @dataclass
@@ -124,10 +126,10 @@ def verdict(table: pd.DataFrame) -> list[str]:
     """Per catalog and metric: does DSTPP beat every baseline, and by how much (positive margin = DSTPP better)."""
     lines = []
     for catalog, rows in table.groupby("catalog", sort=False):
-        if "dstpp" not in set(rows["model"]) or len(rows) < 2:
+        others = rows[~rows.model.isin(["dstpp", "ensemble"])]  # the baselines (the ensemble contains DSTPP)
+        if "dstpp" not in set(rows["model"]) or others.empty:
             continue
         d = rows[rows.model == "dstpp"].iloc[0]
-        others = rows[rows.model != "dstpp"]
         parts = []
         for metric in COMPARED:
             if pd.isna(d[metric]) or others[metric].isna().all():
@@ -175,8 +177,13 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
         if name in ablation_catalogs(cfg):
             record.setdefault("ablations", {})[name] = run_ablations(cfg, name, ingested, train_values, runs_dir,
                                                                      out, track, device, progress, baselines, log)
+        scored = dict(baselines)
+        if cfg["ensemble"] and baselines:
+            from stforecast.models.ensemble import Ensemble
+
+            scored["ensemble"] = Ensemble({"dstpp": model, **baselines})
         log(f"== {name}: evaluate")
-        ev = evaluate_catalog(catalog, model, baselines, "test", cfg["targets"] or None,
+        ev = evaluate_catalog(catalog, model, scored, "test", cfg["targets"] or None,
                               cfg["samples"], benchmark_sampling(cfg), cfg["seed"], cfg["bound_repeats"],
                               out_dir=out / name, log=log)
         if track:
@@ -190,6 +197,7 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
             "steps": result.steps, "train_events_per_s": result.events_per_second, "model_uri": uri,
             "test_targets": ev.n_targets, "units": [ev.catalog.units.time_unit, ev.catalog.units.spatial_unit],
             "input_hash": ev.catalog.input_hash, "gap": likelihood_gap(ev.table, ev.curves),
+            "ensemble": ensemble_gains(ev.table, ev.curves),
             "seconds": round(time.perf_counter() - t0, 1)}
     table = pd.concat(tables, ignore_index=True)
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -233,12 +241,28 @@ def likelihood_gap(table: pd.DataFrame, curves: dict) -> dict | None:
     of the mean of the paired per-event differences (same events for both)."""
     import numpy as np
 
-    if "dstpp" not in set(table["model"]) or len(table) < 2:
+    others = table[~table.model.isin(["dstpp", "ensemble"])]
+    if "dstpp" not in set(table["model"]) or others.empty:
         return None
-    others = table[table.model != "dstpp"]
     best = others.loc[others["nll_joint"].idxmin(), "model"]
     diff = np.asarray(curves["dstpp"]["nll_joint"]) - np.asarray(curves[best]["nll_joint"])
     return {"best_baseline": best, "gap": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(len(diff)))}
+
+
+def ensemble_gains(table: pd.DataFrame, curves: dict) -> dict | None:
+    """The ensemble's weights and its exact NLL minus each member's (negative: the ensemble better), nats per event,
+    with the paired standard error on the same test events; None where no ensemble was scored."""
+    import numpy as np
+
+    if "ensemble" not in set(table["model"]):
+        return None
+    row = table.loc[table.model == "ensemble"].iloc[0]
+    mine = np.asarray(curves["ensemble"]["nll_joint"])
+    gains = {}
+    for member in table.loc[table.model != "ensemble", "model"]:
+        diff = mine - np.asarray(curves[member]["nll_joint"])
+        gains[member] = {"gain": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(len(diff)))}
+    return {"weights": str(row.get("ensemble_weights", "")), "nll_joint": float(row["nll_joint"]), "vs": gains}
 
 
 def ablation_catalogs(cfg: dict) -> list[str]:
@@ -307,6 +331,15 @@ def report(table: pd.DataFrame, record: dict, paper: pd.DataFrame | None) -> str
             lines.append(f"- **{name}**: exact NLL gap to {gap['best_baseline']} {gap['gap']:+.3f} ± {gap['se']:.3f} "
                          "nats/event (DSTPP − baseline, paired standard error; negative = DSTPP better)")
     lines += verdict(table) or ["(no catalog with both DSTPP and a baseline)"]
+    ensembles = {name: info["ensemble"] for name, info in record["per_catalog"].items() if info.get("ensemble")}
+    if ensembles:
+        lines += ["", "## Ensemble of DSTPP and the baselines", "",
+                  "A mixture whose weights are fitted by maximum likelihood on validation events (never test); its "
+                  "NLL is exact (log-sum-exp of the members' densities). Gain: ensemble − member, nats/event on the "
+                  "same test events with the paired standard error (negative = the ensemble better).", ""]
+        for name, info in ensembles.items():
+            vs = "; ".join(f"{m} {g['gain']:+.3f} ± {g['se']:.3f}" for m, g in info["vs"].items())
+            lines.append(f"- **{name}**: NLL {info['nll_joint']:.3f} (weights {info['weights']}); vs {vs}")
     for name, rows in record.get("ablations", {}).items():
         frame = pd.DataFrame(rows)
         lines += ["", f"## Ablations on {name} (validation split, never test)", "",

@@ -29,15 +29,18 @@ def warn_clamped(share: float | None, what: str, summary: dict, log) -> None:
 
 
 def model_label(spec: str) -> str:
-    """A folder-safe label for what ``--model`` names: a baseline's name, or "dstpp-<the checkpoint's folder>" (an
-    MLflow URI's words joined by "-"). Default output folders carry it, so reports of two models never collide."""
+    """A folder-safe label for what ``--model`` names: a baseline's name, "dstpp-<the checkpoint's folder>" (an
+    MLflow URI's words joined by "-"), or "ensemble-" and its members' labels. Default output folders carry it, so reports of two models never collide."""
     from pathlib import Path
 
     from stforecast.config import safe_name
-    from stforecast.registry import is_baseline
+    from stforecast.registry import ensemble_members, is_baseline
 
     if is_baseline(spec):
         return spec
+    members = ensemble_members(spec)
+    if members:
+        return safe_name("ensemble-" + "-".join(model_label(m) for m in members), "ensemble")
     p = Path(spec)
     return "dstpp-" + safe_name(p.parent.name if p.suffix == ".pt" else "".join(c if c.isalnum() else "-" for c in spec),
                                 "model")

@@ -169,8 +169,9 @@ def add_parser(sub) -> None:
                      "Writes next_event.csv and next_event.md to --out and logs them to MLflow."),
         epilog="example:\n  stforecast evaluate --data japan --model runs/demo-japan/best.pt --targets 1000")
     p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
-    p.add_argument("--model", help=f"the model to score: a checkpoint path, an MLflow URI (models:/dstpp/1) or a "
-                                   f"baseline ({', '.join(BASELINES)}); none: the baselines only")
+    p.add_argument("--model", help=f"the model to score: a checkpoint path, an MLflow URI (models:/dstpp/1), a "
+                                   f"baseline ({', '.join(BASELINES)}) or ensemble:A+B (their mixture, weights fitted "
+                                   "on validation); none: the baselines only")
     p.add_argument("--split", default="test", choices=["val", "test"], help="held-out split to score (default test)")
     p.add_argument("--targets", type=int, default=1000, help="held-out events to score (random subset; 0 = all)")
     p.add_argument("--samples", type=int, default=SCORE_SAMPLES,
@@ -196,7 +197,7 @@ def run(args) -> int:
     model = None
     if args.model and args.model.lower() != "none":
         model = load_forecaster(args.model, catalog, allow_other_catalog=args.allow_other_catalog, log=console.print,
-                                track=not args.no_track)
+                                track=not args.no_track, fit_ensemble=False)  # calibrated on validation below
     label = model_label(args.model) if model is not None else "baselines"
     out = Path(args.out or Path("reports") / f"{safe_name(catalog.folder.name)}-{args.split}-{label}")
     if out.exists():

@@ -152,8 +152,8 @@ def add_parser(sub) -> None:
                 "  stforecast forecast --data japan --model runs/demo-japan/best.pt --format csep --at 2019-07-01 \\\n"
                 "      --days 3 --simulations 1000 --csep-test"))
     p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
-    p.add_argument("--model", required=True, help=f"checkpoint path, MLflow URI (models:/dstpp/1, runs:/ID/model) or "
-                                                  f"a baseline ({', '.join(BASELINES)})")
+    p.add_argument("--model", required=True, help=f"checkpoint path, MLflow URI (models:/dstpp/1, runs:/ID/model), "
+                                                  f"a baseline ({', '.join(BASELINES)}) or ensemble:A+B")
     p.add_argument("--at", help="forecast time: a UTC date/time (or a number for lab clocks); default: the last event")
     p.add_argument("--samples", type=int, default=1000, help="next-event samples (default 1000)")
     p.add_argument("--horizon", help="simulate continuations this far ahead: 24h, 7d, 90min (or model units)")

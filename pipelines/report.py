@@ -204,7 +204,8 @@ def add_parser(sub) -> None:
                 "  stforecast report --data japan --model runs/demo-japan/best.pt --horizon 7d\n"
                 "  stforecast report --data japan --model models:/dstpp/1 --at 2016-04-14T13:00 --horizon 3d"))
     p.add_argument("--data", required=True, help="an ingested catalog name (under data/processed) or folder")
-    p.add_argument("--model", required=True, help=f"checkpoint path, MLflow URI or a baseline ({', '.join(BASELINES)})")
+    p.add_argument("--model", required=True, help=f"checkpoint path, MLflow URI, a baseline ({', '.join(BASELINES)}) "
+                                                  "or ensemble:A+B (their mixture, weights fitted on validation)")
     p.add_argument("--at", help="forecast time (default: after the catalog's last event)")
     p.add_argument("--horizon", default="7d", help="e.g. 24h, 7d (default 7d)")
     p.add_argument("--lead-bins", type=int, default=7, help="lead-time bins in the NetCDF (default 7)")

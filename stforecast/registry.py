@@ -167,13 +167,51 @@ def read_cached_fit(path: Path, name: str, input_hash: str, log=print) -> dict |
         return None
 
 
+#: what an ensemble's ``--model`` starts with: ``ensemble:MEMBER+MEMBER...``, each member a spec of its own
+ENSEMBLE_PREFIX = "ensemble:"
+#: validation events an ensemble loaded for a forecast fits its weights on (each member's exact NLL on each)
+ENSEMBLE_VALIDATION_EVENTS = 300
+
+
+def ensemble_members(spec: str) -> list[str]:
+    """The member specs of ``ensemble:A+B...`` (at least two, none itself an ensemble); [] for any other spec."""
+    if not spec.startswith(ENSEMBLE_PREFIX):
+        return []
+    members = [m.strip() for m in spec[len(ENSEMBLE_PREFIX):].split("+")]
+    if len(members) < 2 or not all(members) or any(m.startswith(ENSEMBLE_PREFIX) for m in members):
+        raise ValueError(f"--model {spec!r}: an ensemble is 'ensemble:' followed by two or more models joined by "
+                         "'+' (baseline names, checkpoints or MLflow URIs), e.g. ensemble:runs/demo-japan/best.pt+etas")
+    return members
+
+
 def load_forecaster(spec: str, catalog: IngestedCatalog, *, allow_other_catalog: bool = False,
                     cache_root: Path | None = None, log=print, track: bool = False,
-                    mc: float | None = None) -> Forecaster:
+                    mc: float | None = None, fit_ensemble: bool = True) -> Forecaster:
     """``spec``: a baseline's name (fitted on this catalog), a checkpoint path or an MLflow model URI (a trained
-    DSTPP, checked against this catalog's units and frame: :func:`stforecast.checkpoints.check_catalog`). Its forecasts
-    keep their locations in the catalog's region with its margin (:meth:`Forecaster.within`): every registered
-    model's maps, tables and simulations stay on the catalog's map."""
+    DSTPP, checked against this catalog's units and frame: :func:`stforecast.checkpoints.check_catalog`), or
+    ``ensemble:A+B...`` (:class:`~stforecast.models.ensemble.Ensemble` of those, its weights fitted by maximum
+    likelihood on :data:`ENSEMBLE_VALIDATION_EVENTS` validation events unless ``fit_ensemble`` is False: the
+    evaluation fits them on its own validation targets). Its forecasts keep their locations in the catalog's
+    region with its margin (:meth:`Forecaster.within`): every registered model's maps, tables and simulations
+    stay on the catalog's map."""
+    members = ensemble_members(spec)
+    if members:
+        from stforecast.models.ensemble import Ensemble
+
+        loaded = [load_forecaster(m, catalog, allow_other_catalog=allow_other_catalog, cache_root=cache_root,
+                                  log=log, track=track, mc=mc) for m in members]
+        names = [m.name for m in loaded]
+        model = Ensemble({(n if names.count(n) == 1 else f"{n}-{i + 1}"): m
+                          for i, (n, m) in enumerate(zip(names, loaded))})
+        if fit_ensemble:
+            from stforecast.evaluate import next_event_targets
+
+            val = next_event_targets(catalog, "val", ENSEMBLE_VALIDATION_EVENTS, seed=0)
+            events = catalog.events if catalog.continuous else None
+            log(f"fitting the ensemble's weights on {len(val.truth):,} validation events ...")
+            model.calibrate(val.histories_for(events, model.context), val.truth)
+            log(model.describe())
+        return model.within(catalog.view_box())
     if is_baseline(spec):
         model = cached_baseline(spec, catalog, cache_root, log=log, track=track, mc=mc)
     else:

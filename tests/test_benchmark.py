@@ -25,10 +25,11 @@ def test_quick_benchmark_on_the_three_primary_catalogs(tmp_path, monkeypatch, ca
     assert capsys.readouterr().out.count("fitting baselines") == 3  # once per catalog, ablations included
     table = pd.read_csv(out / "benchmark.csv")
     models = table.groupby("catalog", sort=False)["model"].apply(list).to_dict()
-    assert models == {"japan": ["dstpp", "poisson_kde", "hawkes", "etas"],  # ETAS only where there are magnitudes
-                      "chicago": ["dstpp", "poisson_kde", "hawkes"], "wmaze": ["dstpp", "poisson_kde", "hawkes"]}
+    assert models == {"japan": ["dstpp", "poisson_kde", "hawkes", "etas", "ensemble"],  # ETAS where magnitudes are
+                      "chicago": ["dstpp", "poisson_kde", "hawkes", "ensemble"],
+                      "wmaze": ["dstpp", "poisson_kde", "hawkes", "ensemble"]}
     assert table[["nll_joint", "crps_dt", "energy_xy", "cover_dt_80", "cover_xy_80"]].notna().all().all()
-    baselines = table[table.model != "dstpp"]
+    baselines = table[~table.model.isin(["dstpp", "ensemble"])]
     assert baselines[["nll_dt", "nll_xy"]].notna().all().all() and set(baselines.nll_kind) == {"exact"}
     dstpp = table[table.model == "dstpp"]
     assert set(dstpp.nll_kind) == {"exact-ode"} and dstpp[["nll_bound", "nll_ode_nfe"]].notna().all().all()
@@ -39,6 +40,14 @@ def test_quick_benchmark_on_the_three_primary_catalogs(tmp_path, monkeypatch, ca
     ablations = pd.read_csv(out / "wmaze" / "ablations.csv")
     assert set(ablations.variant) == {"issue-10 model", "+ relative location", "baseline"}
     assert set(ablations.loc[ablations.variant == "baseline", "model"]) == {"poisson_kde", "hawkes"}
+    # the ensemble: its weights fitted on validation, its exact NLL against each member's on the same test events
+    mix = record["per_catalog"]["japan"]["ensemble"]
+    assert set(mix["vs"]) == {"dstpp", "poisson_kde", "hawkes", "etas"} and all(g["se"] > 0 for g in mix["vs"].values())
+    weights = dict(part.rsplit(" ", 1) for part in mix["weights"].split(", "))
+    assert set(weights) == set(mix["vs"]) and sum(map(float, weights.values())) == pytest.approx(1, abs=0.01)
+    best_member = min(table.loc[(table.catalog == "japan") & (table.model != "ensemble"), "nll_joint"])
+    # maximum-likelihood weights on validation: on test it cannot be far worse than its best member
+    assert mix["nll_joint"] < best_member + 1.0
     gap = record["per_catalog"]["japan"]["gap"]
     assert gap["best_baseline"] in {"poisson_kde", "hawkes", "etas"} and gap["se"] > 0
     text = (out / "benchmark.md").read_text()
@@ -50,7 +59,7 @@ def test_quick_benchmark_on_the_three_primary_catalogs(tmp_path, monkeypatch, ca
         assert (out / name / "reliability.png").exists()
     assert record["per_catalog"]["chicago"]["units"] == ["hours", "m"]
     md = (out / "benchmark.md").read_text()
-    assert "| japan | etas |" in md and "## DSTPP against the best baseline" in md
+    assert "| japan | etas |" in md and "## DSTPP against the best baseline" in md and "## Ensemble of DSTPP" in md
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["stforecast-benchmark"])
