@@ -27,6 +27,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "benchmark.to
 SUMMARY = ["catalog", "model", "nll_joint", "nll_joint_se", "nll_dt", "nll_xy", "crps_dt", "energy_xy",
            "mae_dt_median", "rmse_dt_mean", "dist_xy_mean", "cover_dt_50", "cover_dt_80", "cover_dt_95",
            "cover_xy_50", "cover_xy_80", "cover_xy_95", "nll_kind"]
+#: the crime catalogs' own measures, in their own table (stforecast.hotspots)
+HOTSPOT_SUMMARY = ["catalog", "model", "pai_day_1", "pai_day_5", "hit_day_1", "hit_day_5", "pai_week_1", "pai_week_5",
+                   "hit_week_1", "hit_week_5", "hotspot_days", "hotspot_weeks"]
 COMPARED = ["nll_joint", "nll_dt", "nll_xy", "crps_dt", "energy_xy"]
 
 
@@ -52,6 +55,9 @@ class BenchmarkSettings:
     baseline_fit_events: int | None = None
     # DSTPP and the baselines mixed (stforecast.models.ensemble), weights by maximum likelihood on validation events
     ensemble: bool = True
+    # crime catalogs: hit rate and PAI of each model's hotspots (stforecast.hotspots) on this many days and weeks
+    hotspot_periods: int = 60
+    hotspot_samples: int = 500
 
 
 @dataclass
@@ -185,7 +191,8 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
         log(f"== {name}: evaluate")
         ev = evaluate_catalog(catalog, model, scored, "test", cfg["targets"] or None,
                               cfg["samples"], benchmark_sampling(cfg), cfg["seed"], cfg["bound_repeats"],
-                              out_dir=out / name, log=log)
+                              out_dir=out / name, log=log, hotspot_periods=cfg["hotspot_periods"],
+                              hotspot_samples=cfg["hotspot_samples"])
         if track:
             log_evaluation(ev, f"benchmark-{name}", {"benchmark": "quick" if quick else "full", "model_uri": uri or ""},
                            experiment="stforecast-benchmark")
@@ -197,7 +204,7 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
             "steps": result.steps, "train_events_per_s": result.events_per_second, "model_uri": uri,
             "test_targets": ev.n_targets, "units": [ev.catalog.units.time_unit, ev.catalog.units.spatial_unit],
             "input_hash": ev.catalog.input_hash, "gap": likelihood_gap(ev.table, ev.curves),
-            "ensemble": ensemble_gains(ev.table, ev.curves),
+            "ensemble": ensemble_gains(ev.table, ev.curves), "dequantised": ev.catalog.dequantised,
             "seconds": round(time.perf_counter() - t0, 1)}
     table = pd.concat(tables, ignore_index=True)
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -289,7 +296,8 @@ def run_ablations(cfg: dict, name: str, ingested, train_values: dict, runs_dir: 
         model = load_model(Path(tc.out_dir) / "best.pt")
         ev = evaluate_catalog(ingested.out_dir, model, {} if baselines_done else baselines, "val",
                               ab["targets"], ab["samples"], benchmark_sampling(cfg), cfg["seed"], 1,
-                              out_dir=out / name / "ablations" / variant, log=log)
+                              out_dir=out / name / "ablations" / variant, log=log,
+                              hotspot_periods=cfg["hotspot_periods"], hotspot_samples=cfg["hotspot_samples"])
         for _, row in ev.table.iterrows():
             is_dstpp = row["model"] == "dstpp"
             rows.append({"catalog": name, "variant": variant if is_dstpp else "baseline", "model": row["model"],
@@ -324,7 +332,20 @@ def report(table: pd.DataFrame, record: dict, paper: pd.DataFrame | None) -> str
              "NLL: nats per event (joint = waiting time + location; the ODE gives the joint only). Lower is "
              "better; coverage should match its nominal level. Settings and seeds: `benchmark.json`; per catalog "
              "tables and reliability plots in its folder.", "",
-             markdown_table(table[[c for c in SUMMARY if c in table]]), "", "## DSTPP against the best baseline", ""]
+             markdown_table(table[[c for c in SUMMARY if c in table]]), ""]
+    lines += [f"- {name}: {info['dequantised']}" for name, info in record["per_catalog"].items()
+              if info.get("dequantised")]
+    if "pai_day_5" in table and table["pai_day_5"].notna().any():
+        from stforecast.hotspots import CELL_M
+
+        crime = table[table["pai_day_5"].notna()]
+        lines += ["", "## Hotspots (crime catalogs)", "",
+                  f"Each model's forecast at the start of each day / week of the test split ranks {CELL_M:g}-m "
+                  "cells by its next-event location samples; the hotspots are the top 1 % / 5 % of the study area (cells "
+                  "with a training event). Hit rate: the share of the period's events inside them; PAI: hit rate / "
+                  "area share (1 = chance). Pooled over the periods (`stforecast/hotspots.py`).", "",
+                  markdown_table(crime[[c for c in HOTSPOT_SUMMARY if c in crime]])]
+    lines += ["", "## DSTPP against the best baseline", ""]
     for name, info in record["per_catalog"].items():
         gap = info.get("gap")
         if gap:

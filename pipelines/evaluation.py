@@ -72,12 +72,14 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
                      max_targets: int | None = 1000, samples: int = SCORE_SAMPLES, sampling: Sampling = DEFAULT,
                      seed: int = 0, bound_repeats: int = 4, out_dir: Path | None = None,
                      baseline_fit_events: int | None = None, hdr_events: int = HDR_EVENTS, log=print,
-                     progress: bool = False) -> Evaluation:
+                     progress: bool = False, hotspot_periods: int = 60, hotspot_samples: int = 500) -> Evaluation:
     """Score ``model`` (any loaded :class:`~stforecast.models.base.Forecaster`, or None) and the baselines on
     ``split`` of ``catalog`` (an IngestedCatalog, folder or name). ``baselines``: names, fitted here by
     :func:`fit_catalog_baselines`, or what it returned before (name → Forecaster), scored as they are: a benchmark
     fits each catalog's baselines once for its validation ablations and its test scores. Every model is offered
-    the validation events to calibrate on (DSTPP's bound variances)."""
+    the validation events to calibrate on (DSTPP's bound variances). On a crime catalog the rows also hold the hit
+    rate and PAI of each model's hotspots (:mod:`stforecast.hotspots`: ``hotspot_periods`` days and weeks of the
+    split, ``hotspot_samples`` draws per forecast; 0 periods: not scored)."""
     from stforecast.evaluate import evaluate_next_event, next_event_targets, plot_reliability
     from stforecast.ingested import as_catalog
 
@@ -98,6 +100,12 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
         f"{n_hdr:,} of them) ...")
     table, curves = evaluate_next_event(targets, events, models, n=samples, seed=seed, calibration=calibration,
                                         hdr_events=hdr_events, progress=progress)
+    if catalog.kind == "crime" and continuous and hotspot_periods > 0:
+        from stforecast.hotspots import hotspot_scores
+
+        log(f"hit rate and PAI of every model's hotspots on up to {hotspot_periods} days and weeks ...")
+        hot = hotspot_scores(catalog, models, split, max_periods=hotspot_periods, samples=hotspot_samples, seed=seed)
+        table = table.merge(hot, on="model", how="left")
     table["sampling"] = sampling.describe()
     table["hdr_events"] = n_hdr
     table.insert(0, "catalog", catalog.name)
@@ -113,7 +121,8 @@ def evaluate_catalog(catalog, model=None, baselines=tuple(BASELINES), split: str
               "ODE, joint only; `nll_bound` is DSTPP's variational upper bound, `nll_ode_solver_error` the change "
               "when the ODE tolerance is halved). Lower is better except coverage (nominal "
               f"0.5/0.8/0.95). Reliability diagram: `reliability.png`. Samplers: {describe}; the "
-              f"location coverage (`cover_xy_*`) is computed on the first {n_hdr:,} events (a KDE per event).\n\n")
+              f"location coverage (`cover_xy_*`) is computed on the first {n_hdr:,} events (a KDE per event)."
+              + (f" Catalog: {catalog.dequantised}." if catalog.dequantised else "") + "\n\n")
     text = header + markdown_table(table) + "\n"
     if not continuous and "paper_nll_dt_scaled" in table and table["paper_nll_dt_scaled"].notna().any():
         text += "\n" + paper_comparison(table) + "\n"
@@ -224,6 +233,9 @@ def print_scores(console, ev) -> None:
     if "nll_magnitude" in ev.table and ev.table["nll_magnitude"].notna().any():  # earthquake catalogs
         cols.insert(4, "nll_magnitude")
         labels.insert(4, "NLL mag")
+    if "pai_day_5" in ev.table and ev.table["pai_day_5"].notna().any():  # crime catalogs: the hotspot measures
+        cols += ["hit_day_5", "pai_day_5", "pai_week_5"]
+        labels += ["hit 5% day", "PAI 5% day", "PAI 5% week"]
     for label in labels:
         view.add_column(label, justify="right")
     for _, row in ev.table.iterrows():

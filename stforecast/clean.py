@@ -91,6 +91,29 @@ def add_keys(events: pd.DataFrame) -> pd.DataFrame:
     return events
 
 
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """A well-mixed uint64 of each uint64 (SplitMix64's finaliser): a counter-free, order-free random stream."""
+    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dequantise(events: pd.DataFrame, cell: dict) -> pd.DataFrame:
+    """Each location moved uniformly within ± half its ``cell`` ({"x": dx, "y": dy}, the events' coordinate units):
+    the continuous locations a grid-snapped source rounded. The offsets are drawn from each row's content hash
+    (``_hash``, :func:`add_keys`), so they do not depend on chunking or order and exact duplicates move together."""
+    if not cell or events.empty:
+        return events
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
+        a = _splitmix64(events["_hash"].to_numpy(np.uint64))
+        b = _splitmix64(a)
+    unit = 2.0 ** -64
+    events["x"] = events["x"].to_numpy(float) + (a.astype(np.float64) * unit - 0.5) * float(cell["x"])
+    events["y"] = events["y"].to_numpy(float) + (b.astype(np.float64) * unit - 0.5) * float(cell["y"])
+    return events
+
+
 def _repeats(events: pd.DataFrame, key: str, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Rows whose ``key`` hash repeats an earlier row's *and* whose ``cols`` are equal to it (so a hash collision
     can never drop an event). Returns (mask, index of the first row)."""

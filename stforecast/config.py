@@ -103,9 +103,27 @@ class IngestConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     spikes: SpikeConfig = field(default_factory=SpikeConfig)
     download: dict[str, Any] = field(default_factory=dict)  # {"service": "fdsn"|"socrata", ...query}
+    # {"x": dx, "y": dy} in the source's coordinate units (degrees for longitude/latitude): each location is moved
+    # uniformly within ± half its cell, the source's stated precision, so that coordinates snapped to a grid (block-
+    # level crime geocoding) have no exact repeats on which a continuous density is unbounded. Seeded by each row's
+    # content: the same rows give the same output, and exact duplicates stay duplicates. Empty: off.
+    dequantise: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dequantise:
+            if set(self.dequantise) != {"x", "y"}:
+                raise ValueError(f"catalog {self.name}: dequantise needs exactly the keys x and y (the cell size of each "
+                                 f"coordinate in the source's units), not {sorted(self.dequantise)}")
+            for axis, size in self.dequantise.items():
+                if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size <= 1e6:
+                    raise ValueError(f"catalog {self.name}: dequantise.{axis} must be a positive cell size in the "
+                                     f"source's coordinate units, not {size!r}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not out["dequantise"]:
+            del out["dequantise"]  # off: the same settings hash (and so no re-ingestion) as before the option existed
+        return out
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)

@@ -139,6 +139,11 @@ class IngestedCatalog:
         return self.manifest["name"]
 
     @property
+    def kind(self) -> str:
+        """What the catalog records: earthquakes, crime, spikes or table."""
+        return self.manifest["kind"]
+
+    @property
     def input_hash(self) -> str:
         return self.manifest["input_hash"]
 
@@ -191,6 +196,13 @@ class IngestedCatalog:
         self.require_continuous(f"the start of the {split} split")
         return float(self.manifest["split"]["model_time"][f"{split}_start"])
 
+    def split_end(self, split: str) -> float:
+        """Model time where ``split`` ends (the next split's start, or the catalog's end)."""
+        following = {"history": "train", "train": "val", "val": "test", "test": "end"}[split]
+        key = "end" if following == "end" else f"{following}_start"
+        self.require_continuous(f"the end of the {split} split")
+        return float(self.manifest["split"]["model_time"][key])
+
     # ------------------------------------------------------------------------------------------ events
     @functools.cached_property
     def events(self) -> pd.DataFrame:
@@ -219,6 +231,17 @@ class IngestedCatalog:
     def train_events(self) -> pd.DataFrame:
         """Events before the validation start (what baselines are fitted on)."""
         return self.before(self.split_start("val"))
+
+    @property
+    def dequantised(self) -> str:
+        """How the ingestion spread grid-snapped locations ("" when it did not): for every table that scores this
+        catalog, since a continuous density on exact repeats is unbounded."""
+        cell = self.manifest["config"].get("dequantise") or {}
+        if not cell:
+            return ""
+        unit = "°" if self.units.geographic else " source units"
+        return (f"locations dequantised at ingestion: moved uniformly within their source cell of "
+                f"{cell['x']:g}{unit} x {cell['y']:g}{unit} (the source's stated precision), the same for every model")
 
     def completeness(self) -> float | None:
         """The magnitude above which the catalog counts as complete for the baselines: its ingestion threshold,

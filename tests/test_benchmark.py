@@ -58,6 +58,17 @@ def test_quick_benchmark_on_the_three_primary_catalogs(tmp_path, monkeypatch, ca
         assert record["per_catalog"][name]["test_targets"] == 40
         assert (out / name / "reliability.png").exists()
     assert record["per_catalog"]["chicago"]["units"] == ["hours", "m"]
+    # Chicago's block-snapped places are spread within their cell for every model, and every table says so
+    assert "dequantised" in record["per_catalog"]["chicago"]["dequantised"] and not record["per_catalog"]["japan"][
+        "dequantised"]
+    md = (out / "benchmark.md").read_text()
+    assert "- chicago: locations dequantised at ingestion" in md
+    # and its own measures: hit rate and PAI of every model's hotspots, per day and week (none on other catalogs)
+    crime = table[table.catalog == "chicago"].set_index("model")
+    assert crime[["hit_day_1", "pai_day_5", "hit_week_5", "pai_week_1"]].notna().all().all()
+    assert (crime["hotspot_days"] == 4).all() and table.loc[table.catalog != "chicago", "pai_day_5"].isna().all()
+    assert ((crime["hit_day_5"] >= 0) & (crime["hit_day_5"] <= 1)).all() and "## Hotspots (crime catalogs)" in md
+    assert "dequantised at ingestion" in (out / "chicago" / "next_event.md").read_text()
     md = (out / "benchmark.md").read_text()
     assert "| japan | etas |" in md and "## DSTPP against the best baseline" in md and "## Ensemble of DSTPP" in md
     import mlflow

@@ -111,7 +111,8 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
                 first = 1
                 for c in tables.plan_chunks(path, blocksize, spec.sep, spec.encoding):
                     parts.append(delayed(parse_table_chunk)(c, first, spec, cfg.name, cfg.filters, window,
-                                                            time_range, origin, cfg.time_unit, names[role]))
+                                                            time_range, origin, cfg.time_unit, names[role],
+                                                            cfg.dequantise))
                     first = delayed(operator.add)(first, delayed(tables.count_rows)(c))  # rows before the next chunk
             columns = {"time_col": spec.time_col, "id_col": spec.id_col, "line_offset": None if parquet_only else 1}
         train_range = (bounds_t["train_start"], bounds_t["val_start"]) if not given else (None, None)

@@ -7,21 +7,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from stforecast.clean import add_keys, apply_filters, geographic, project, projection_for, to_model_time
+from stforecast.clean import (add_keys, apply_filters, dequantise, geographic, project, projection_for,
+                              to_model_time)
 from stforecast.config import IngestConfig
 from stforecast.io import tables
 from stforecast.sequences import SPLITS
 
 
 # Each function below is one node of the graph; a chunk's events stay on its worker until `finish` needs them.
-def parse_table_chunk(chunk, first_row, spec, source, filters, window, time_range, origin, time_unit, name):
-    """Worker task: parse, validate, filter and key one chunk → (events, rejects, rows_read)."""
+def parse_table_chunk(chunk, first_row, spec, source, filters, window, time_range, origin, time_unit, name,
+                      cell: dict | None = None):
+    """Worker task: parse, validate, filter and key one chunk → (events, rejects, rows_read). ``cell``: the
+    catalog's ``dequantise`` setting (locations spread within their source cell, after the filters saw them)."""
     events, rejects = tables.read_chunk(chunk, first_row, spec, source, name)
     n_read = len(events) + int(rejects["row"].nunique())  # read_chunk's rejects are invalid rows, one or more each
     kept, filtered = apply_filters(events, filters, window, time_range,
                                    line_offset=None if chunk.kind == "parquet" else 1)
     kept["t"] = to_model_time(kept["time"], origin, time_unit, spec.time_unit or "seconds")
-    return add_keys(kept), pd.concat([rejects, filtered], ignore_index=True), n_read
+    return dequantise(add_keys(kept), cell), pd.concat([rejects, filtered], ignore_index=True), n_read
 
 
 def read_spike_task(inputs, cfg: IngestConfig, time_range, origin):
