@@ -99,7 +99,13 @@ def load_jobs(path=None) -> tuple[list[Job], Path]:
 
 
 def model_identity(model: str) -> str:
-    """A file's SHA-256 (so a retrained checkpoint at the same path counts as new), or the URI itself."""
+    """A file's SHA-256 (so a retrained checkpoint at the same path counts as new), or the URI itself; an
+    ensemble's is its members' identities."""
+    from stforecast.registry import ENSEMBLE_PREFIX, ensemble_members
+
+    members = ensemble_members(model)
+    if members:
+        return ENSEMBLE_PREFIX + "+".join(model_identity(m) for m in members)
     p = Path(model)
     if "://" not in model and p.is_file():
         return "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()

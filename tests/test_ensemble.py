@@ -122,6 +122,11 @@ def test_an_ensemble_on_the_command_line_is_fitted_on_validation_and_reported(ri
     assert 0 < model.fitted_on <= n_val and sum(model.weights.values()) == pytest.approx(1)
     assert model.validation["ensemble"] <= min(model.validation["poisson_kde"], model.validation["hawkes"]) + 1e-6
     assert model_label(f"ensemble:{ckpt}+etas") == "ensemble-dstpp-run-etas"
+    from pipelines.batch_forecast import model_identity
+
+    # a batch job with an ensemble reruns when a member's checkpoint changes
+    assert model_identity(f"ensemble:{ckpt}+etas") == f"ensemble:{model_identity(str(ckpt))}+etas"
+    assert model_identity(str(ckpt)).startswith("sha256:")
     assert main(["report", "--data", str(r.out_dir), "--model", "ensemble:poisson_kde+hawkes", "--at", "2019-07-12",
                  "--horizon", "6h", "--samples", "200", "--simulations", "5", "--no-track",
                  "--out", str(tmp_path / "rep")]) == 0

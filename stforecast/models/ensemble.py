@@ -158,7 +158,7 @@ class Ensemble(Forecaster):
     def describe(self) -> str:
         weights = " + ".join(f"{w:.3f} {k}" for k, w in self.weights.items())
         how = (f"weights by maximum likelihood on {self.fitted_on:,} validation events" if self.fitted_on
-               else "equal weights, not fitted")
+               else "equal weights until fitted on validation events")
         return f"ensemble ({weights}; {how})"
 
     def state(self) -> dict:
