@@ -122,14 +122,20 @@ def cells(kind: str, spec: dict) -> list:
            + (", and **ETAS**, the seismologists' standard (aftershock productivity grows with magnitude)"
               if kind == "earthquakes" else "") +
            ". Lower is better for the likelihood (NLL), CRPS and energy score; coverage should match its nominal "
-           "level. DSTPP's NLL is the exact density of its probability-flow ODE (the distribution its samples come from)."),
+           "level. DSTPP's NLL is the exact density of its probability-flow ODE (the distribution its samples come from)."
+           + (" On a crime catalog the table adds the field's own measures: the hit rate and predictive accuracy "
+              "index (PAI) of each model's hotspots, the top 5 % of the 150 m cells where crime is recorded, per "
+              "forecast day and week." if kind == "crime" else "")),
         code("from pipelines.evaluation import evaluate_catalog\n\n"
              "ev = evaluate_catalog(ingested.out_dir, model, ('poisson_kde', 'hawkes', 'etas'), 'test', TARGETS,\n"
              "                      SAMPLES, Sampling(tolerance=1e-2 if QUICK else 1e-4), bound_repeats=1 if QUICK else 4,\n"
-             "                      out_dir=WORK / 'eval',\n"
+             "                      out_dir=WORK / 'eval', hotspot_periods=4 if QUICK else 60,\n"
+             "                      hotspot_samples=50 if QUICK else 500,\n"
              "                      baseline_fit_events=1500 if QUICK else None, log=lambda *a: None)\n"
              "cols = ['model', 'nll_joint', 'nll_dt', 'nll_xy', 'crps_dt', 'energy_xy', 'cover_dt_80', 'cover_xy_80', "
-             "'nll_kind']\nev.table[cols].round(3)"),
+             "'nll_kind']\n"
+             "cols += [c for c in ('hit_day_5', 'pai_day_5', 'pai_week_5') if c in ev.table]  # crime: hotspot measures\n"
+             "ev.table[cols].round(3)"),
         code("display(Image(filename=str(WORK / 'eval' / 'reliability.png')))"),
         md(f"## 5. The forecast on a map\n\n{spec['story']} Shaded: the regions holding 50/80/95 % of the forecast; "
            "dots: recent observed events; green: what actually happened (when the forecast time is inside the "

@@ -27,4 +27,5 @@ def test_notebook_runs(name, monkeypatch, tmp_path):
     assert len(images) >= 3  # the overview, the forecast, the reliability diagram and the grid
     text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
     assert "hawkes" in text and "expected_events" in text
+    assert ("pai_day_5" in text) == (name == "crime")  # the crime field's hotspot measures, on crime only
     assert os.environ["STFORECAST_QUICK"] == "1"
