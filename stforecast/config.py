@@ -111,6 +111,12 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         if self.dequantise:
+            if not isinstance(self.dequantise, dict):
+                raise ValueError(f"catalog {self.name}: dequantise must be a table {{ x = dx, y = dy }} (the cell size "
+                                 f"of each coordinate in the source's units), not {self.dequantise!r}")
+            if self.format == "spikes":
+                raise ValueError(f"catalog {self.name}: dequantise applies to tables of events; a recording's "
+                                 "locations are the animal's interpolated position, not snapped to a grid")
             if set(self.dequantise) != {"x", "y"}:
                 raise ValueError(f"catalog {self.name}: dequantise needs exactly the keys x and y (the cell size of each "
                                  f"coordinate in the source's units), not {sorted(self.dequantise)}")

@@ -66,6 +66,9 @@ class HotspotGrid:
         """Flat cell index of each location (..., 2); -1 outside the grid."""
         ix = np.floor((xy[..., 0] - self.x0) / self.cell)
         iy = np.floor((xy[..., 1] - self.y0) / self.cell)
+        # a point on the grid's far edge (the region's, when its width is a whole number of cells) is in its last cell
+        ix = np.where((ix == self.nx) & (xy[..., 0] <= self.x0 + self.nx * self.cell), self.nx - 1, ix)
+        iy = np.where((iy == self.ny) & (xy[..., 1] <= self.y0 + self.ny * self.cell), self.ny - 1, iy)
         inside = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
         return np.where(inside, iy * self.nx + ix, -1).astype(np.int64)
 
@@ -94,8 +97,9 @@ def hit_rate_pai(scores: np.ndarray, counts: np.ndarray, study: np.ndarray, shar
 
 
 def period_starts(catalog, split: str, hours: float, max_periods: int) -> np.ndarray:
-    """Starts (model time) of the whole periods of ``hours`` inside ``split``, counted from the model time origin
-    (local midnight of the catalog's first day), at most ``max_periods`` of them, evenly spread."""
+    """Starts (model time) of the whole periods of ``hours`` inside ``split``, counted in elapsed hours from the
+    model time origin (the local midnight the catalog starts at: in the other half of the year, with daylight
+    saving time, days start at 01:00 local), at most ``max_periods`` of them, evenly spread."""
     per_hour = 3600.0 / SECONDS_PER[catalog.units.time_unit]
     length = hours * per_hour
     lo, hi = catalog.split_start(split), catalog.split_end(split)

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from stforecast.region import Region
@@ -197,11 +198,15 @@ class IngestedCatalog:
         return float(self.manifest["split"]["model_time"][f"{split}_start"])
 
     def split_end(self, split: str) -> float:
-        """Model time where ``split`` ends (the next split's start, or the catalog's end)."""
+        """Model time where ``split`` ends: the next split's start, or the catalog's ``end`` (just after its last
+        event where the settings leave the end open)."""
         following = {"history": "train", "train": "val", "val": "test", "test": "end"}[split]
         key = "end" if following == "end" else f"{following}_start"
         self.require_continuous(f"the end of the {split} split")
-        return float(self.manifest["split"]["model_time"][key])
+        value = self.manifest["split"]["model_time"].get(key)
+        if value is None:
+            return float(np.nextafter(self.events["t"].max(), np.inf))
+        return float(value)
 
     # ------------------------------------------------------------------------------------------ events
     @functools.cached_property

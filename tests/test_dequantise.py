@@ -54,6 +54,12 @@ def test_an_ingested_catalog_has_no_repeated_places_and_says_so(settings, tmp_pa
     small = run_ingest(cfg_for(path, dequantise={"x": 1e-4, "y": 1e-4}), settings, out_root=tmp_path / "c",
                        progress=False, blocksize=2000)
     pd.testing.assert_frame_equal(IngestedCatalog(small.out_dir, small.manifest).events, b.events)
+    # the test split ends at the configured end, or just after the last event where the settings leave it open
+    assert b.split_end("test") == b.manifest["split"]["model_time"]["end"] and b.split_end("val") == b.split_start(
+        "test")
+    split = {**b.manifest["split"], "model_time": {**b.manifest["split"]["model_time"], "end": None}}
+    open_end = IngestedCatalog(b.folder, {**b.manifest, "split": split})
+    assert open_end.split_end("test") == np.nextafter(b.events["t"].max(), np.inf)
 
 
 @pytest.mark.parametrize("cell, words", [({"x": 1e-4}, "exactly the keys x and y"),
@@ -62,3 +68,8 @@ def test_an_ingested_catalog_has_no_repeated_places_and_says_so(settings, tmp_pa
 def test_a_bad_dequantise_setting_is_named(cell, words):
     with pytest.raises(ValueError, match=words):
         build_config("t", {"kind": "crime", "dequantise": cell})
+
+
+def test_dequantise_is_for_tables_not_recordings():
+    with pytest.raises(ValueError, match="dequantise applies to tables of events"):
+        build_config("t", {"kind": "spikes", "format": "spikes", "dequantise": {"x": 1.0, "y": 1.0}})

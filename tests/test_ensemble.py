@@ -144,3 +144,37 @@ def test_a_malformed_ensemble_is_one_clear_error(ridgecrest_tiny, spec, tmp_path
                  "--no-track", "--out", str(tmp_path / "rep")]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "two or more models joined by '+'" in err[0] and not (tmp_path / "rep").exists()
+
+
+class Plain(Toy):
+    """A member that forecasts no mark (as Poisson x KDE and Hawkes)."""
+
+    def __init__(self, name, rate, centre):
+        super().__init__(name, rate, centre)
+        self.forecast_marks = ()
+
+    def forecast(self, histories):
+        dist = Gaussian(len(histories), self.rate, self.centre)
+        dist.sample = lambda n, rng, inner=dist.sample: Samples(inner(n, rng).events, {})
+        return dist
+
+
+def test_draws_carry_the_marks_every_member_forecasts_and_simulation_needs_them_all():
+    reader = Toy("reader", 1.0, [0, 0])
+    reader.mark_names = ("magnitude",)  # reads magnitudes from its history, as ETAS
+    ens = Ensemble({"reader": reader, "plain": Plain("plain", 2.0, [5, 0])}, {"reader": 0.5, "plain": 0.5})
+    assert ens.forecast_marks == ()
+    keys = {tuple(ens.forecast(histories(3)).sample(4, np.random.default_rng(i)).marks) for i in range(20)}
+    assert keys == {()}  # the same keys whoever drew
+    with pytest.raises(ValueError, match=r"cannot simulate catalogs: its members read \['magnitude'\].*\['plain'\]"):
+        next(ens.simulate_catalogs(np.array([0.0]), np.zeros((1, 2)), {"magnitude": np.array([3.0])}, 1.0, 2,
+                                   np.random.default_rng(0)))
+
+
+def test_events_a_member_cannot_score_are_left_out_of_the_fit_and_a_weightless_member_is_not_read():
+    joint = np.array([[1.0, 2.0, np.nan, 1.5], [3.0, -np.inf, 2.0, 1.0]])
+    w = fit_weights(joint)  # fitted on events 0 and 3 only
+    assert w == pytest.approx(fit_weights(joint[:, [0, 3]]))
+    assert mixture_nll(np.array([[1.0, 2.0], [np.nan, np.nan]]), np.array([1.0, 0.0])) == pytest.approx([1.0, 2.0])
+    with pytest.raises(ValueError, match="at least one validation event"):
+        fit_weights(np.array([[np.nan], [1.0]]))

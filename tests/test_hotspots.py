@@ -102,3 +102,8 @@ def test_periods_are_whole_days_of_the_split_evenly_spread():
     few = period_starts(catalog, "test", 24.0, 5)
     assert len(few) == 5 and few[0] == days[0] and few[-1] == days[-1] and set(few) <= set(days)
     assert len(period_starts(catalog, "test", 168.0, 1000)) == 10  # whole weeks only
+
+
+def test_a_point_on_the_far_edge_of_the_region_is_in_the_last_cell():
+    grid = HotspotGrid(0.0, 0.0, 150.0, 20, 20, np.ones(400, dtype=bool))
+    assert list(grid.index(np.array([[3000.0, 3000.0], [0.0, 0.0], [3000.1, 10.0], [-0.1, 10.0]]))) == [399, 0, -1, -1]

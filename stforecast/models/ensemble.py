@@ -21,48 +21,59 @@ from scipy.special import logsumexp
 from stforecast.models.base import NLL, Forecaster, Histories, NextEvent, Samples
 from stforecast.sampling import Sampling
 
-#: EM stops when no weight moves by more than this (or after MAX_ITERATIONS)
-TOLERANCE = 1e-7
+#: EM stops when the mean validation log-likelihood gains less than this per step (or after MAX_ITERATIONS)
+TOLERANCE = 1e-10
 MAX_ITERATIONS = 5000
+
+
+def usable_events(joint_nll: np.ndarray) -> np.ndarray:
+    """(H,) True on the events every member scored: a NaN NLL (a failed solve) or −inf (an infinite density, a
+    degenerate member) cannot be weighed; +inf (zero density) can."""
+    joint_nll = np.asarray(joint_nll, dtype=float)
+    return ~(np.isnan(joint_nll) | np.isneginf(joint_nll)).any(0)
 
 
 def fit_weights(joint_nll: np.ndarray) -> np.ndarray:
     """Maximum-likelihood mixture weights (M,) from the members' per-event joint NLLs ``joint_nll`` (M, H) on the
-    same H validation events: EM from equal weights. Members whose density is zero on an event (NLL +inf) get no
-    responsibility there."""
+    same H validation events (those of :func:`usable_events`): EM from equal weights, until the mean
+    log-likelihood gains less than :data:`TOLERANCE` per step. Members whose density is zero on an event (NLL
+    +inf) get no responsibility there."""
     log_p = -np.asarray(joint_nll, dtype=float)
+    log_p = log_p[:, usable_events(joint_nll)]
     M, H = log_p.shape
     if H == 0:
-        raise ValueError("fitting ensemble weights needs at least one validation event")
-    if np.isnan(log_p).any():
-        raise ValueError("a member's validation NLL is NaN: its likelihood cannot be mixed")
+        raise ValueError("fitting ensemble weights needs at least one validation event every member can score")
     w = np.full(M, 1.0 / M)
+    before = -np.inf
     for _ in range(MAX_ITERATIONS):
         with np.errstate(divide="ignore"):
             log_joint = np.log(w)[:, None] + log_p  # (M, H)
         total = logsumexp(log_joint, axis=0)  # (H,)
         if not np.isfinite(total).all():
             raise ValueError("every member gives some validation event zero density: the ensemble cannot score it")
-        new = np.exp(log_joint - total).mean(1)
-        done = np.abs(new - w).max() < TOLERANCE
-        w = new
-        if done:
+        w = np.exp(log_joint - total).mean(1)
+        gain, before = total.mean() - before, total.mean()
+        if gain < TOLERANCE:
             break
     return w / w.sum()
 
 
 def mixture_nll(joint_nll: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(H,) NLL of the mixture from the members' (M, H) joint NLLs and weights (M,)."""
-    with np.errstate(divide="ignore"):
-        return -logsumexp(np.log(np.asarray(weights, float))[:, None] - np.asarray(joint_nll, float), axis=0)
+    """(H,) NLL of the mixture from the members' (M, H) joint NLLs and weights (M,). A member of weight 0 takes no
+    part (its NLL, even NaN, is not read); NaN where a weighted member's NLL is NaN."""
+    weights = np.asarray(weights, float)
+    used = weights > 0
+    return -logsumexp(np.log(weights[used])[:, None] - np.asarray(joint_nll, float)[used], axis=0)
 
 
 class EnsembleNextEvent(NextEvent):
     """The mixture's next event after each of ``H`` histories: ``members`` the members' NextEvents, ``weights`` (M,)."""
 
-    def __init__(self, members: list[NextEvent], weights: np.ndarray, size: int, names: list[str] | None = None):
+    def __init__(self, members: list[NextEvent], weights: np.ndarray, size: int, names: list[str] | None = None,
+                 marks: tuple = ()):
         self.members, self.weights, self.size = members, np.asarray(weights, float), size
         self.names = names or [f"member {i + 1}" for i in range(len(members))]
+        self.marks = tuple(marks)  # the marks every member forecasts: each draw carries them, whoever drew it
         exact = all(m.kind in ("exact", "exact-ode") for m in members)
         self.kind = ("exact-ode" if any(m.kind == "exact-ode" for m in members) else "exact") if exact else "bound"
 
@@ -84,13 +95,11 @@ class EnsembleNextEvent(NextEvent):
             h, j = np.nonzero(mine)
             events[h, j] = s.events[h, rank[h, j]]
             drawn.append((s, h, j, rank[h, j]))
-        # a mark survives where every member that drew forecasts it
-        names = set.intersection(*[set(d[0].marks) for d in drawn if d is not None]) if any(drawn) else set()
-        marks = {k: np.full((H, n), np.nan) for k in names}
+        marks = {k: np.full((H, n), np.nan) for k in self.marks}
         for d in drawn:
             if d is not None:
                 s, h, j, r = d
-                for k in names:
+                for k in self.marks:
                     marks[k][h, j] = s.marks[k][h, r]
         return Samples(events, marks)
 
@@ -119,10 +128,15 @@ class Ensemble(Forecaster):
         self.weights = {k: 1.0 / len(members) for k in members} if weights is None else {
             k: float(weights[k]) for k in members}
         self.fitted_on = 0  # validation events the weights were fitted on (0: equal weights)
+        self.unusable = 0  # validation events left out of the fit: a member's NLL was NaN or -inf
         self.validation = {}  # name → mean validation NLL (nats/event) of each member and of the mixture
         self.context = max(m.context for m in self.members.values())
         self.mark_names = tuple(sorted({k for m in self.members.values() for k in m.mark_names}))
-        self.forecast_marks = tuple(sorted(set.intersection(*[set(m.forecast_marks) for m in members.values()])))
+
+    @property
+    def forecast_marks(self) -> tuple:
+        """The marks every member forecasts (a member's may depend on its sampling settings, hence a property)."""
+        return tuple(sorted(set.intersection(*[set(m.forecast_marks) for m in self.members.values()])))
 
     def _twin(self, change) -> "Ensemble":
         twin = copy.copy(self)
@@ -139,7 +153,8 @@ class Ensemble(Forecaster):
 
     def forecast(self, histories: Histories) -> EnsembleNextEvent:
         return EnsembleNextEvent([m.forecast(histories.newest(m.context)) for m in self.members.values()],
-                                 np.array(list(self.weights.values())), len(histories), list(self.members))
+                                 np.array(list(self.weights.values())), len(histories), list(self.members),
+                                 self.forecast_marks)
 
     def calibrate(self, histories: Histories, truth: np.ndarray) -> None:
         """Members calibrate on the validation events, then the weights are fitted on them by maximum likelihood."""
@@ -147,9 +162,23 @@ class Ensemble(Forecaster):
             m.calibrate(histories.newest(m.context), truth)
         joint = self.forecast(histories).member_nll(truth)
         self.weights = dict(zip(self.members, fit_weights(joint).tolist()))
-        self.fitted_on = len(truth)
+        usable = usable_events(joint)
+        self.fitted_on, self.unusable = int(usable.sum()), int((~usable).sum())
+        joint = joint[:, usable]
         mixed = mixture_nll(joint, np.array(list(self.weights.values())))
         self.validation = {**dict(zip(self.members, joint.mean(1).tolist())), "ensemble": float(mixed.mean())}
+
+    def simulate_catalogs(self, t, xy, marks, t_end, n, rng, **kwargs):
+        """The generic lock-step simulation through the mixture (each step draws from a member picked by weight).
+        Every mark a member reads from its history must be one every member forecasts, or the simulated events
+        would carry none for it (ETAS reads magnitudes; Poisson x KDE and Hawkes forecast none)."""
+        missing = sorted(set(self.mark_names) - set(self.forecast_marks))
+        if missing:
+            lacking = [k for k, m in self.members.items() if not set(missing) <= set(m.forecast_marks)]
+            raise ValueError(f"this ensemble cannot simulate catalogs: its members read {missing} from the history "
+                             f"but {lacking} forecast none; mix members that all forecast them (e.g. ETAS with a "
+                             "DSTPP trained with its magnitude head), or forecast the next event only")
+        yield from super().simulate_catalogs(t, xy, marks, t_end, n, rng, **kwargs)
 
     def take_clamped_share(self) -> float | None:
         shares = [s for s in (m.take_clamped_share() for m in self.members.values()) if s is not None]
@@ -159,6 +188,8 @@ class Ensemble(Forecaster):
         weights = " + ".join(f"{w:.3f} {k}" for k, w in self.weights.items())
         how = (f"weights by maximum likelihood on {self.fitted_on:,} validation events" if self.fitted_on
                else "equal weights until fitted on validation events")
+        if self.unusable:
+            how += f"; {self.unusable:,} left out, a member could not score them"
         return f"ensemble ({weights}; {how})"
 
     def state(self) -> dict:
