@@ -132,8 +132,9 @@ def test_the_models_import_nothing_from_the_baselines():
 
 def test_one_lockstep_simulator():
     """The step-by-step catalog simulator is written once (stforecast.models.simulate.lockstep); the generic and
-    DSTPP's simulations only give it their stepper. ETAS's branching process is the one other way to simulate."""
-    loops, implementations = [], {}
+    DSTPP's simulations only give it their stepper. ETAS's branching process is the one other way to simulate.
+    Any other ``simulate_catalogs`` may only check its inputs and hand over to ``super()`` (no loop of its own)."""
+    loops, implementations, delegating = [], {}, set()
     for name, path in modules().items():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -141,6 +142,11 @@ def test_one_lockstep_simulator():
                 calls = {getattr(c.func, "id", getattr(c.func, "attr", "")) for c in ast.walk(node)
                          if isinstance(c, ast.Call)}
                 implementations[f"{name}.{node.name}"] = calls
+                supers = [c for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                          and c.func.attr == "simulate_catalogs" and isinstance(c.func.value, ast.Call)
+                          and getattr(c.func.value.func, "id", "") == "super"]
+                if supers and not any(isinstance(n, (ast.For, ast.While)) for n in ast.walk(node)):
+                    delegating.add(f"{name}.{node.name}")
             if isinstance(node, ast.FunctionDef) and node.name == "lockstep":
                 loops.append(name)
     assert loops == ["stforecast.models.simulate"]
@@ -148,8 +154,9 @@ def test_one_lockstep_simulator():
     assert "lockstep" in implementations["stforecast.models.dstpp.simulation.simulate_catalogs"]
     others = {k for k in implementations if k.endswith(".simulate_catalogs")} - {
         "stforecast.models.base.simulate_catalogs", "stforecast.models.dstpp.simulation.simulate_catalogs",
-        "stforecast.baselines.etas.simulate_catalogs"}
+        "stforecast.baselines.etas.simulate_catalogs"} - delegating
     assert others == set()
+    assert "stforecast.models.ensemble.simulate_catalogs" in delegating  # a check of its members, then the generic
 
 
 def test_one_gutenberg_richter_sampler():
