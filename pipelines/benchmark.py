@@ -182,7 +182,8 @@ def run_benchmark(catalogs: list[str], *, quick: bool = False, config_path=None,
         baselines = fit_catalog_baselines(catalog, cfg["baselines"], cfg.get("baseline_fit_events"), log)
         if name in ablation_catalogs(cfg):
             record.setdefault("ablations", {})[name] = run_ablations(cfg, name, ingested, train_values, runs_dir,
-                                                                     out, track, device, progress, baselines, log)
+                                                                     out, track, device, progress, baselines, log,
+                                                                     catalog)
         scored = dict(baselines)
         if cfg["ensemble"] and baselines:
             from stforecast.models.ensemble import Ensemble
@@ -277,10 +278,10 @@ def ablation_catalogs(cfg: dict) -> list[str]:
 
 
 def run_ablations(cfg: dict, name: str, ingested, train_values: dict, runs_dir: Path, out: Path, track: bool,
-                  device: str, progress: bool, baselines: dict, log=print) -> list[dict]:
+                  device: str, progress: bool, baselines: dict, log, catalog) -> list[dict]:
     """Each ``[ablations]`` variant of DSTPP trained with ``train_values`` and its own model settings, scored with
-    the fitted ``baselines`` (name → Forecaster) on ``targets`` validation events (never test). Rows: variant,
-    exact and bound NLL, scores."""
+    the fitted ``baselines`` (name → Forecaster) on ``targets`` validation events (never test) of ``catalog`` (the
+    ingested one, opened once by the caller). Rows: variant, exact and bound NLL, scores."""
     from stforecast.checkpoints import load_model
 
     ab = asdict(AblationSettings(**typed_fields(AblationSettings, cfg["ablations"], "[ablations]")))
@@ -294,7 +295,7 @@ def run_ablations(cfg: dict, name: str, ingested, train_values: dict, runs_dir: 
         tc, result, _ = train_dstpp(values, ingested, runs_dir, name, track, device, progress)
         train_s = time.perf_counter() - t0
         model = load_model(Path(tc.out_dir) / "best.pt")
-        ev = evaluate_catalog(ingested.out_dir, model, {} if baselines_done else baselines, "val",
+        ev = evaluate_catalog(catalog, model, {} if baselines_done else baselines, "val",
                               ab["targets"], ab["samples"], benchmark_sampling(cfg), cfg["seed"], 1,
                               out_dir=out / name / "ablations" / variant, log=log,
                               hotspot_periods=cfg["hotspot_periods"], hotspot_samples=cfg["hotspot_samples"])

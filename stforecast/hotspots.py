@@ -126,8 +126,8 @@ def hotspot_scores(catalog, models: dict, split: str = "test", cell_m: float = C
     rows = {name: {"model": name} for name in models}
     for period, hours in PERIOD_HOURS.items():
         starts = period_starts(catalog, split, hours, max_periods)
-        starts = starts[np.searchsorted(t, starts) >= 1]  # a forecast needs a past
         index = np.searchsorted(t, starts)
+        starts, index = starts[index >= 1], index[index >= 1]  # a forecast needs a past
         ends = np.searchsorted(t, starts + hours * per_hour)
         counts = np.stack([grid.counts(xy[a:b]) for a, b in zip(index, ends)]) if len(starts) else np.zeros((0, 1))
         for name, model in models.items():

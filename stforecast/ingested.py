@@ -323,8 +323,6 @@ def as_catalog(catalog) -> IngestedCatalog:
 def unwrap_longitudes(lon, center: float | None):
     """Longitudes (array) shifted by whole turns into [center − 180, center + 180): a catalog across the antimeridian
     keeps continuous longitudes (179 and 181, not 179 and −179), so its polygons and views never wrap the globe."""
-    import numpy as np
-
     lon = np.asarray(lon, dtype=float)
     if center is None:
         return lon
