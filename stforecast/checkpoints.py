@@ -151,7 +151,8 @@ def describe_run(out: Path) -> str:
 #: otherwise size memory (d_model = 200000 asks for about 480 GB) or a schedule of a billion steps
 CONFIG_LIMITS = {"d_model": (1, 4096), "n_layers": (1, 64), "n_heads": (1, 64), "d_ff": (1, 65536),
                  "rnn_hidden": (0, 8192), "denoiser_width": (1, 8192), "denoiser_layers": (1, 64),
-                 "steps": (1, 10_000), "mark_components": (1, 64)}
+                 "steps": (1, 10_000), "mark_components": (1, 64), "parents": (0, 256),
+                 "background_events": (1, 1_000_000)}
 #: the state-dict key of the scaler's :class:`Statistics` (nn.Module's extra state)
 STATISTICS_KEY = "scaler._extra_state"
 
@@ -205,7 +206,12 @@ def checked_model_config(raw, state: dict, where: str) -> ModelConfig:
         raise ValueError(f"{where}: the checkpoint's model configuration is not valid JSON ({e.msg}); {advice}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{where}: the checkpoint's model configuration is not a table; {advice}")
-    cfg = ModelConfig(**typed_fields(ModelConfig, values, f"{where}: model configuration", "model."))
+    try:
+        cfg = ModelConfig(**typed_fields(ModelConfig, values, f"{where}: model configuration", "model."))
+    except ValueError as e:
+        if str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: {e}; {advice}") from None
     for key, (lo, hi) in CONFIG_LIMITS.items():
         value = getattr(cfg, key)
         if not lo <= value <= hi:

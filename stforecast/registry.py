@@ -37,7 +37,7 @@ REQUIRES = {"etas": ("magnitude",)}
 SELECT_ON_VALIDATION = ("etas",)
 #: bumped when a baseline's fitting rule changes (Hawkes and ETAS: the time cut-off; ETAS: kernel variants), so
 #: fits cached under the old rule are not reused
-FIT_RULES = {"hawkes": 2, "etas": 2}
+FIT_RULES = {"hawkes": 2, "etas": 3}
 DESCRIPTIONS = {"poisson_kde": "Poisson x KDE (no memory)", "hawkes": "spatio-temporal Hawkes",
                 "etas": "ETAS (Ogata 1998)", "dstpp": "DSTPP (diffusion)"}
 #: the classical model the demo sets beside DSTPP on an earthquake catalog (the reference of aftershock forecasting)

@@ -72,11 +72,18 @@ def build_model(cfg: ModelConfig, data: IngestedCatalog | str | os.PathLike,
         mc = float(marks.min())
         fitted.update(mark_center=float(marks.mean()), mark_scale=float(marks.std()) or 1.0, mark_mc=mc,
                       mark_b=float(aki_b_value(marks, mc)))
-    if cfg.location == "parent":  # Omori's c: a tenth of the typical (geometric-mean) waiting time
+    if cfg.location == "parent" or cfg.parents:  # Omori's c: a tenth of the typical (geometric-mean) waiting time
         fitted["parent_c"] = 0.1 * math.exp(catalog.normalisation["log_dt"]["mean"])
     scaler = Scaler.from_stats(catalog.normalisation, cfg.time_transform, cfg.range_margin, cfg.location,
                                cfg.location_scale, region, Statistics(**fitted))
-    return DSTPP(cfg, scaler)
+    model = DSTPP(cfg, scaler)
+    if cfg.parents:  # the background's places: the train split's target events (each event once), oldest first
+        if train_set is None or not train_set.predictable.any():
+            raise ValueError("a parent mixture (parents > 0) needs the train split's events for its background")
+        rows = np.flatnonzero(train_set.predictable)
+        order = np.argsort(train_set.t[rows], kind="stable")
+        model.mixture.fit_background(scaler, np.column_stack([train_set.x[rows], train_set.y[rows]])[order])
+    return model
 
 
 def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:

@@ -16,6 +16,7 @@ from stforecast.baselines.etas_kernel import _tied, omori_cutoff
 from stforecast.baselines.etas_simulation import simulate_etas
 from stforecast.baselines.hawkes import HawkesST, UniformBox, simulate_hawkes
 from stforecast.models.base import Histories
+from stforecast.models.marks import max_curvature_mc
 
 BOX = (0.0, 0.0, 20.0, 20.0)
 HAWKES = {"mu": 5.0, "alpha": 0.6, "beta": 0.5, "sigma": 0.4}  # ~120 events within the 1 % lag ln(100)/β ≈ 9.2
@@ -92,7 +93,7 @@ def test_the_fit_reads_the_same_past_as_the_next_event_densities_it_is_scored_wi
     model = _etas(params, variant, T, 3000)
     t_end = t[-1]
     data = {"t": t, "xy": xy, "dm_all": m - 3.0, "dm": m - 3.0, "n": len(t), "t_end": t_end, "period": t_end - t[0],
-            "span": t_end - t, "f0": np.exp(model.background.logpdf(xy))}
+            "span": t_end - t, "f0": np.exp(model.background.logpdf(xy)), "parent": np.ones(len(t))}  # all trigger
     fit_loglik = -model._objective(model.theta[list(FREE[variant])], variant, model._pairs(data, 3000, T), data)[0]
     lt, ls = model.next_event_logpdf(t, xy, m, np.arange(1, len(t)))
     kappa = params["A"] * np.exp(params["alpha"] * (m - 3.0))
@@ -173,6 +174,41 @@ def test_fits_round_trip_through_the_json_cache_and_the_registry_never_hands_ove
     assert fits["hawkes"].state()["cutoff"] is not None  # Hawkes: a finite lag, kept as a number
     etas = fits["etas"]
     assert etas.selected_on == f"validation ({int((split == 'val').sum())} events)"
-    assert set(etas.state()["validation_nll"]) == {"power-law", "power-law-alpha", "gaussian"}
-    assert etas.state()["variant"] == min(etas.validation, key=etas.validation.get) == "gaussian"
+    kernels = {"power-law", "power-law-alpha", "gaussian"}  # each with every event a parent, and (issue 22)
+    # with parents from the training magnitudes' maximum-curvature completeness (+ 0.2) only
+    estimate = max_curvature_mc(m[t < 3000.0])
+    assert estimate > 3.0 and set(etas.state()["validation_nll"]) == kernels | {
+        f"{k} / parents from M{estimate:g}" for k in kernels}
+    best = min(etas.validation, key=etas.validation.get)
+    assert best == etas.choice_name(etas.variant, etas.parent_mc) and etas.state()["variant"] == "gaussian"
     assert "gaussian spatial kernel" in etas.describe()
+
+
+def test_etas_chooses_a_parent_threshold_on_validation_and_small_events_trigger_nothing():
+    """Issue 22: a catalog where only events of M ≥ 3.6 trigger (all of M ≥ 3 are targets). Offered the thresholds
+    3.0 (every event a parent) and 3.6, the fit keeps 3.6 by its validation NLL and recovers the productivity; its
+    forecasts ignore parents below the threshold; the choice survives the JSON state."""
+    params = {"mu": 0.3, "A": 0.6, "alpha": 1.2, "c": 0.05, "p": 1.8, "D": 1.0, "q": 1.5, "gamma": 0.5}
+    t, xy, m = simulate_etas(params, 3.0, 1.0, ETAS_BOX, 8000.0, np.random.default_rng(17), parent_mc=3.6)
+    model = ETAS(3.0, background=ETAS_BOX, variants=("power-law",), parent_mcs=(3.0, 3.6)).fit(
+        t, xy, m, t_end=6000.0, t_start=0.0, val_end=8000.0)
+    assert set(model.validation) == {"power-law", "power-law / parents from M3.6"}
+    assert model.parent_mc == 3.6 and model.validation["power-law / parents from M3.6"] < model.validation["power-law"]
+    assert model.validation["power-law"] - model.validation["power-law / parents from M3.6"] > 0.05
+    for name, tolerance in (("A", 0.2), ("alpha", 0.2), ("p", 0.2), ("mu", 0.1)):
+        assert model.params[name] == pytest.approx(params[name], abs=tolerance * max(1.0, params[name]))
+    assert "parents M >= 3.6" in model.describe()  # (MLflow param names allow no ">=")
+    # the newest event's magnitude: below the threshold it triggers nothing, above it it does
+    i = 2000
+
+    def rate(newest_m: float) -> float:
+        m2 = m.copy()
+        m2[i - 1] = newest_m
+        h = Histories.from_stream(t, xy, np.array([i]), model.context, {"magnitude": m2})
+        return float(model.forecast(h).kappa.sum())
+
+    assert rate(3.1) == rate(3.5) < rate(3.7) < rate(5.0)
+    ETAS.check_state(json.loads(json.dumps(model.state())))
+    back = ETAS(3.0, background=ETAS_BOX).restore(model.state(), _frame(t, xy, m, np.where(t < 6000, "train", "val")),
+                                                  6000.0)
+    assert back.parent_mc == 3.6

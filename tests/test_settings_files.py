@@ -41,21 +41,22 @@ def test_every_settings_file_follows_the_one_layout():
 
 
 MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "rnn_hidden": 64, "steps": 200,
-         "time_features": False, "mark_inputs": False, "location": "bounded"}
+         "time_features": False, "mark_inputs": False, "location": "bounded", "parents": 0}
 QUICK_MODEL = {**MODEL, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "rnn_hidden": 16, "steps": 20}
-JAPAN_MODEL = {"time_features": True, "mark_inputs": True, "mark_head": True}
+JAPAN_MODEL = {"time_features": True, "mark_inputs": True, "mark_head": True, "parents": 8}  # issue 22: parents
+CHICAGO_MODEL = {"parents": 8, "parent_choice": "newest"}
 TRAIN = {"preset": "default", "epochs": 60, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1.0, "patience": 10,
          "seed": 1234}
 QUICK = {"epochs": 1, "max_steps": 8, "batch_size": 16}
 #: data/benchmark.toml's training settings per catalog before the one layout (they key the run folders)
 BENCHMARK_TRAIN = {
     ("japan", False): {**TRAIN, "model": {**MODEL, **JAPAN_MODEL}},
-    ("chicago", False): {**TRAIN, "epochs": 15, "patience": 5, "model": MODEL},
+    ("chicago", False): {**TRAIN, "epochs": 15, "patience": 5, "model": {**MODEL, **CHICAGO_MODEL}},
     ("wmaze", False): {**TRAIN, "model": MODEL},
     ("dstpp_japan", False): {**TRAIN, "preset": "paper", "epochs": 15, "batch_size": 16, "lr": 1e-3, "patience": 5,
                              "model": {}},
     ("japan", True): {**TRAIN, **QUICK, "model": {**QUICK_MODEL, **JAPAN_MODEL}},
-    ("chicago", True): {**TRAIN, **QUICK, "patience": 5, "model": QUICK_MODEL},
+    ("chicago", True): {**TRAIN, **QUICK, "patience": 5, "model": {**QUICK_MODEL, **CHICAGO_MODEL}},
     ("wmaze", True): {**TRAIN, **QUICK, "model": QUICK_MODEL},
     ("dstpp_japan", True): {**TRAIN, **QUICK, "preset": "paper", "lr": 1e-3, "patience": 5,
                             "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "rnn_hidden": 16,
@@ -96,7 +97,7 @@ def test_benchmark_and_batch_settings_as_before():
             quick["baseline_fit_events"]) == (40, 20, 1, 1e-2, 1500)
     assert (cfg["ablations"]["targets"], cfg["ablations"]["samples"], quick["ablations"]["targets"],
             quick["ablations"]["samples"]) == (300, 50, 10, 5)
-    assert len(quick["ablations"]["variants"]) == 8 and cfg["ablations"]["catalogs"] == ["japan", "wmaze"]
+    assert len(quick["ablations"]["variants"]) == 5 and cfg["ablations"]["catalogs"] == ["japan", "chicago", "wmaze"]
     assert quick["ablations"]["catalogs"] == ["wmaze"]  # CI's quick run: the two W-maze variants
     jobs, out = load_jobs()
     assert [(j.name, j.catalog, j.model, j.horizon, j.simulations, j.refresh) for j in jobs] == [

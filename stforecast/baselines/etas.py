@@ -19,6 +19,16 @@ the chosen variant and every variant's validation score are in :meth:`ETAS.state
 The power laws' q is bounded to (1, 3] (as q grows the power law tends to the Gaussian, which is a variant of its
 own: the choice is then between heavy and light tails).
 
+**Which events trigger (the parent threshold, issue 22).** Every event above ``mc`` is a target, but a catalog
+whose nominal Mc sits below its real completeness (Japan: nominal 2.5, magnitudes peaking at 4.3) records only some
+of the small events' offspring, so their productivity is not what κ(m) extrapolates. ``parent_mcs`` are the
+thresholds tried: only events of magnitude ≥ the threshold are parents (their productivity is fitted, and they
+alone trigger in forecasts and simulations), while the background and the triggered rate still predict every
+event above ``mc``, so every model is scored on the same targets. By default (``"estimate"``) :meth:`fit_events`
+offers ``mc`` and the training magnitudes' completeness by maximum curvature plus 0.2
+(:func:`~stforecast.models.marks.max_curvature_mc`), and the threshold is chosen on validation with the spatial
+kernel.
+
 **Which past counts (the time cut-off).** The parents P(t) of the interval after the newest event t_n are the past
 events whose Omori kernel still matters at t_n: age t_n − t_j ≤ T, where T leaves ε = ``cutoff_mass`` (1 %) of an
 event's offspring beyond it, (1 + T/c)^{1−p} = ε; plus a hard safety cap of the newest ``max_lag`` events (3,000,
@@ -61,7 +71,7 @@ from stforecast.baselines.kernels import (PILOT_LAG, PRUNE_DENSITY, PRUNE_TOLERA
                                           pair_blocks, parent_until, recent, stream_pairs, window_starts)
 from stforecast.baselines.poisson_kde import GaussianKDE2D
 from stforecast.models.base import MAX_RATE, Forecaster, Histories, check_number, chunk_within
-from stforecast.models.marks import aki_b_value
+from stforecast.models.marks import aki_b_value, max_curvature_mc
 
 class ETAS(Forecaster):
     name = "etas"
@@ -70,7 +80,7 @@ class ETAS(Forecaster):
     mark_names = ("magnitude",)  # its histories carry magnitudes; its samples forecast them
 
     def __init__(self, mc: float, background: str | tuple = "kde", max_lag: int = 3000,
-                 variants: tuple = VARIANTS, cutoff_mass: float = 0.01):
+                 variants: tuple = VARIANTS, cutoff_mass: float = 0.01, parent_mcs: tuple | str = "estimate"):
         unknown = set(variants) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown ETAS variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
@@ -78,6 +88,12 @@ class ETAS(Forecaster):
         self.variants, self.cutoff_mass = tuple(variants), cutoff_mass
         self.context = max_lag
         self.variant, self.cutoff = self.variants[0], math.inf
+        # issue 22: the magnitude above which events trigger (parents); every event above ``mc`` is still a target.
+        # ``parent_mcs``: the thresholds tried, chosen on validation with the spatial kernel; "estimate": ``mc`` and
+        # the training magnitudes' completeness by maximum curvature (+ 0.2) where that is higher (fit_events)
+        self.parent_spec = parent_mcs
+        self.parent_mcs = (mc,) if parent_mcs == "estimate" else tuple(parent_mcs)
+        self.parent_mc = self.parent_mcs[0]
         self.validation, self.selected_on, self.summary = {}, "none", {}
         self.fit_info = {}  # the fit's diagnostics (etas_kernel.INFO), stored with its state
 
@@ -87,6 +103,8 @@ class ETAS(Forecaster):
         parent) when given; with the parents' compensator spans."""
         t = data["t"]
         i, j, r2 = stream_pairs(t, data["xy"], cap, horizon, radius2)
+        keep = data["parent"][j] > 0  # events below the parent threshold trigger nothing
+        i, j, r2 = i[keep], j[keep], r2[keep]
         return {"i": i, "dt": t[i] - t[j], "r2": r2, "dm": data["dm"][j]}
 
     @staticmethod
@@ -104,7 +122,7 @@ class ETAS(Forecaster):
         k = np.exp(math.log(A) + alpha * dm + math.log((p - 1) / c) - p * l1 + log_f)
         lam = mu * f0 + np.bincount(i, k, minlength=n) + 1e-300
         # compensator: κ_j G(t_end − t_j), G the Omori CDF: each event's whole offspring mass until t_end
-        kappa = A * np.exp(alpha * data["dm_all"])
+        kappa = A * np.exp(alpha * data["dm_all"]) * data["parent"]
         span = data["span"]
         log1_span = np.log1p(span / c)
         surv = np.exp((1 - p) * log1_span)
@@ -142,11 +160,13 @@ class ETAS(Forecaster):
         t, xy, dm, n = data["t"], data["xy"], data["dm_all"], data["n"]
         trig = np.zeros(n)
         for i, j in pair_blocks(window_starts(t, self.max_lag, horizon)):
+            keep = data["parent"][j] > 0
+            i, j = i[keep], j[keep]
             d = dm[j]
             log_f, _, _ = log_spatial(((xy[i] - xy[j]) ** 2).sum(1), 2 * math.log(D) + gamma * d, q, variant)
             trig += np.bincount(i, np.exp(math.log(A) + alpha * d + math.log((p - 1) / c)
                                           - p * np.log1p((t[i] - t[j]) / c) + log_f), minlength=n)
-        comp = A * np.exp(alpha * dm) * (1 - (1 + data["span"] / c) ** (1 - p))
+        comp = A * np.exp(alpha * dm) * data["parent"] * (1 - (1 + data["span"] / c) ** (1 - p))
         return float(np.log(mu * data["f0"] + trig + 1e-300).sum() - mu * data["period"] - comp.sum())
 
     def _fit_variant(self, variant, data, start) -> dict:
@@ -175,11 +195,11 @@ class ETAS(Forecaster):
         mu, A, alpha, c, p, D, q, gamma = _unpack(theta)
         lo = window_starts(data["t"], data["n"], horizon)
         # the share of the offspring mass the fit charged whose rate the windows leave out (cut-off and cap)
-        kappa = A * np.exp(alpha * data["dm_all"])
+        kappa = A * np.exp(alpha * data["dm_all"]) * data["parent"]
         until = parent_until(data["t"], self.max_lag, horizon, data["t_end"]) - data["t"]
         charged = kappa * (1 - (1 + data["span"] / c) ** (1 - p))
         windowed = kappa * (1 - (1 + until / c) ** (1 - p))
-        return {"variant": variant, "theta": theta, "loglik": exact, "converged": converged,
+        return {"variant": variant, "parent_mc": data["parent_mc"], "theta": theta, "loglik": exact, "converged": converged,
                 "cutoff": horizon, "mass_beyond_cutoff": float((1 + horizon / c) ** (1 - p)),
                 "mass_left_out": float(1 - windowed.sum() / charged.sum()),
                 "omori_lag_1pct": omori_cutoff(c, p, self.cutoff_mass),
@@ -188,6 +208,7 @@ class ETAS(Forecaster):
 
     def _adopt(self, fit: dict) -> None:
         self.variant, self.theta, self.cutoff = fit["variant"], np.asarray(fit["theta"], float), fit["cutoff"]
+        self.parent_mc = fit["parent_mc"]
         self.loglik, self.converged = fit["loglik"], fit["converged"]
         self.fit_info = {k: fit[k] for k in INFO}
 
@@ -201,7 +222,7 @@ class ETAS(Forecaster):
         t_start = tt[0] if t_start is None else t_start
         self.background = UniformBox(self.background_spec) if isinstance(self.background_spec, tuple) \
             else GaussianKDE2D(xyt)
-        data = {"t": tt, "xy": xyt, "dm_all": mt - self.mc, "dm": mt - self.mc, "n": len(tt), "t_end": t_end,
+        base = {"t": tt, "xy": xyt, "dm_all": mt - self.mc, "dm": mt - self.mc, "n": len(tt), "t_end": t_end,
                 "period": t_end - t_start, "span": t_end - tt, "f0": np.exp(self.background.logpdf(xyt))}
         s = {"mu": 0.5 * len(tt) / (t_end - t_start), "A": 0.2, "alpha": 1.0, "c": 0.01, "p": 1.2, "D": 1.0,
              "q": 1.5, "gamma": 0.5, **(init or {})}
@@ -209,20 +230,29 @@ class ETAS(Forecaster):
                           math.log(s["D"]), math.log(s["q"] - 1), s["gamma"]])
         val = np.flatnonzero(~train & (t < (val_end if val_end is not None else -math.inf)))
         val = val[val >= 1]
-        select = len(val) > 0 and len(self.variants) > 1
+        select = len(val) > 0 and len(self.variants) * len(self.parent_mcs) > 1
         fits, self.validation, self.summary = {}, {}, {}
-        for variant in self.variants if select else self.variants[:1]:
-            fits[variant] = self._fit_variant(variant, data, start)
-            self._adopt(fits[variant])
+        choices = [(v, pmc) for pmc in self.parent_mcs for v in self.variants] if select \
+            else [(self.variants[0], self.parent_mcs[0])]
+        for variant, pmc in choices:
+            name = self.choice_name(variant, pmc)
+            data = {**base, "parent_mc": float(pmc), "parent": (mt >= pmc - 1e-9).astype(float)}
+            fits[name] = self._fit_variant(variant, data, start)
+            self._adopt(fits[name])
             if len(val):
-                self.validation[variant] = self.mean_nll(t, xy, m, val)
-            self.summary[variant] = {"train_loglik": fits[variant]["loglik"],
-                                     "fit_seconds": round(fits[variant]["fit_seconds"], 2),
-                                     **({"validation_nll": self.validation[variant]} if len(val) else {})}
-        best = min(self.validation, key=self.validation.get) if select else self.variants[0]
+                self.validation[name] = self.mean_nll(t, xy, m, val)
+            self.summary[name] = {"train_loglik": fits[name]["loglik"],
+                                  "fit_seconds": round(fits[name]["fit_seconds"], 2),
+                                  **({"validation_nll": self.validation[name]} if len(val) else {})}
+        best = min(self.validation, key=self.validation.get) if select else self.choice_name(*choices[0])
         self._adopt(fits[best])
         self.selected_on = f"validation ({len(val)} events)" if select else "none"
         return self
+
+    def choice_name(self, variant: str, parent_mc: float) -> str:
+        """How a (spatial kernel, parent threshold) choice is named in the validation scores: the kernel's name
+        alone where every event above Mc is a parent (the names before issue 22)."""
+        return variant if parent_mc <= self.mc + 1e-9 else f"{variant} / parents from M{parent_mc:g}"
 
     def mean_nll(self, t, xy, m, index, block: int = 500) -> float:
         """Mean next-event NLL (nats/event, joint) of events ``index`` of one stream given their pasts."""
@@ -251,13 +281,17 @@ class ETAS(Forecaster):
         Gutenberg-Richter b of the simulated magnitudes is Aki's estimate on the training events."""
         stream = events[(events["t"] < (fit_end if val_end is None else val_end))
                         & (events["magnitude"] >= self.mc - 1e-9)]
-        self.b_value = aki_b_value(stream.loc[stream["t"] < fit_end, "magnitude"].to_numpy(), self.mc)
+        train_m = stream.loc[stream["t"] < fit_end, "magnitude"].to_numpy()
+        self.b_value = aki_b_value(train_m, self.mc)
+        if self.parent_spec == "estimate" and len(train_m):
+            estimate = max_curvature_mc(train_m)
+            self.parent_mcs = (self.mc, estimate) if estimate > self.mc + 1e-9 else (self.mc,)
         return self.fit(stream["t"].to_numpy(), stream[["x", "y"]].to_numpy(), stream["magnitude"].to_numpy(),
                         fit_end, val_end=val_end)
 
     def state(self) -> dict:
         return {"variant": self.variant, "theta": [float(v) for v in self.theta], "params": self.params,
-                "mc": self.mc, "b_value": float(self.b_value), "loglik": float(self.loglik),
+                "mc": self.mc, "parent_mc": float(self.parent_mc), "b_value": float(self.b_value), "loglik": float(self.loglik),
                 "converged": self.converged, "cutoff": None if math.isinf(self.cutoff) else float(self.cutoff),
                 "cutoff_mass": self.cutoff_mass, "max_lag": self.max_lag, "selected_on": self.selected_on,
                 "validation_nll": dict(self.validation), "variants": self.summary,
@@ -276,6 +310,7 @@ class ETAS(Forecaster):
             check_number({f"theta[{i}]": theta[i]}, f"theta[{i}]", -700.0 if lo is None else lo - 1e-9,
                          math.log(MAX_RATE) if hi is None else hi + 1e-9)
         check_number(state, "mc", -3, 10)
+        check_number(state, "parent_mc", state["mc"] - 1e-9, 10)
         check_number(state, "b_value", 1e-3, 10)
         check_number(state, "cutoff", 0, optional=True)
         check_number(state, "loglik", finite=False)
@@ -295,6 +330,7 @@ class ETAS(Forecaster):
         self.background = (UniformBox(self.background_spec) if isinstance(self.background_spec, tuple)
                            else GaussianKDE2D(past[["x", "y"]].to_numpy()))
         self.variant, self.theta = state["variant"], np.asarray(state["theta"], dtype=float)
+        self.parent_mc = float(state["parent_mc"])
         self.cutoff = math.inf if state["cutoff"] is None else float(state["cutoff"])
         self.b_value, self.loglik, self.converged = state["b_value"], state["loglik"], state["converged"]
         self.selected_on, self.validation = state["selected_on"], dict(state["validation_nll"])
@@ -307,7 +343,8 @@ class ETAS(Forecaster):
         chosen = (f"chosen on validation NLL/event: {scores}" if len(self.validation) > 1
                   else f"validation NLL/event {scores}" if scores else "not selected: no validation events")
         cut = f"newest {self.max_lag} events" + ("" if math.isinf(self.cutoff) else f" within {self.cutoff:.4g}")
-        return f"etas ({self.variant} spatial kernel, {chosen}; conditions on the {cut})"
+        parents = "" if self.parent_mc <= self.mc + 1e-9 else f", parents M >= {self.parent_mc:g}"
+        return f"etas ({self.variant} spatial kernel{parents}, {chosen}; conditions on the {cut})"
 
     @property
     def sampling_b(self) -> float:
@@ -410,6 +447,6 @@ class ETAS(Forecaster):
         a1 = np.minimum(a0 + (t_end - t_start), self.cutoff)
         width = np.maximum(a1 - a0, 0.0)
         drop = -np.expm1((1 - p) * np.log1p(width / (c + a0)))  # 1 − S(a1) / S(a0)
-        mass = A * np.exp(alpha * (pm - self.mc)) * np.exp((1 - p) * np.log1p(a0 / c)) * drop
+        mass = A * np.exp(alpha * (pm - self.mc)) * (pm >= self.parent_mc - 1e-9) * np.exp((1 - p) * np.log1p(a0 / c)) * drop
         return {"xy": pxy, "log_sig2": 2 * math.log(D) + gamma * (pm - self.mc), "a0": a0, "a1": a1,
                 "drop": drop, "mass": mass}

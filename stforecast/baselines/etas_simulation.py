@@ -27,7 +27,8 @@ class ETASNextEvent(NextEvent):
         self.valid, self.parent_xy, marks, self.age = recent(h, model.max_lag, model.cutoff)
         self.parent_m = np.where(self.valid, marks["magnitude"], model.mc)
         mu, A, alpha, c, p, D, q, gamma = self.theta
-        self.kappa = np.where(self.valid, A * np.exp(alpha * (self.parent_m - model.mc)), 0.0)
+        trigger = self.valid & (self.parent_m >= model.parent_mc - 1e-9)  # events below the threshold trigger nothing
+        self.kappa = np.where(trigger, A * np.exp(alpha * (self.parent_m - model.mc)), 0.0)
         self.log_sig2 = 2 * math.log(D) + gamma * (self.parent_m - model.mc)
 
     def log_terms(self, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +176,8 @@ def _catalog_chunks(model: "ETAS", parents: dict, t_start: float, t_end: float, 
                 cat, tt, xy, mm = cat[live], tt[live], xy[live], mm[live]
                 a1 = np.minimum(t_end - tt, cutoff)
                 drop = -np.expm1((1 - p) * np.log1p(a1 / c))  # 1 − S(a1): the offspring share left in the window
-                k = rng.poisson(np.minimum(A * np.exp(alpha * (mm - mc)) * drop, lam_cap))
+                k = rng.poisson(np.minimum(A * np.exp(alpha * (mm - mc)) * (mm >= model.parent_mc - 1e-9) * drop,
+                                           lam_cap))
                 kept = _fit_in_room(cat, k, max_events - counts)
                 capped[cat[kept < k]] = True
                 parent = np.repeat(np.arange(len(cat)), kept)
@@ -201,11 +203,12 @@ def _catalog_chunks(model: "ETAS", parents: dict, t_start: float, t_end: float, 
             bar.close()
 
 def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float, rng: np.random.Generator,
-                  max_events: int = 500_000, variant: str = "power-law"):
+                  max_events: int = 500_000, variant: str = "power-law", parent_mc: float | None = None):
     """A catalog from the ETAS branching structure: background events uniform in the box, Gutenberg-Richter
     magnitudes, Poisson(κ(m)) direct aftershocks with Omori waiting times and the ``variant``'s spatial kernel
     (``params`` needs ``q`` only for the power laws and ``gamma`` only for ``"power-law"``; otherwise γ = α).
-    The process has no cut-off: every event keeps triggering. Returns (t, xy, m) sorted by time."""
+    The process has no cut-off: every event keeps triggering (only those of magnitude ≥ ``parent_mc`` where given).
+    Returns (t, xy, m) sorted by time."""
     mu, A, alpha, c, p, D = (params[k] for k in NAMES[:6])
     q = params.get("q")
     gamma = params["gamma"] if variant == "power-law" else alpha
@@ -216,7 +219,7 @@ def simulate_etas(params: dict, mc: float, b_value: float, bounds, t_end: float,
     m = sample_gutenberg_richter(n0, mc, b_value, rng)
     parts = [(t, xy, m)]
     while len(t) and sum(len(a[0]) for a in parts) < max_events:
-        k = rng.poisson(A * np.exp(alpha * (m - mc)))
+        k = rng.poisson(A * np.exp(alpha * (m - mc)) * (m >= (mc if parent_mc is None else parent_mc)))
         parent = np.repeat(np.arange(len(t)), k)
         u = rng.random(len(parent))
         t = t[parent] + c * ((1 - u) ** (1 / (1 - p)) - 1)  # inverse CDF of the normalised Omori law

@@ -15,7 +15,9 @@ Conditioning options (each an ablation of ``stforecast benchmark``): ``location 
 diffuses asinh of the displacement from the newest event after mapping the catalog's region onto the plane, so
 samples stay in the region; ``"relative"`` the same on the whole plane, ``"parent"`` from an Omori-weighted past
 event, ``"absolute"`` the scaled position; ``time_features`` feeds each row's log waiting time to the encoder;
-``mark_inputs`` feeds magnitudes and ``mark_head`` forecasts them.
+``mark_inputs`` feeds magnitudes and ``mark_head`` forecasts them; ``parents = J`` (issue 22) makes the next
+event a mixture over J candidate parents, each component the diffusion around its parent, plus a closed-form
+background (:mod:`.parents`), its likelihood still exact.
 
 The package, in reading order:
 
@@ -23,7 +25,8 @@ The package, in reading order:
 * :mod:`.scaler`: ``Scaler``, (dt, x, y) ↔ [-1, 1]³ with its exact log-Jacobian, and every statistic fitted on
   the train split (its buffers and its ``Statistics``);
 * :mod:`.encoder`: ``HistoryEncoder`` and its key/value cache (one row at a time for simulations);
-* :mod:`.denoiser`: ``CoAttentionDenoiser``; :mod:`.head`: ``MagnitudeHead``;
+* :mod:`.denoiser`: ``CoAttentionDenoiser``; :mod:`.head`: ``MagnitudeHead``; :mod:`.parents`: ``ParentMixture``
+  (candidate parents, mixture weights, background, training teacher);
 * :mod:`.model`: ``DSTPP``, the composition, its training loss and encoder states;
 * :mod:`.forecaster`: ``DiffusionNextEvent``, samples and likelihood of the next event;
 * :mod:`.simulation`, :mod:`.likelihood`: catalog simulation; the exact ODE likelihood and the bound.

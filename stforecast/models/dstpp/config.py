@@ -37,6 +37,21 @@ class ModelConfig:
     mark_head: bool = False
     mark_components: int = 3
     mark_weight: float = 1.0  # weight of the magnitude NLL in the training loss
+    # issue 22: a mixture over candidate parents (stforecast/models/dstpp/parents.py); 0 = one reference event
+    parents: int = 0  # J: candidate parents per history, each a diffusion component around it (needs "bounded")
+    parent_choice: str = "omori"  # "omori": the J best Omori-magnitude scores; "newest": the J newest events
+    background: bool = True  # a background component: log-normal waiting times x the training places' kernel estimate
+    background_events: int = 20000  # the newest training places the background's kernel estimate keeps
+    teacher_weight: float = 1.0  # weight of the teacher mixture's NLL (nats/event) in the training loss
+
+    def __post_init__(self) -> None:
+        if self.parents < 0 or (self.parents and self.location != "bounded"):
+            raise ValueError(f"parents must be 0, or positive with location = 'bounded' (got parents = {self.parents}, "
+                             f"location = {self.location!r})")
+        if self.parent_choice not in ("omori", "newest"):
+            raise ValueError(f"parent_choice must be 'omori' or 'newest', not {self.parent_choice!r}")
+        if self.background_events < 1:
+            raise ValueError("background_events must be at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)

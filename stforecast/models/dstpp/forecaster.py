@@ -41,9 +41,30 @@ class DiffusionNextEvent(NextEvent):
         with evaluating(model):
             cond = self.cond
             sampler = model.sampler_object()
-            draws = model.sample_from_condition_with(cond, n, sampler, gen, model.reference_location(self.batch))
+            if model.mixture is None:
+                draws = model.sample_from_condition_with(cond, n, sampler, gen, model.reference_location(self.batch))
+            else:
+                draws = self.sample_mixture(n, sampler, gen)
             marks = model.sample_magnitudes(cond, n, rng, gen)
         return Samples(draws.double().cpu().numpy(), marks)
+
+    def sample_mixture(self, n: int, sampler, gen: torch.Generator) -> torch.Tensor:
+        """(H, n, 3) draws of a parent mixture: each draw picks its component by the weights π, then a parent's
+        component samples its diffusion (one batched solve for all of them), the background its closed form."""
+        model, cond = self.model, self.cond
+        comps = model.next_components(self.batch, cond)
+        H, J = comps["ref"].shape[:2]
+        pick = torch.multinomial(comps["log_pi"].exp(), n, replacement=True, generator=gen)  # (H, n)
+        h = torch.arange(H, device=cond.device).unsqueeze(1).expand(H, n)
+        out = torch.empty((H, n, 3), device=cond.device, dtype=cond.dtype)
+        parent = pick < J
+        if parent.any():
+            hp, cp = h[parent], pick[parent]
+            out[parent] = model.sample_from_condition_with(comps["cond"][hp, cp], 1, sampler, gen,
+                                                           comps["ref"][hp, cp])[:, 0].to(out.dtype)
+        if (~parent).any():
+            out[~parent] = model.mixture.sample_background(cond[h[~parent]], model.scaler, gen).to(out.dtype)
+        return out
 
     def mark_nll(self, marks: dict) -> dict:
         """{"magnitude": (H,)} exact NLL of the held-out magnitudes by the model's head (nats per magnitude unit),
@@ -68,6 +89,8 @@ class DiffusionNextEvent(NextEvent):
         model = self.model
         gen = torch.Generator(device=model.scaler.lo.device).manual_seed(self.seed)
         truth = torch.as_tensor(np.asarray(truth, float))
+        if model.mixture is not None:
+            return self.mixture_nll(truth)
         exact, info = model.exact_nll(self.batch, truth, error_events=self.error_events, cond=self.cond)
         exact = exact.cpu().numpy()
         bound = model.nll_bound(self.batch, truth, repeats=model.bound_repeats, x0_mse=model.x0_mse, generator=gen,
@@ -83,3 +106,17 @@ class DiffusionNextEvent(NextEvent):
                     "nll_ode_tolerance": model.sampling.tolerance, "sampler": model.describe(),
                     "paper_nll_dt_scaled": float(paper[:, 0].mean()),
                     "paper_nll_xy_scaled": float(paper[:, 1:].mean())}, joint=exact)
+
+    def mixture_nll(self, truth: torch.Tensor) -> NLL:
+        """A parent mixture's exact joint NLL (the logsumexp of its components' ODE densities and the background's);
+        no bound beside it (a bound per component would not split into time and space)."""
+        model = self.model
+        exact, info = model.mixture_exact_nll(self.batch, truth, self.cond, error_events=self.error_events)
+        exact = exact.cpu().numpy()
+        nan = np.full(len(exact), np.nan)
+        return NLL(np.column_stack([nan, nan]), self.kind,
+                   {"nll_bound": float("nan"), "nll_bound_dt": float("nan"), "nll_bound_xy": float("nan"),
+                    "nll_bound_kind": "", "nll_mc_se": float("nan"), "nll_ode_nfe": info["nfe"],
+                    "nll_ode_solver_error": info["solver_error"], "nll_ode_tolerance": model.sampling.tolerance,
+                    "sampler": model.describe(), "paper_nll_dt_scaled": float("nan"),
+                    "paper_nll_xy_scaled": float("nan")}, joint=exact)

@@ -38,6 +38,34 @@ def exact_nll(model, histories: Batch, truth: torch.Tensor, tolerance: float | N
 
 
 @torch.no_grad()
+def mixture_exact_nll(model, histories: Batch, truth: torch.Tensor, cond: torch.Tensor, tolerance: float | None = None,
+                      error_events: int = 0) -> tuple[torch.Tensor, dict]:
+    """A parent mixture's exact next-event NLL (H,) of ``truth`` (H, 3) after each history (states ``cond`` (H, 3 d)):
+    −logsumexp over the components of log π_c + log p_c, each parent component's density its probability-flow
+    ODE's (one solve over all H × J (history, parent) pairs), the background's in closed form. ``info`` as
+    :func:`exact_nll`'s (the solver error measured on the first ``error_events`` histories' components)."""
+    with evaluating(model):
+        comps = model.next_components(histories, cond)
+        H, J = comps["ref"].shape[:2]
+        truth = truth.to(cond.device)
+        rep = truth.unsqueeze(1).expand(H, J, 3).reshape(H * J, 3)
+        ref = comps["ref"].reshape(H * J, 2)
+        x0 = model.scaler(rep[:, 0], rep[:, 1:3], ref).double()
+        flow = model.flow(tolerance)
+        ctx = model.denoiser.prepare(comps["cond"].reshape(H * J, -1))
+        result = flow.log_prob(model.continuous_denoiser(ctx), x0)
+        info = {"nfe": result.nfe, "solver_error": float("nan")}
+        if error_events:
+            k = min(error_events, H) * J
+            sub = model.continuous_denoiser(model.denoiser.prepare(comps["cond"].reshape(H * J, -1)[:k]))
+            info["solver_error"] = solver_error(flow, sub, x0[:k])
+        log_p = (result.log_prob + model.log_jacobian(rep, ref).sum(-1)).view(H, J)
+        background = model.mixture.background_log_prob(cond, truth, model.scaler).unsqueeze(1)
+        joint = comps["log_pi"].double() + torch.cat([log_p, background], -1)
+        return -torch.logsumexp(joint, -1), info
+
+
+@torch.no_grad()
 def _bound_draws(model, histories: Batch, truth: torch.Tensor, repeats: int, x0_mse, generator, cond=None):
     """``repeats`` draws of :func:`variational_bound` for the event ``truth`` (H, 3) after each history."""
     with evaluating(model):

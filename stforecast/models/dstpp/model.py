@@ -27,6 +27,7 @@ from stforecast.models.dstpp.encoder import HistoryEncoder, length_buckets
 from stforecast.models.dstpp.forecaster import DiffusionNextEvent
 from stforecast.models.dstpp.head import MagnitudeHead
 from stforecast.models.dstpp.modes import evaluating
+from stforecast.models.dstpp.parents import ParentMixture
 from stforecast.models.dstpp.scaler import Scaler
 from stforecast.models.marks import sample_gutenberg_richter
 
@@ -54,10 +55,13 @@ class DSTPP(nn.Module, Forecaster):
         self.mark_names = ("magnitude",) if cfg.mark_inputs else ()
         if not cfg.mark_head:
             self.magnitude_head = None
+        if not cfg.parents:
+            self.mixture = None
 
     # written beside the model, methods of it: catalog simulation, and the exact likelihood and its bound
     simulate_catalogs = simulation.simulate_catalogs
     exact_nll = likelihood.exact_nll
+    mixture_exact_nll = likelihood.mixture_exact_nll
     nll_bound = likelihood.nll_bound
     reverse_variance_fit = likelihood.reverse_variance_fit
 
@@ -69,6 +73,8 @@ class DSTPP(nn.Module, Forecaster):
                 "denoiser": CoAttentionDenoiser(cfg.d_model, cfg.denoiser_width, cfg.denoiser_layers)}
         if cfg.mark_head:
             nets["magnitude_head"] = MagnitudeHead(3 * cfg.d_model, cfg)
+        if cfg.parents:
+            nets["mixture"] = ParentMixture(cfg)
         return nets
 
     # ------------------------------------------------------------------------------------ forecaster interface
@@ -145,7 +151,10 @@ class DSTPP(nn.Module, Forecaster):
         return rows.collate(np.arange(len(h)))
 
     def calibrate(self, histories: Histories, truth: np.ndarray, seed: int = 1) -> None:
-        """Fit the reverse variances of the likelihood bound on these (validation, never test) events."""
+        """Fit the reverse variances of the likelihood bound on these (validation, never test) events (a parent
+        mixture reports no bound: nothing to fit)."""
+        if self.mixture is not None:
+            return
         gen = torch.Generator(device=self.scaler.lo.device).manual_seed(seed)
         self.x0_mse = self.reverse_variance_fit(self.history_batch(histories), torch.as_tensor(truth), generator=gen)
 
@@ -157,7 +166,9 @@ class DSTPP(nn.Module, Forecaster):
         how = {"ode": f"the probability-flow ODE (tolerance {s.tolerance:g})",
                "dpm": f"DPM-Solver++(2M), {s.steps} evaluations",
                "ddim": f"DDIM-{min(s.steps, self.cfg.steps)}"}[s.sampler]
-        return f"DSTPP (K = {self.cfg.steps}, sampled with {how})"
+        mixture = (f", a mixture over {self.cfg.parents} candidate parents"
+                   + (" and a background" if self.cfg.background else "")) if self.cfg.parents else ""
+        return f"DSTPP (K = {self.cfg.steps}{mixture}, sampled with {how})"
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """(B, L, 3 d) history states."""
@@ -192,6 +203,24 @@ class DSTPP(nn.Module, Forecaster):
         x0 = self.scaler(batch.dt[b, j], batch.xy[b, j], batch.xy[b, parent[b, j - 1]])
         return h[b, j - 1], x0
 
+    def mixture_targets(self, batch: Batch, generator: torch.Generator | None = None):
+        """A parent mixture's training targets: the history states (N, 3 d) of the N target rows; the condition
+        (M, 3 d) and scaled target x0 (M, 3) of the M ≤ N targets whose component, drawn from the teacher's
+        responsibilities, is a parent's (the background's are closed form); the teacher mixture's mean NLL."""
+        h = self.encode(batch)
+        b, j = batch.target.nonzero(as_tuple=True)
+        state = h[b, j - 1]
+        comps = self.mixture.components(batch, state, b, j - 1, self)
+        truth = torch.stack([batch.dt[b, j], batch.xy[b, j, 0], batch.xy[b, j, 1]], -1)
+        joint = self.mixture.teacher_log_prob(comps, state, truth, self.scaler)  # (N, J + 1)
+        teacher_nll = -torch.logsumexp(joint, -1).mean()
+        pick = torch.multinomial(torch.softmax(joint.detach(), -1), 1, generator=generator)[:, 0]
+        parent = pick < self.cfg.parents
+        n = torch.arange(len(pick), device=pick.device)[parent]
+        c = pick[parent]
+        x0 = self.scaler(truth[n, 0], truth[n, 1:3], comps["ref"][n, c])
+        return state, comps["cond"][n, c], x0, teacher_nll
+
     def parents(self, batch: Batch, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B, R) for rows ``rows`` (B, R) of each sequence (default: all, R = L), the row (≤ it) a relative
         location after it is measured from: the row itself ("relative"), or ("parent") the row with the largest
@@ -211,6 +240,12 @@ class DSTPP(nn.Module, Forecaster):
         score = score.masked_fill(cols.view(1, 1, L) > rows.unsqueeze(2), -math.inf)
         return score.argmax(-1)
 
+    def next_components(self, batch: Batch, cond: torch.Tensor) -> dict:
+        """A parent mixture's components for the next event after each history of ``batch`` (states ``cond``
+        (B, 3 d)): see :meth:`ParentMixture.components`."""
+        b = torch.arange(batch.xy.shape[0], device=batch.xy.device)
+        return self.mixture.components(batch, cond, b, batch.lengths - 1, self)
+
     def reference_location(self, batch: Batch) -> torch.Tensor:
         """(B, 2) each history's reference location for a forecast (its newest event, or its chosen parent)."""
         b = torch.arange(batch.xy.shape[0], device=batch.xy.device)
@@ -221,19 +256,27 @@ class DSTPP(nn.Module, Forecaster):
         return self.loss(batch)
 
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error of the noise estimate over all target events and the 3 dimensions."""
-        cond, x0 = self.targets(batch)
+        """Mean squared error of the noise estimate over all target events and the 3 dimensions (a parent
+        mixture: over the targets whose drawn component is a parent's, plus the teacher's NLL; see
+        :mod:`~stforecast.models.dstpp.parents`)."""
         draw = {} if generator is None else {"generator": generator}  # an explicit None breaks torch.compile
+        if self.mixture is not None:
+            state, cond, x0, teacher_nll = self.mixture_targets(batch, generator)
+        else:
+            (state, x0), teacher_nll = self.targets(batch), None
+            cond = state
         k = torch.randint(0, self.schedule.steps, (x0.shape[0],), device=x0.device, **draw)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, **draw)
         eps = self.denoiser(self.schedule.add_noise(x0, noise, k), k, self.denoiser.prepare(cond))
-        loss = F.mse_loss(eps.float(), noise.float())
+        loss = F.mse_loss(eps.float(), noise.float()) if len(x0) else eps.float().sum() * 0
+        if teacher_nll is not None:
+            loss = loss + self.cfg.teacher_weight * teacher_nll
         if self.magnitude_head is not None:
             if batch.mark is None:
                 raise ValueError("this model forecasts magnitudes (mark_head) and the sequences carry none")
             b, j = batch.target.nonzero(as_tuple=True)
             fit = self.scaler.statistics
-            loss = loss - self.cfg.mark_weight * self.magnitude_head.log_prob(cond, batch.mark[b, j], fit.mark_mc,
+            loss = loss - self.cfg.mark_weight * self.magnitude_head.log_prob(state, batch.mark[b, j], fit.mark_mc,
                                                                               fit.mark_b).mean()
         return loss
 

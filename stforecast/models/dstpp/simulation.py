@@ -25,8 +25,8 @@ def simulate_catalogs(model, t: np.ndarray, xy: np.ndarray, marks: dict, t_end: 
     encoding, not a re-encoding of the whole history: the simulations' context grows from the newest
     ``max_history`` observed events (default: ``context``) by their own events instead of sliding. Each step
     samples as ``model.sampling`` says (``with_sampling(Sampling(sampler="dpm"))`` for the fast one) and the
-    magnitudes with ``model.magnitudes``. An Omori-chosen reference (``location = "parent"``) takes the generic path."""
-    if model.cfg.location == "parent":
+    magnitudes with ``model.magnitudes``. An Omori-chosen reference (``location = "parent"``) and a parent mixture take the generic path."""
+    if model.cfg.location == "parent" or model.mixture is not None:
         yield from Forecaster.simulate_catalogs(model, t, xy, marks, t_end, n, rng, t_start=t_start, chunk=chunk,
                                                 max_events=max_events, max_history=max_history,
                                                 progress=progress)
