@@ -136,6 +136,10 @@ def train_settings(args, folder: Path, device: torch.device):
 
     cfg = load_benchmark_config(args.config, quick=args.quick)
     values = catalog_settings(cfg, args.settings_of, args.quick)
+    # the network measured is the single-reference DSTPP: the parity copy of the loss (NoisyLoss) and the sampling
+    # measurement cover the encoder, denoiser and magnitude head; a parent mixture (issue 22) adds a teacher whose
+    # component draws they do not replicate
+    values["model"] = {**values.get("model", {}), "parents": 0}
     values.update(data=str(folder), device=str(device), amp=args.amp, compile=args.compile, progress=False,
                   out_dir=str(Path(args.run_dir) / f"{args.settings_of}{'-quick' if args.quick else ''}"))
     return load_train_config(base=values), float(cfg["ode_tolerance"])

@@ -207,7 +207,8 @@ def test_an_etas_state_is_checked_field_by_field():
                                 ("theta", good["theta"][:3] + [9.0] + good["theta"][4:], "theta[3]"),
                                 ("theta", good["theta"][:2], "list of 8"),
                                 ("b_value", -1.0, "b_value"), ("variant", "spline", "variant"),
-                                ("cutoff", "soon", "cutoff"), ("converged", "yes", "converged")):
+                                ("cutoff", "soon", "cutoff"), ("converged", "yes", "converged"),
+                                ("parent_mc", 2.0, "parent_mc"), ("parent_mc", "M4", "parent_mc")):
         with pytest.raises(ValueError, match=re.escape(words)):
             ETAS.check_state({**good, field: value})
 

@@ -310,7 +310,8 @@ class ETAS(Forecaster):
             check_number({f"theta[{i}]": theta[i]}, f"theta[{i}]", -700.0 if lo is None else lo - 1e-9,
                          math.log(MAX_RATE) if hi is None else hi + 1e-9)
         check_number(state, "mc", -3, 10)
-        check_number(state, "parent_mc", state["mc"] - 1e-9, 10)
+        if "parent_mc" in state:  # absent (written before issue 22): every event is a parent
+            check_number(state, "parent_mc", state["mc"] - 1e-9, 10, optional=True)
         check_number(state, "b_value", 1e-3, 10)
         check_number(state, "cutoff", 0, optional=True)
         check_number(state, "loglik", finite=False)
@@ -330,7 +331,7 @@ class ETAS(Forecaster):
         self.background = (UniformBox(self.background_spec) if isinstance(self.background_spec, tuple)
                            else GaussianKDE2D(past[["x", "y"]].to_numpy()))
         self.variant, self.theta = state["variant"], np.asarray(state["theta"], dtype=float)
-        self.parent_mc = float(state["parent_mc"])
+        self.parent_mc = float(state.get("parent_mc") or self.mc)
         self.cutoff = math.inf if state["cutoff"] is None else float(state["cutoff"])
         self.b_value, self.loglik, self.converged = state["b_value"], state["loglik"], state["converged"]
         self.selected_on, self.validation = state["selected_on"], dict(state["validation_nll"])
