@@ -4,7 +4,8 @@
 
 * ``J(h)``: the history's ``cfg.parents`` most relevant events. ``parent_choice = "omori"`` ranks them by the
   Omori–magnitude score ln 10 · m_j − 1.1 ln(t − t_j + c) (a large shock days ago outranks a small one minutes
-  ago); ``"newest"`` takes the newest ones (the only choice without magnitudes).
+  ago); ``"newest"`` takes the newest ones (the only choice without magnitudes). The candidates are drawn from the
+  history the encoder reads (a catalog's window, or a forecast's newest ``context`` events), not the whole past.
 * ``p_θ(· | h, j)``: the diffusion model itself, conditioned on the history state plus an embedding of the parent's
   features (elapsed time, magnitude, position), its location the bounded displacement from parent j. Each
   component's density is its probability-flow ODE's, so the mixture's likelihood stays exact (a logsumexp).
@@ -19,7 +20,9 @@ ETAS-like teacher that shares π and the background: a triggered component is a 
 power-law kernel around the parent whose scale grows with its magnitude, σ² = D² e^{γ m̃}. The teacher mixture's
 NLL trains π, the background and the teacher's few parameters; one component per target is drawn from the
 teacher's responsibilities and the diffusion learns that component's event with its denoising loss (so a training
-step costs one denoiser pass per target, as before). Sampling picks a component first.
+step costs one denoiser pass per target, as before). The teacher reads the background's places from a grid
+(:meth:`ParentMixture.place_grid`: the exact sum over every kernel point cost most of a step); likelihoods and
+samples use the exact kernel estimate. Sampling picks a component first.
 """
 
 from __future__ import annotations
