@@ -183,7 +183,7 @@ class ParentMixture(nn.Module):
         """log density (N,) of the background's places at ``xy`` (N, 2), model units: a Gaussian kernel estimate
         in the box's logit coordinates, times |dz/dx| (−inf outside the box)."""
         xy = xy.double()
-        return self._kernel_log_density(scaler._to_line(xy.float())) + self._log_dz_dx(xy, scaler)
+        return self._kernel_log_density(scaler._to_line(xy.float())) + scaler.line_log_jacobian(xy).sum(-1)
 
     @torch.no_grad()
     def place_grid(self, scaler) -> tuple:
@@ -240,15 +240,7 @@ class ParentMixture(nn.Module):
         v00, v01, v10, v11 = table[i0, i1], table[i0, i1 + 1], table[i0 + 1, i1], table[i0 + 1, i1 + 1]
         fx, fy = f[:, 0], f[:, 1]
         log_z = (v00 * (1 - fx) * (1 - fy) + v01 * (1 - fx) * fy + v10 * fx * (1 - fy) + v11 * fx * fy).double()
-        return log_z + self._log_dz_dx(xy.double(), scaler)
-
-    @staticmethod
-    def _log_dz_dx(xy: torch.Tensor, scaler) -> torch.Tensor:
-        """(N,) log |dz/dx| of the logit map at ``xy`` (N, 2), −inf outside the box."""
-        a, bx = scaler.box_lo.double(), scaler.box_hi.double()
-        inside = ((xy > a) & (xy < bx)).all(-1)
-        dz = (torch.log(bx - a) - torch.log((xy - a).clamp(min=1e-300)) - torch.log((bx - xy).clamp(min=1e-300))).sum(-1)
-        return torch.where(inside, dz, torch.full_like(dz, -math.inf))
+        return log_z + scaler.line_log_jacobian(xy).sum(-1)
 
     @torch.no_grad()
     def sample_background(self, cond: torch.Tensor, scaler, generator=None) -> torch.Tensor:

@@ -201,6 +201,13 @@ class Scaler(nn.Module):
             xy = ref + self.r0 * torch.sinh(xy)
         return torch.cat([dt.unsqueeze(-1), xy], -1)
 
+    def line_log_jacobian(self, xy: torch.Tensor) -> torch.Tensor:
+        """(N, 2) log |dz/dx| per coordinate of the box's logit map at ``xy`` (N, 2), float64: dz/dx = (b − a) /
+        ((x − a)(b − x)); −inf outside the box (no density there)."""
+        xy, a, b = xy.double(), self.box_lo.double(), self.box_hi.double()
+        dz = torch.log(b - a) - torch.log((xy - a).clamp(min=1e-300)) - torch.log((b - xy).clamp(min=1e-300))
+        return torch.where((xy > a) & (xy < b), dz, torch.full_like(dz, -math.inf))
+
     def log_jacobian(self, truth: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """(H, 3) log |d scaled / d model units| per coordinate at ``truth`` (H, 3) = (dt, x, y): a density in
         scaled units times this is the density in model units (days, km, ...). −log p(model) = −log p(scaled) −
@@ -210,11 +217,9 @@ class Scaler(nn.Module):
         if bool(self.log_time):
             out[:, 0] -= torch.log(truth[:, 0].clamp(min=math.exp(float(self.lo[0]))))  # u = log dt: p(dt) = p(u)/dt
         if self.bounded:  # u = asinh((z - z_ref) / r0), z = logit((x - a) / (b - a)): dz/dx = (b - a) / ((x - a)(b - x))
-            xy, a, b = truth[:, 1:3], self.box_lo.double(), self.box_hi.double()
+            xy = truth[:, 1:3]
             d = self._to_line(xy) - self._to_line(ref.double())
-            inside = (xy > a) & (xy < b)
-            dz = torch.log(b - a) - torch.log((xy - a).clamp(min=1e-300)) - torch.log((b - xy).clamp(min=1e-300))
-            out[:, 1:] += torch.where(inside, dz - 0.5 * torch.log(d**2 + self.r0.double() ** 2), -math.inf)
+            out[:, 1:] += self.line_log_jacobian(xy) - 0.5 * torch.log(d**2 + self.r0.double() ** 2)
         elif self.relative:  # d asinh(d / r0) / dd = 1 / sqrt(d² + r0²)
             d = truth[:, 1:3] - ref.double()
             out[:, 1:] -= 0.5 * torch.log(d**2 + self.r0.double() ** 2)
