@@ -9,7 +9,8 @@ Generates a ComCat-style CSV (22 columns, as the USGS FDSN service writes them) 
 then runs, each in a fresh subprocess so memory is measured cleanly:
 
 * ``dask``:   ``run_ingest`` on a LocalCluster (N worker processes, 1 thread each, 64 MB chunks);
-* ``dask``: the global steps partition-wise (time ranges of 500,000 events; ``pipelines.ingest.partitioned``);
+* ``dask``: the global steps partition-wise (time ranges of 500,000 events; ``pipelines.ingest.partitioned``;
+  the generated file is in time order, so the ranges follow the parsed chunks: the run prints which path ran);
 * ``dask-in-memory``: the same parse on Dask, the global steps in one task holding the catalog (before issue 13);
 * ``pandas``: the same ``run_ingest`` steps on the synchronous scheduler with the file as one chunk: one
   ``pandas.read_csv`` and the same validation/cleaning/windowing, single-threaded;
@@ -163,13 +164,15 @@ def _run_one(mode: str, path: str, workers: int, out: Path) -> dict:
         t0 = time.perf_counter()  # cluster start-up and shut-down (≈1 s each) are not ingestion
         r = run_ingest(cfg, settings, client=client, in_memory=mode == "dask-in-memory", **kw)
         seconds = time.perf_counter() - t0
-    return {"mode": mode, "rows": r.manifest["counts"]["rows_read"], "seconds": seconds, "stages": r.stages}
+    return {"mode": mode, "rows": r.manifest["counts"]["rows_read"], "seconds": seconds, "stages": r.stages,
+            "order": r.order}
 
 
 def compare_real(settings, out: Path) -> dict:
     """Every catalog of the configuration whose inputs are on disk: ingested by the in-memory reference path and
-    partition-wise (1 MB chunks, time ranges of 20,000 events so the larger ones span several), content hashes."""
-    from pipelines.ingest import run_ingest
+    partition-wise (1 MB chunks, time ranges of 20,000 events so the larger ones span several), content hashes.
+    Where the ranges followed the chunks (input in time order), also with ranges cut from the t-samples."""
+    from pipelines.ingest import partitioned, run_ingest
     from pipelines.ingest.stats import content_hash
 
     rows = []
@@ -187,10 +190,20 @@ def compare_real(settings, out: Path) -> dict:
             continue
         t0 = time.perf_counter()
         new = run_ingest(cfg, settings, out_root=out / "new", blocksize=2**20, part_rows=20_000, progress=False)
+        seconds = time.perf_counter() - t0
         a, b = content_hash(ref.out_dir), content_hash(new.out_dir)
+        if new.order and new.order["path"] == "chunks":  # sorted input: also ranges cut from the t-samples
+            partitioned.FOLLOW_SORTED_CHUNKS = False
+            try:
+                merged = run_ingest(cfg, settings, out_root=out / "merged", blocksize=2**20, part_rows=20_000,
+                                    progress=False)
+            finally:
+                partitioned.FOLLOW_SORTED_CHUNKS = True
+            b = b if content_hash(merged.out_dir) == b else {}
         rows.append({"catalog": name, "events": ref.manifest["counts"]["events_kept"],
+                     "path": f"{new.order['path']} ({new.order['ranges']} ranges)" if new.order else "",
                      "seq files": len(list((new.out_dir / "sequences").rglob("*.parquet"))),
-                     "seconds": round(time.perf_counter() - t0, 1), "events.parquet": a["events"][:12],
+                     "seconds": round(seconds, 1), "events.parquet": a["events"][:12],
                      "identical": a == b})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {"mode": "compare", "catalogs": rows}
@@ -244,13 +257,14 @@ def main() -> None:
     if args.compare:
 
         res = run_one("compare", "", args.workers)
-        print(f"{'catalog':<22}{'events':>10}{'seq files':>11}{'s':>7}  events.parquet  identical (events and sequences)")
+        print(f"{'catalog':<22}{'events':>10}{'seq files':>11}{'s':>7}  {'ranges':<20}events.parquet  "
+              "identical (events and sequences)")
         for r in res["catalogs"]:
             if "identical" not in r:
                 print(f"{r['catalog']:<22}{r['result']}")
                 continue
-            print(f"{r['catalog']:<22}{r['events']:>10,}{r['seq files']:>11}{r['seconds']:>7}  {r['events.parquet']}    "
-                  f"{r['identical']}")
+            print(f"{r['catalog']:<22}{r['events']:>10,}{r['seq files']:>11}{r['seconds']:>7}  {r['path']:<20}"
+                  f"{r['events.parquet']}    {r['identical']}")
         if not all(r.get("identical", True) for r in res["catalogs"]):
             raise SystemExit("the two paths differ on at least one catalog")
         return
@@ -296,6 +310,10 @@ def main() -> None:
     if results.get("dask", {}).get("stages"):
         print("partition-wise, where the time goes: " + ", ".join(
             f"{k} {v:.1f} s" for k, v in results["dask"]["stages"].items()))
+    if results.get("dask", {}).get("order"):
+        from pipelines.ingest.cli import order_note
+
+        print("partition-wise, time ranges: " + order_note(results["dask"]["order"]))
     if "pandas" in results:
         for m in ("dask-in-memory", "dask"):
             if m in results:

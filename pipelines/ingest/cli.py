@@ -253,6 +253,16 @@ def print_summary(console, result) -> None:
     console.print(s)
     extra = f" in {result.seconds:.1f} s" if not result.skipped else ""
     console.print(f"Output: {result.out_dir}{extra}  (manifest.json, events.parquet, sequences/)")
+    if result.order and not result.skipped:
+        console.print(order_note(result.order))
     if m["files"].get("rejected"):
         console.print(f"Rejected rows with reasons: {result.out_dir / m['files']['rejected']}")
 
+
+def order_note(order: dict) -> str:
+    """One line on how the partition-wise run cut its time ranges (``IngestResult.order``)."""
+    if order["path"] == "chunks":
+        return (f"Input in time order: {order['ranges']} time ranges followed the parsed chunks "
+                f"({order['one_chunk']} read a single chunk)")
+    return (f"{order['ranges']} time ranges cut from the parsed chunks' times, each merged from the chunks that "
+            f"overlap it ({order['one_chunk']} read a single chunk)")

@@ -39,6 +39,7 @@ class IngestResult:
     skipped: bool = False  # True when the output was already up to date
     seconds: float = 0.0
     stages: dict | None = None  # seconds per step of the partition-wise path
+    order: dict | None = None  # how its time ranges were cut: path "chunks" (input in time order) or "merge"
 
     @property
     def catalog(self):
@@ -137,6 +138,7 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
                                                              scheduler)
         spikes_info = summary.pop("spikes")
         stages = summary.pop("stages", {})
+        order = summary.pop("order", None)
         manifest = Manifest(
             name=cfg.name, kind=cfg.kind, title=cfg.title, input_hash=digest, inputs=files,
             source={"url": cfg.source_url, "licence": cfg.licence, "notice": cfg.notice},
@@ -157,4 +159,5 @@ def run_ingest(cfg: IngestConfig, settings: Settings, *, client=None, out_root: 
                    "rejected": "rejected.parquet" if summary["quarantined"] else None},
             spikes=spikes_info)
         record = manifest.write(tmp)
-    return IngestResult(out_dir, record, skipped=False, seconds=time.perf_counter() - started, stages=stages)
+    return IngestResult(out_dir, record, skipped=False, seconds=time.perf_counter() - started, stages=stages,
+                        order=order)

@@ -10,6 +10,12 @@
       ──▶ normalisation statistics by reductions (exact order statistics by histogram refinement), beside
           ``events.parquet`` streamed from the ranges, one range at a time
 
+When the parsed chunks' time extents do not overlap (a file sorted by time, as most exported catalogs are), the
+time ranges follow the chunks: a range reads one spilled chunk (or several whole neighbours) instead of slices of
+every chunk that overlaps it, and when the file is oldest first the range is already in input and in time order:
+merging and sorting it is a check. The spill and its one re-read stay: the projection's centre is known only
+once every chunk is parsed, and holding the parsed chunks until then would hold the catalog.
+
 Why the results equal the in-memory reference (:func:`pipelines.ingest.reference.finish`) exactly:
 
 * Time ranges are cut at time *values* (``[edge_k, edge_k+1)`` of the parse-time ``t``): every event of one time
@@ -38,13 +44,18 @@ import pandas as pd
 from dask import delayed
 
 from pipelines.ingest.ranges import (
-    Finalize, Parts, time_ranges, check_id_bucket, empty_sequences, finish_range, first_time, locate, sequence_batch,
-    sort_range, time_edges)
+    Finalize, Parts, time_ranges, check_id_bucket, empty_sequences, finish_range, first_time,
+    in_time_order, locate, sequence_batch, sort_range, sorted_chunk_edges, time_edges)
 from pipelines.ingest.spill import LABELS, Rejects, SpikeRows, count_below, merge_rejects, spill_chunk, spill_spikes
 from pipelines.ingest.stats import union_size, cleanup, normalisation_from_parts, stream_parquet
 from pipelines.ingest.tasks import choose_projection
 from stforecast.catalog import MARK_COLUMNS, SECONDS_PER, CatalogError, raise_for_invalid
 from stforecast.sequences import SPLITS, chunk_edges, sequence_ranges, window_edges
+
+
+#: ranges follow the parsed chunks when these are in time order (:func:`pipelines.ingest.ranges.sorted_chunk_edges`);
+#: False cuts them from the t-samples as for any input (the tests compare both)
+FOLLOW_SORTED_CHUNKS = True
 
 
 def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, columns: dict, out_tmp: Path,
@@ -77,11 +88,19 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
     projection = choose_projection([c.bounds for c in chunks], cfg, crs_in)
     rows_read = sum(c.rows_read for c in chunks)
     file_codes = {name: i for i, name in enumerate(sorted(set().union(*(c.files for c in chunks))))}
-    ranges = time_ranges(time_edges(chunks, part_rows))
+    # a catalog in time order (the chunks' extents do not overlap): ranges follow the chunks, so each reads one
+    # spilled chunk; else ranges of ≈ part_rows from the t-samples, merged from the chunks that overlap them.
+    # Either way the edges are time values, so the output is the same.
+    follow = FOLLOW_SORTED_CHUNKS and spikes is None and in_time_order(chunks)
+    ranges = time_ranges(sorted_chunk_edges(chunks, part_rows) if follow else time_edges(chunks, part_rows))
     buckets = len(ranges)
 
     def overlapping(lo, hi):
         return [work / "chunks" / f"{c.index:06d}.arrow" for c in chunks if c.rows and c.t_max >= lo and c.t_min < hi]
+
+    reads = [len(overlapping(lo, hi)) for lo, hi in ranges]
+    order = {"path": "chunks" if follow else "merge", "ranges": len(ranges),
+             "one_chunk": sum(n == 1 for n in reads)}  # for the run's summary: which path ran
 
     resolution = cfg.tie_resolution_s / SECONDS_PER[cfg.time_unit]
     barriers, marks_all = list(bounds_t.values()), list(MARK_COLUMNS)
@@ -216,7 +235,7 @@ def finish_partitioned(parts: list, cfg, bounds_t: dict, train_range, crs_in, co
                              if label_rows[n]},
         "normalisation": normalisation, "marks": [m for m in ("magnitude", "category", "unit") if m in marks],
         "time_range": time_range, "quarantined": bool(reject_files),
-        "spikes": spike_info, "stages": stages,
+        "spikes": spike_info, "stages": stages, "order": order,
     }
     return projection, summary
 
