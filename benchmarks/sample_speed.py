@@ -70,7 +70,8 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default="paper", choices=["paper", "default"])
     ap.add_argument("--checkpoint", help="a trained best.pt (its own configuration is used)")
     ap.add_argument("--shapes", default="256x1,1000x100", help="histories x samples, comma-separated")
-    ap.add_argument("--samplers", default="ddpm,ddim50,dpm10")
+    ap.add_argument("--samplers", default="ddpm,ddim50,dpm10,ode",
+                    help="which to time (the line of the one forecasts use by default says 'default')")
     ap.add_argument("--skip-ddpm-above", type=int, default=10_000,
                     help="skip DDPM for shapes with more draws than this (500 steps x 100,000 draws is minutes)")
     ap.add_argument("--repeats", type=int, default=2)
@@ -128,7 +129,8 @@ def main(argv=None) -> None:
             draw()  # warm-up
             samp_s, out = timed(draw, device, args.repeats if name != "ddpm" else 1)
             e2e = H * n / (enc_s + samp_s)
-            line = (f"  {name:>7} ({nfe:>8} evals): sampler {samp_s:7.3f} s = {H * n / samp_s:11,.0f} draws/s | "
+            mark = "default" if name == default_name() else ""
+            line = (f"  {name:>7} {mark:>7} ({nfe:>8} evals): sampler {samp_s:7.3f} s = {H * n / samp_s:11,.0f} draws/s | "
                     f"end to end {enc_s + samp_s:7.3f} s = {e2e:11,.0f} samples/s "
                     f"({e2e / PUBLIC_DSTPP_SAMPLES_PER_S:,.0f}x the public code's {PUBLIC_DSTPP_SAMPLES_PER_S}/s)")
             if args.quality:
@@ -144,6 +146,13 @@ def main(argv=None) -> None:
                 mine = draw_scaled(model, cond, n, sampler, device)
                 line += f"; mean |x0 - x0_ODE| (scaled) {(mine - odes).abs().mean():.4f}"
             print(line)
+
+
+def default_name() -> str:
+    """The --samplers name of what forecasts draw with unless told otherwise (stforecast.sampling.DEFAULT)."""
+    from stforecast.sampling import DEFAULT
+
+    return {"ode": "ode", "dpm": f"dpm{DEFAULT.steps}", "ddim": f"ddim{DEFAULT.steps}"}[DEFAULT.sampler]
 
 
 def draw_scaled(model, cond, n, sampler, device) -> torch.Tensor:

@@ -31,6 +31,7 @@ import pandas as pd
 from pipelines.batch_forecast import model_identity
 from pipelines.cluster import dask_client
 from pipelines.common import model_label
+from stforecast.defaults import CSEP_CHUNK, CSEP_MAX_EVENTS
 from stforecast.registry import REFERENCE
 from stforecast.sampling import CATALOGS, Sampling
 from stforecast.sampling import add_arguments as add_sampling_arguments
@@ -51,8 +52,8 @@ class DayTask:
     steps: int = CATALOGS.steps
     ode_tolerance: float = CATALOGS.tolerance
     magnitudes: str = CATALOGS.magnitudes
-    max_events: int = 1000
-    chunk: int = 1000
+    max_events: int = CSEP_MAX_EVENTS
+    chunk: int = CSEP_CHUNK
     seed: int = 0
     allow_other_catalog: bool = False
     baseline_mc: float | None = None  # a baseline is fitted on the events above this (the tests' Mc)
@@ -203,15 +204,33 @@ def summarise(results: list[DayResult], out: Path) -> tuple[pd.DataFrame, dict]:
                              "mean_events": (r.record or {}).get("mean_events"),
                              "observed_above_mc": (r.record or {}).get("csep", {}).get("observed_events"),
                              "seconds": (r.record or {}).get("seconds"),
+                             "capped": (r.record or {}).get("capped"),
                              **{t: ((r.record or {}).get("csep", {}).get(f"{t}_test") or {}).get("passed")
                                 for t in TESTS}}
                             for r in results])
-    atomic_write_text(out / "summary.md", "# CSEP evaluation\n\n" + summary_markdown(table) + "\n\n## Days\n\n"
+    atomic_write_text(out / "summary.md", "# CSEP evaluation\n\n" + cap_note(results) + "\n\n"
+                      + summary_markdown(table) + "\n\n## Days\n\n"
                       + summary_markdown(per_day))
     atomic_write_text(out / "summary.json", json.dumps({"table": table.to_dict("records"),
                                                         "days": per_day.to_dict("records"), "calibration": plots},
                                                        indent=1, default=str))
     return table, plots
+
+
+def cap_note(results: list) -> str:
+    """One sentence per model: the per-catalog event cap and how many simulated catalogs reached it."""
+    lines = []
+    for label in dict.fromkeys(r.label for r in results):
+        records = [r.record for r in results if r.label == label and r.record]
+        caps = sorted({rec.get("max_events") for rec in records if rec.get("max_events") is not None})
+        if not caps:
+            continue
+        capped = sum(int(rec.get("capped") or 0) for rec in records)
+        total = sum(int(rec.get("n_catalogs") or 0) for rec in records)
+        lines.append(f"{label}: each simulated catalog is capped at {', '.join(f'{c:,}' for c in caps)} events; "
+                     f"{capped:,} of {total:,} catalogs over {len(records)} days reached the cap (their counts are "
+                     "lower bounds).")
+    return "\n".join(lines)
 
 
 def track(table: pd.DataFrame, out: Path, settings: dict) -> None:
@@ -254,8 +273,10 @@ def add_parser(sub) -> None:
     p.add_argument("--start", required=True, help="first forecast day (UTC date)")
     p.add_argument("--days", type=int, default=30, help="number of consecutive daily forecasts (default 30)")
     p.add_argument("--catalogs", type=int, default=10_000, help="simulated catalogs per day (CSEP's standard 10,000)")
-    p.add_argument("--max-events", type=int, default=1000, help="cap per simulated catalog")
-    p.add_argument("--chunk", type=int, default=1000, help="catalogs simulated together (bounds memory)")
+    p.add_argument("--max-events", type=int, default=CSEP_MAX_EVENTS,
+                   help=f"cap per simulated catalog, counted in the summary (default {CSEP_MAX_EVENTS})")
+    p.add_argument("--chunk", type=int, default=CSEP_CHUNK,
+                   help=f"catalogs simulated together in one lock-step (default {CSEP_CHUNK:,}; smaller bounds memory)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the first day (day d uses seed + d)")
     p.add_argument("--out", help="output folder (default reports/csep/<data>-<start>-<days>d)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)")

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stforecast.defaults import CSEP_CHUNK, CSEP_MAX_EVENTS
 from stforecast.models.marks import M_MAX, sample_gutenberg_richter
 from stforecast.sampling import MAGNITUDES
 
@@ -139,6 +140,7 @@ class CatalogForecastWriter:
 
         if self._stack is not None:
             raise RuntimeError(f"{self.path.name}: the writer is already open")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         stack = contextlib.ExitStack()
         self._handle = stack.enter_context(atomic_output(self.path, "w", encoding="utf-8", newline=""))
         self._stack = stack
@@ -454,12 +456,13 @@ def catalog_forecaster(catalog, model, sampling):
 
 
 def forecast_day(catalog, model, start, n_catalogs: int, folder, *, days: float = 1.0, magnitudes: str = "model",
-                 chunk: int = 1000, max_events: int = 1000, max_history: int | None = None, seed: int = 0,
-                 progress: bool = False, gr: tuple[float, float] | None = None) -> dict:
+                 chunk: int = CSEP_CHUNK, max_events: int = CSEP_MAX_EVENTS, max_history: int | None = None,
+                 seed: int = 0, progress: bool = False, gr: tuple[float, float] | None = None) -> dict:
     """One CSEP forecast: ``n_catalogs`` catalogs for [``start``, ``start + days``) from any forecaster, conditioned
     on every event of ``catalog`` (an IngestedCatalog with calendar times and magnitudes) before ``start``,
-    simulated ``chunk`` at a time (:meth:`~stforecast.models.base.Forecaster.simulate_catalogs`) and streamed to
-    the pyCSEP file in ``folder`` (memory bounded by a chunk). ``magnitudes``: "model" (the model's own: DSTPP's
+    simulated ``chunk`` at a time (:meth:`~stforecast.models.base.Forecaster.simulate_catalogs`; default all of
+    them in one lock-step) and streamed to the pyCSEP file in ``folder``, each catalog stopped at ``max_events``
+    (the record counts those capped). ``magnitudes``: "model" (the model's own: DSTPP's
     head, ETAS's Gutenberg–Richter law) or "gutenberg-richter" (the fill-in with ``gr`` = (Mc, b), default
     :func:`completeness`). Returns the day's record (file, counts, seconds)."""
     import time
@@ -497,5 +500,5 @@ def forecast_day(catalog, model, start, n_catalogs: int, folder, *, days: float 
             "seconds": time.perf_counter() - began, "mean_events": float(counts.mean()),
             "count_quantiles": {str(q): float(v) for q, v in zip((0.025, 0.5, 0.975),
                                                                    np.quantile(counts, [0.025, 0.5, 0.975]))},
-            "capped": int(capped.sum()), "observed_events": int(len(observed)),
+            "max_events": int(max_events), "capped": int(capped.sum()), "observed_events": int(len(observed)),
             "observed_events_above_mc": int((observed["magnitude"] >= mc - 1e-9).sum())}

@@ -19,7 +19,7 @@ def test_quick_benchmark_on_the_three_primary_catalogs(tmp_path, monkeypatch, ca
     monkeypatch.setenv("STFORECAST_ARTIFACT_ROOT", str(tmp_path / "art"))
     monkeypatch.setenv("STFORECAST_PROCESSED_DIR", str(tmp_path / "processed"))
     out = tmp_path / "report"
-    rc = main(["benchmark", "--quick", "--catalogs", "japan,chicago,wmaze", "--out", str(out),
+    rc = main(["benchmark", "--quick", "--ablations", "--catalogs", "japan,chicago,wmaze", "--out", str(out),
                "--runs", str(tmp_path / "runs"), "--no-progress"])
     assert rc == 0
     assert capsys.readouterr().out.count("fitting baselines") == 3  # once per catalog, ablations included

@@ -82,7 +82,33 @@ def test_csep_eval_runs_daily_tests_for_dstpp_and_etas_and_skips_done_days(ridge
             assert n["observed"] == rec["csep"]["observed_events"] and len(n["quantile"]) == 2
             assert (tmp_path / model / day / rec["csep"]["number_test"]["plot"]).is_file()
     assert (tmp_path / "summary.md").read_text().count("|") > 20
+    assert f"{label}: each simulated catalog is capped at 50 events" in (tmp_path / "summary.md").read_text()
     assert any(p.name.startswith(f"calibration_{label}_number") for p in tmp_path.glob("*.png"))
     before = (tmp_path / label / "2019-07-10" / "day.json").stat().st_mtime_ns
     assert main(args + ["--local"]) == 0  # same inputs: every day is skipped, nothing rewritten
     assert (tmp_path / label / "2019-07-10" / "day.json").stat().st_mtime_ns == before
+
+
+def test_a_csep_day_caps_each_catalog_and_counts_the_capped_ones(ridgecrest_with_magnitudes, tmp_path):
+    """Issue 23: a day's catalogs stop at ``max_events`` each, whether simulated in one lock-step or in chunks,
+    and the day's record states the cap and counts the catalogs that reached it (ETAS fitted on the Ridgecrest
+    sample: the day after the M7.1 mainshock, when its catalogs run long)."""
+    from stforecast.csep import forecast_day
+    from stforecast.ingested import IngestedCatalog
+    from stforecast.registry import load_forecaster
+
+    r, _ = ridgecrest_with_magnitudes
+    catalog = IngestedCatalog.open(r.out_dir)
+    model = load_forecaster("etas", catalog, cache_root=tmp_path / "fits", log=lambda *a: None)
+    free = forecast_day(catalog, model, "2019-07-10", 60, tmp_path / "free", max_events=100_000, seed=1)
+    assert free["capped"] == 0 and free["max_events"] == 100_000
+    cap = int(np.quantile(pd.read_csv(free["file"]).dropna(subset=["mag"]).groupby("catalog_id").size(), 0.5))
+    assert cap >= 2
+    for chunk in (60, 25):
+        rec = forecast_day(catalog, model, "2019-07-10", 60, tmp_path / str(chunk), max_events=cap, chunk=chunk,
+                           seed=1)
+        per_catalog = pd.read_csv(rec["file"]).dropna(subset=["mag"]).groupby("catalog_id").size()
+        assert rec["max_events"] == cap and per_catalog.max() <= cap
+        # a capped catalog drew its ``cap`` events from the history's end on, so at most that many in the day
+        assert 0 < rec["capped"] <= 60 and rec["capped"] >= int((per_catalog == cap).sum())
+        assert rec["mean_events"] < free["mean_events"]

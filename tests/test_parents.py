@@ -147,3 +147,40 @@ def test_a_training_step_learns_and_the_checkpoint_restores_the_background(tmp_p
     assert float(back.mixture.bg_bandwidth) == float(model.mixture.bg_bandwidth)
     xy = torch.tensor([[-30.0, 20.0], [10.0, 10.0]])
     assert torch.allclose(back.mixture.place_log_prob(xy, back.scaler), model.mixture.place_log_prob(xy, model.scaler))
+
+
+def test_a_cached_simulation_offers_the_parents_and_weights_of_the_history_it_has_built():
+    """Issue 23: a mixture's horizon simulation carries its encoder state and its rows forward (MixtureStepper)
+    instead of re-encoding every simulation's history at every event; after each simulated event its components
+    must be those of the model on the observed history extended by that simulation's events."""
+    from stforecast.models.dstpp.simulation import MixtureStepper
+
+    model = mixture_model()
+    rng = np.random.default_rng(3)
+    t = np.cumsum(rng.exponential(0.4, 12) + 0.01)
+    xy = np.column_stack([rng.uniform(-90, 90, 12), rng.uniform(-40, 70, 12)])
+    mags = rng.uniform(2.5, 6.5, 12)
+    batch = model.history_batch(Histories(t[None], xy[None], {"magnitude": mags[None]}), 64)
+    with torch.no_grad():
+        start = model.encoder.start(batch.time, model.scaler.position(batch.xy), *model.row_features(batch))
+        stepper = MixtureStepper(model, start.expand(4), batch, t[0], model.sampler_object(),
+                                 torch.Generator().manual_seed(0))
+        sims_t, sims_xy, sims_m = [np.tile(a, (4,) + (1,) * (a.ndim)) for a in (t, xy, mags)]
+        for step in range(3):
+            drawn, marks = stepper.draw(rng)
+            assert drawn.shape == (len(sims_t), 3) and "magnitude" in marks
+            keep = np.arange(len(sims_t))[: len(sims_t) - (step == 1)]  # one simulation retires at step 1
+            new_t = sims_t[keep, -1] + drawn[keep, 0]
+            stepper.advance(keep, new_t, drawn[keep], {k: v[keep] for k, v in marks.items()})
+            sims_t = np.column_stack([sims_t[keep], new_t])
+            sims_xy = np.concatenate([sims_xy[keep], drawn[keep, None, 1:]], 1)
+            sims_m = np.column_stack([sims_m[keep], marks["magnitude"][keep]])
+            built = model.history_batch(Histories(sims_t, sims_xy, {"magnitude": sims_m}), 64)
+            cond = stepper.cache.state
+            torch.testing.assert_close(cond, model.last_states(built), atol=2e-5, rtol=1e-4)
+            b = torch.arange(len(keep))
+            cached = model.mixture.components(stepper.rows, cond, b, torch.full_like(b, sims_t.shape[1] - 1), model)
+            fresh = model.next_components(built, cond)
+            torch.testing.assert_close(cached["ref"], fresh["ref"], atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(cached["log_pi"], fresh["log_pi"], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(cached["cond"], fresh["cond"], atol=1e-4, rtol=1e-4)

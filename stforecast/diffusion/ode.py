@@ -44,10 +44,22 @@ class ODELogProb:
     nfe: int  # evaluations of the vector field (each: one denoise call and D vector-Jacobian products)
 
 
+class StepClamped:
+    """``denoise`` seeing s clamped to ≥ ``lo`` (and its ``divergence``, where it has one)."""
+
+    def __init__(self, denoise: Denoise, lo: float = 0.0):
+        self.denoise, self.lo = denoise, lo
+        if hasattr(denoise, "divergence"):
+            self.divergence = lambda x, s: denoise.divergence(x, s.clamp(min=lo))
+
+    def __call__(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.denoise(x, s.clamp(min=self.lo))
+
+
 def clamp_steps(denoise: Denoise, lo: float = 0.0) -> Denoise:
     """``denoise`` seeing s clamped to ≥ ``lo``. A network trained on steps 0..K−1 is then evaluated at step 0 on
     s ∈ [−1, 0], the last stretch to the data, as DDIM's final step (k = 0 → x̂0) does."""
-    return lambda x, s: denoise(x, s.clamp(min=lo))
+    return StepClamped(denoise, lo)
 
 
 def _max_norm(t: torch.Tensor) -> torch.Tensor:
@@ -69,6 +81,9 @@ class ProbabilityFlow:
 
     def __init__(self, schedule, rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5"):
         self.steps, self.rtol, self.atol, self.method = schedule.steps, rtol, atol, method
+        #: "auto": the likelihood's trace from the denoiser's ``divergence`` where it has one; "autograd": from D
+        #: vector-Jacobian products always (the reference the fast path is checked against)
+        self.trace = "auto"
         sigma = schedule.sqrt_recipm1_alpha_bar  # σ̄_k, computed in float64 before the cast: more digits than ᾱ_k
         tau = torch.cat([torch.zeros(1, dtype=torch.float64), torch.asinh(sigma.detach().double().cpu())])
         slopes = PchipInterpolator(tau.numpy(), range(-1, self.steps)).derivative()(tau.numpy())  # ds/dτ
@@ -125,20 +140,28 @@ class ProbabilityFlow:
 
         ``denoise`` gets x (N, D) float64 and s (0-dim float64, continuous, ≥ −1: wrap it in :func:`clamp_steps`
         for a network trained on integer steps). Row n of ε̂ must depend on row n of x only (the trace takes D
-        vector-Jacobian products over the whole batch). Evaluation only: not differentiable in the parameters.
+        vector-Jacobian products over the whole batch). Where ``denoise`` has ``divergence(x, s) -> (ε̂, Σ_i
+        ∂ε̂_i/∂x_i)``, the trace comes from it instead (the same number, without the backward passes: DSTPP's
+        denoiser computes it in one forward pass with tangents). Evaluation only: not differentiable in the
+        parameters.
         """
         n, d = x0.shape
         nfe = 0
+        divergence = getattr(denoise, "divergence", None) if self.trace == "auto" else None
 
         def field(tau, state):
             nonlocal nfe
             nfe += 1
-            with torch.enable_grad():  # works under an outer no_grad
-                x = state[:, :d].detach().requires_grad_(True)
-                eps = denoise(x, self.step_at(tau))
-                # exact divergence: one vector-Jacobian product per output coordinate (D is 3 or 4)
-                trace = sum(torch.autograd.grad(eps[:, i].sum(), x, retain_graph=i < d - 1)[0][:, i]
-                            for i in range(d))
+            if divergence is not None:
+                eps, trace = divergence(state[:, :d], self.step_at(tau))
+                x = state[:, :d]
+            else:
+                with torch.enable_grad():  # works under an outer no_grad
+                    x = state[:, :d].detach().requires_grad_(True)
+                    eps = denoise(x, self.step_at(tau))
+                    # exact divergence: one vector-Jacobian product per output coordinate (D is 3 or 4)
+                    trace = sum(torch.autograd.grad(eps[:, i].sum(), x, retain_graph=i < d - 1)[0][:, i]
+                                for i in range(d))
             shrink = torch.tanh(tau)
             return torch.cat([eps.detach() - shrink * x.detach(), (trace - d * shrink).unsqueeze(-1)], -1)
 

@@ -67,3 +67,39 @@ class CoAttentionDenoiser(nn.Module):
         o_t = alpha_t[..., :1] * h_t + alpha_t[..., 1:] * h_s
         o_s = alpha_s[..., :1] * h_t + alpha_s[..., 1:] * h_s
         return torch.cat([self.head_t(o_t), self.head_s(o_s)], -1)
+
+    def divergence(self, x_k: torch.Tensor, k: torch.Tensor, ctx: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε̂ (..., 3) as :meth:`forward`, and its divergence Σ_i ∂ε̂_i/∂x_i (...), exactly, in one forward pass
+        carrying tangents: the waiting time's through the temporal branch, x's and y's through the spatial one (the
+        attention weights do not depend on x_k). What the probability-flow ODE's likelihood needs at every
+        evaluation, for about the cost of two forward passes instead of a forward and three backward ones."""
+        e = self.step_embedding(k)
+        alpha_s, alpha_t = (torch.softmax(rest(g + lin(e)), -1) for g, lin, rest in
+                            zip(ctx["att_g"], self.att_e, self.att_rest))
+        h_t, h_s = x_k[..., :1], x_k[..., 1:]
+        tan_t = tan_s = None  # ∂h_t/∂dt (..., w) and ∂h_s/∂(x, y) (..., 2, w)
+        for lin_t, lin_s, ct, cs in zip(self.w_t, self.w_s, ctx["ct"], ctx["cs"]):
+            pre_t, pre_s = lin_t(h_t) + e + ct, lin_s(h_s) + e + cs
+            tan_t = lin_t.weight[:, 0] if tan_t is None else tan_t @ lin_t.weight.T
+            tan_s = lin_s.weight.T if tan_s is None else tan_s @ lin_s.weight.T
+            tan_t, tan_s = tan_t * (pre_t > 0), tan_s * (pre_s > 0).unsqueeze(-2)
+            h_t, h_s = F.relu(pre_t), F.relu(pre_s)
+        h_t, h_s = self.out_t(h_t), self.out_s(h_s)
+        tan_t, tan_s = tan_t @ self.out_t.weight.T, tan_s @ self.out_s.weight.T
+        o_t = alpha_t[..., :1] * h_t + alpha_t[..., 1:] * h_s
+        o_s = alpha_s[..., :1] * h_t + alpha_s[..., 1:] * h_s
+        eps = torch.cat([self.head_t(o_t), self.head_s(o_s)], -1)
+        # only the diagonal: dt reaches ε̂_t through o_t's h_t share; x, y reach ε̂_x, ε̂_y through o_s's h_s share
+        d_t = self._head_tangent(self.head_t, o_t, alpha_t[..., :1] * tan_t)[..., 0]
+        d_s = self._head_tangent(self.head_s, o_s, alpha_s[..., 1:].unsqueeze(-1) * tan_s)  # (..., 2, 2)
+        return eps, d_t + d_s[..., 0, 0] + d_s[..., 1, 1]
+
+    @staticmethod
+    def _head_tangent(head: nn.Sequential, o: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
+        """The tangent of ``head`` (Linear, ReLU, Linear) at ``o`` (..., w) along ``tangent`` (..., w) or
+        (..., m, w): (..., out) or (..., m, out)."""
+        first, _, last = head
+        active = first(o) > 0
+        if tangent.dim() > o.dim():
+            active = active.unsqueeze(-2)
+        return ((tangent @ first.weight.T) * active) @ last.weight.T

@@ -60,11 +60,20 @@ class EncoderLayer(nn.Module):
         q, k, v = self.qkv(x).view(B, 1, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         cache.append(k, v)
         scale = (d // self.heads) ** -0.5
-        # scores against the shared prefix (broadcast, never copied per sequence) and each sequence's own rows
-        scores = [q @ key.transpose(-1, -2) * scale for key in cache.keys()]
+        # scores against the shared prefix and each sequence's own rows
+        scores = [_shared_matmul(q, key.transpose(-1, -2)) * scale for key in cache.keys()]
         w = torch.softmax(torch.cat(scores, -1), -1).split([sc.shape[-1] for sc in scores], -1)
-        a = sum(wi @ vi for wi, vi in zip(w, cache.values()))
+        a = sum(_shared_matmul(wi, vi) for wi, vi in zip(w, cache.values()))
         return self._finish(x, a)
+
+
+def _shared_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a`` (B, heads, 1, m) @ ``b`` (1 or B, heads, m, n) → (B, heads, 1, n). A ``b`` shared by all B sequences (the
+    observed history's keys and values) is one (heads, B, m) @ (heads, m, n) product: broadcast over B, matmul
+    would expand it to B copies first (80 MB per layer and step for 5,000 simulations of a 128-event history)."""
+    if b.shape[0] == 1 and a.shape[0] > 1:
+        return (a[:, :, 0].transpose(0, 1) @ b[0]).transpose(0, 1).unsqueeze(2)
+    return a @ b
 
 
 class LayerCache:
@@ -100,7 +109,14 @@ class LayerCache:
         if self.prefix[0].shape[0] > 1:
             self.prefix = tuple(t[index] for t in self.prefix)
         if self.own is not None:
-            self.own = tuple(t[index, :, :max(self.n, 1)] for t in self.own)
+            # the filled rows into a buffer of the same capacity: sliced to n, the next append would grow (copy) it
+            # again at once, two copies of every live sequence's rows at each step where one retires
+            kept = []
+            for t in self.own:
+                fresh = t.new_empty((len(index),) + t.shape[1:])
+                fresh[:, :, :self.n] = t[index, :, :self.n]
+                kept.append(fresh)
+            self.own = tuple(kept)
 
     def expand(self, batch: int) -> "LayerCache":
         """A fresh cache for ``batch`` sequences that all start from this one's prefix (nothing of their own)."""
@@ -111,19 +127,39 @@ class LayerCache:
 @dataclass
 class EncoderCache:
     """What :meth:`HistoryEncoder.advance` needs to add a row to B sequences: per stream, each attention layer's
-    :class:`LayerCache` and the recurrent head's (h, c) (each (1, B, hidden)); and ``state`` (B, 3 d), the encoder
-    state after the newest row."""
+    :class:`LayerCache` and the recurrent head's (h, c) (each (1, B', hidden)); and ``state`` (B, 3 d), the encoder
+    state after the newest row.
+
+    Retired sequences leave lazily: ``live`` (B,) the buffer rows of the B live sequences (None: all B' = B of
+    them). The buffers are compacted only once a quarter of their rows are retired; until then the retired rows ride
+    along (a step computes them too), instead of every live sequence's keys and values being copied at every step
+    where one retires."""
 
     layers: list  # [stream][layer] -> LayerCache
     rnn: list  # [stream] -> (h, c) or None
     state: torch.Tensor
+    live: torch.Tensor | None = None
+    buffer_rows: int = 0  # B' while ``live`` is set
 
     def select(self, index: torch.Tensor) -> None:
-        for stream in self.layers:
-            for cache in stream:
-                cache.select(index)
-        self.rnn = [None if hc is None else tuple(t[:, index] for t in hc) for hc in self.rnn]
+        if self.live is None:
+            self.buffer_rows = self.state.shape[0]
+        self.live = index if self.live is None else self.live[index]
         self.state = self.state[index]
+        if len(self.live) < 0.75 * self.buffer_rows:
+            for stream in self.layers:
+                for cache in stream:
+                    cache.select(self.live)
+            self.rnn = [None if hc is None else tuple(t[:, self.live] for t in hc) for hc in self.rnn]
+            self.live = None
+
+    def to_buffer(self, v: torch.Tensor | None) -> torch.Tensor | None:
+        """A live sequences' input (B, ...) placed at their buffer rows (B', ...), zeros at the retired ones."""
+        if v is None or self.live is None:
+            return v
+        out = v.new_zeros((self.buffer_rows,) + v.shape[1:])
+        out[self.live] = v
+        return out
 
     def expand(self, batch: int) -> "EncoderCache":
         """``batch`` copies of a one-sequence cache (the shared observed history of ``batch`` simulations)."""
@@ -218,13 +254,14 @@ class HistoryEncoder(nn.Module):
              mark: torch.Tensor | None = None) -> torch.Tensor:
         """Add one row to each of the cache's B sequences (inputs as :meth:`forward`'s, shaped (B,) and (B, 2)):
         the cost of one row, not of re-encoding the history. Returns and stores the new state (B, 3 d)."""
-        add = (lambda v: None if v is None else v.unsqueeze(1))
+        add = (lambda v: None if v is None else cache.to_buffer(v).unsqueeze(1))
         e_t, e_s = self.embed(add(time), add(xy_scaled), add(wait), add(step), add(mark))
         out = []
         for i, (stream, x) in enumerate(zip(self.streams, (e_t, e_s, e_t + e_s))):
             y, cache.rnn[i] = stream.step(x, cache.layers[i], cache.rnn[i])
             out.append(y[:, 0])
-        cache.state = torch.cat(out, -1)
+        state = torch.cat(out, -1)
+        cache.state = state if cache.live is None else state[cache.live]
         return cache.state
 
     def embed(self, time, xy_scaled, wait=None, step=None, mark=None):

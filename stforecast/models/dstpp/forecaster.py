@@ -49,22 +49,9 @@ class DiffusionNextEvent(NextEvent):
         return Samples(draws.double().cpu().numpy(), marks)
 
     def sample_mixture(self, n: int, sampler, gen: torch.Generator) -> torch.Tensor:
-        """(H, n, 3) draws of a parent mixture: each draw picks its component by the weights π, then a parent's
-        component samples its diffusion (one batched solve for all of them), the background its closed form."""
-        model, cond = self.model, self.cond
-        comps = model.next_components(self.batch, cond)
-        H, J = comps["ref"].shape[:2]
-        pick = torch.multinomial(comps["log_pi"].exp(), n, replacement=True, generator=gen)  # (H, n)
-        h = torch.arange(H, device=cond.device).unsqueeze(1).expand(H, n)
-        out = torch.empty((H, n, 3), device=cond.device, dtype=cond.dtype)
-        parent = pick < J
-        if parent.any():
-            hp, cp = h[parent], pick[parent]
-            out[parent] = model.sample_from_condition_with(comps["cond"][hp, cp], 1, sampler, gen,
-                                                           comps["ref"][hp, cp])[:, 0].to(out.dtype)
-        if (~parent).any():
-            out[~parent] = model.mixture.sample_background(cond[h[~parent]], model.scaler, gen).to(out.dtype)
-        return out
+        """(H, n, 3) draws of a parent mixture (:meth:`DSTPP.sample_components`)."""
+        return self.model.sample_components(self.model.next_components(self.batch, self.cond), self.cond, n,
+                                            sampler, gen)
 
     def mark_nll(self, marks: dict) -> dict:
         """{"magnitude": (H,)} exact NLL of the held-out magnitudes by the model's head (nats per magnitude unit),

@@ -32,6 +32,20 @@ from stforecast.models.dstpp.scaler import Scaler
 from stforecast.models.marks import sample_gutenberg_richter
 
 
+class ContinuousDenoiser:
+    """The denoiser at continuous steps for the ODE: float64 in and out, the network in ``dtype``."""
+
+    def __init__(self, denoiser, ctx: dict, dtype: torch.dtype):
+        self.denoiser, self.ctx, self.dtype = denoiser, ctx, dtype
+
+    def __call__(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x.to(self.dtype), s.to(self.dtype), self.ctx).double()
+
+    def divergence(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps, div = self.denoiser.divergence(x.to(self.dtype), s.to(self.dtype), self.ctx)
+        return eps.double(), div.double()
+
+
 class DSTPP(nn.Module, Forecaster):
     name = "dstpp"
     context = 128  # the newest events a forecast conditions on where the catalog defines no sequences
@@ -131,11 +145,9 @@ class DSTPP(nn.Module, Forecaster):
 
     def continuous_denoiser(self, ctx: dict):
         """``denoise(x, s)`` for the ODE: float64 in and out, the network in its own precision, evaluated at
-        step max(s, 0) (it was trained on steps 0..K-1)."""
-        def denoise(x, s):
-            return self.denoiser(x.to(self.schedule.betas.dtype), s.to(self.schedule.betas.dtype), ctx).double()
-
-        return clamp_steps(denoise)
+        step max(s, 0) (it was trained on steps 0..K-1); with ``divergence`` (:meth:`CoAttentionDenoiser.divergence`)
+        for the likelihood."""
+        return clamp_steps(ContinuousDenoiser(self.denoiser, ctx, self.schedule.betas.dtype))
 
     def history_batch(self, histories: Histories, context: int | None = None) -> Batch:
         """The histories as a padded batch: the catalog's own sequences where they come with them (evaluation
@@ -322,6 +334,24 @@ class DSTPP(nn.Module, Forecaster):
                 rows = np.flatnonzero(np.isin(which, idx))
                 out[torch.as_tensor(rows, device=device)] = h[torch.as_tensor(local[which[rows]], device=device),
                                                                torch.as_tensor(cut[rows] - 1, device=device)].to(out.dtype)
+        return out
+
+    def sample_components(self, comps: dict, cond: torch.Tensor, n: int, sampler,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """(H, n, 3) draws of a parent mixture after H histories (states ``cond`` (H, 3 d), components ``comps`` of
+        :meth:`ParentMixture.components`): each draw picks its component by the weights π, then a parent's component
+        samples its diffusion (one batched solve for all of them), the background its closed form."""
+        H, J = comps["ref"].shape[:2]
+        pick = torch.multinomial(comps["log_pi"].exp(), n, replacement=True, generator=generator)  # (H, n)
+        h = torch.arange(H, device=cond.device).unsqueeze(1).expand(H, n)
+        out = torch.empty((H, n, 3), device=cond.device, dtype=cond.dtype)
+        parent = pick < J
+        if parent.any():
+            hp, cp = h[parent], pick[parent]
+            out[parent] = self.sample_from_condition_with(comps["cond"][hp, cp], 1, sampler, generator,
+                                                          comps["ref"][hp, cp])[:, 0].to(out.dtype)
+        if (~parent).any():
+            out[~parent] = self.mixture.sample_background(cond[h[~parent]], self.scaler, generator).to(out.dtype)
         return out
 
     def sample_from_condition_with(self, cond: torch.Tensor, n: int, sampler,

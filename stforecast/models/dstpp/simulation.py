@@ -3,8 +3,12 @@ forward one simulated event at a time (a method of :class:`~stforecast.models.ds
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
+
+from stforecast.batch import Batch
 
 from stforecast.models.base import Forecaster, Histories, chunk_within
 from stforecast.models.dstpp.encoder import EncoderCache
@@ -25,8 +29,10 @@ def simulate_catalogs(model, t: np.ndarray, xy: np.ndarray, marks: dict, t_end: 
     encoding, not a re-encoding of the whole history: the simulations' context grows from the newest
     ``max_history`` observed events (default: ``context``) by their own events instead of sliding. Each step
     samples as ``model.sampling`` says (``with_sampling(Sampling(sampler="dpm"))`` for the fast one) and the
-    magnitudes with ``model.magnitudes``. An Omori-chosen reference (``location = "parent"``) and a parent mixture take the generic path."""
-    if model.cfg.location == "parent" or model.mixture is not None:
+    magnitudes with ``model.magnitudes``. A parent mixture's stepper also keeps each simulation's rows, where its
+    candidate parents come from (:class:`MixtureStepper`). An Omori-chosen reference (``location = "parent"``)
+    takes the generic path."""
+    if model.cfg.location == "parent":
         yield from Forecaster.simulate_catalogs(model, t, xy, marks, t_end, n, rng, t_start=t_start, chunk=chunk,
                                                 max_events=max_events, max_history=max_history,
                                                 progress=progress)
@@ -46,6 +52,8 @@ def simulate_catalogs(model, t: np.ndarray, xy: np.ndarray, marks: dict, t_end: 
         gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
 
         def stepper(size: int) -> EncoderStepper:
+            if model.mixture is not None:
+                return MixtureStepper(model, start.expand(size), batch, t[0], sampler, gen)
             return EncoderStepper(model, start.expand(size), t[0], xy[-1], sampler, gen, batch.time.dtype)
 
         for part in lockstep(stepper, float(t[-1]), t_end, n, rng, t_start=t_start, chunk=chunk,
@@ -81,6 +89,42 @@ class EncoderStepper:
         extend(self.model, self.cache, torch.as_tensor(t - self.t0, dtype=self.dtype, device=new.device), new[:, 0],
                new[:, 1:], self.last_xy[sel], marks)
         self.last_xy = new[:, 1:]
+
+
+class MixtureStepper(EncoderStepper):
+    """:class:`EncoderStepper` for a parent mixture: beside the encoder state, each live simulation's rows (time
+    since the history's first row, location, magnitude; (B, L) with L = observed + own), which its candidate
+    parents are chosen from, as :meth:`ParentMixture.components` reads them from a batch. A row is one copy per
+    step, not a re-encoding."""
+
+    def __init__(self, model, cache: EncoderCache, history: Batch, t0: float, sampler, gen: torch.Generator):
+        n = int(history.lengths[0])
+        super().__init__(model, cache, t0, history.xy[0, n - 1].cpu().numpy(), sampler, gen, history.time.dtype)
+        size = cache.state.shape[0]
+        self.rows = SimpleNamespace(time=history.time[:1, :n].expand(size, n),
+                                    xy=history.xy[:1, :n].expand(size, n, 2),
+                                    mark=None if history.mark is None else history.mark[:1, :n].expand(size, n))
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        cond, rows = self.cache.state, self.rows
+        b = torch.arange(cond.shape[0], device=cond.device)
+        comps = self.model.mixture.components(rows, cond, b, torch.full_like(b, rows.time.shape[1] - 1), self.model)
+        self.drawn = self.model.sample_components(comps, cond, 1, self.sampler, self.gen)[:, 0]
+        mags = self.model.sample_magnitudes(cond, 1, rng, self.gen)
+        return self.drawn.double().cpu().numpy(), {k: v[:, 0] for k, v in mags.items()}
+
+    def advance(self, keep: np.ndarray, t: np.ndarray, events: np.ndarray, marks: dict) -> None:
+        sel = torch.as_tensor(keep, device=self.last_xy.device)
+        rows, new = self.rows, self.drawn[sel].to(self.dtype)
+        time = torch.as_tensor(t - self.t0, dtype=self.dtype, device=new.device)
+        rows.time = torch.cat([rows.time[sel], time.unsqueeze(1)], 1)
+        rows.xy = torch.cat([rows.xy[sel], new[:, 1:].unsqueeze(1)], 1)
+        if rows.mark is not None:
+            m = marks.get("magnitude")
+            m = (torch.full_like(time, float("nan")) if m is None
+                 else torch.as_tensor(m, dtype=self.dtype, device=new.device))
+            rows.mark = torch.cat([rows.mark[sel], m.unsqueeze(1)], 1)
+        super().advance(keep, t, events, marks)
 
 
 def extend(model, cache: EncoderCache, time: torch.Tensor, dt: torch.Tensor, xy: torch.Tensor,
