@@ -8,6 +8,7 @@ For ``--targets`` validation events (seeded as the benchmark picks them) it runs
 * **fast**: what ``evaluate`` and ``benchmark`` run, the forecast's ``nll`` (the ODE's trace from the denoiser's own
   divergence, one forward pass carrying tangents; the solver error measured on the first 200 events at half the
   tolerance, reusing the main solve as its base);
+* **fast, the solve alone**: the same without the solver-error solve, to compare with
 * **reference**: the same solve (dopri5, tolerance 1e-4, float64 state, one batched solve) with the trace by
   vector-Jacobian products, as before issue 23, without the solver-error solve.
 
@@ -50,14 +51,19 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     fast = dist.nll(targets.truth)
     fast_s = time.perf_counter() - t0
-    flow.trace = "autograd"
-    try:
+
+    def bare():
         t0 = time.perf_counter()
         if model.mixture is None:
-            ref, info = model.exact_nll(dist.batch, truth, cond=dist.cond)
+            nll, info = model.exact_nll(dist.batch, truth, cond=dist.cond)
         else:
-            ref, info = model.mixture_exact_nll(dist.batch, truth, dist.cond)
-        ref_s = time.perf_counter() - t0
+            nll, info = model.mixture_exact_nll(dist.batch, truth, dist.cond)
+        return nll, info, time.perf_counter() - t0
+
+    _, bare_info, bare_s = bare()
+    flow.trace = "autograd"
+    try:
+        ref, info, ref_s = bare()
     finally:
         flow.trace = "auto"
     delta = np.asarray(fast.joint_per_event) - ref.cpu().numpy()
@@ -66,6 +72,8 @@ def main(argv=None) -> None:
     print(f"  fast (what evaluate runs, solver error on {min(dist.error_events, n)} events included): {fast_s:.1f} s "
           f"({1000 * fast_s / n:.0f} ms/event), {fast.extra['nll_ode_nfe']} evaluations, NLL "
           f"{np.mean(fast.joint_per_event):.4f}, solver error {fast.extra['nll_ode_solver_error']:.4f} nats")
+    print(f"  fast, the solve alone (no solver-error solve): {bare_s:.1f} s ({1000 * bare_s / n:.0f} ms/event), "
+          f"{bare_info['nfe']} evaluations")
     print(f"  reference (autograd trace, no solver-error solve): {ref_s:.1f} s ({1000 * ref_s / n:.0f} ms/event), "
           f"{info['nfe']} evaluations, NLL {float(ref.mean()):.4f}")
     print(f"  fast - reference per event: mean {delta.mean():+.5f}, mean |d| {np.abs(delta).mean():.5f}, max |d| "

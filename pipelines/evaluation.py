@@ -51,7 +51,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def fit_catalog_baselines(catalog, names=tuple(BASELINES), max_events: int | None = None, log=print) -> dict:
     """The named baselines that apply to ``catalog`` (an IngestedCatalog, folder or name), fitted on its events
-    before the validation start (name → Forecaster; ``max_events``: only the latest ones, for quick runs). Empty
+    before the validation start (name → Forecaster; ``max_events``: only the latest ones, for quick runs; the full
+    fits are read from :func:`~stforecast.registry.cached_baseline`'s cache when this catalog was fitted before). Empty
     for catalogs with the source's own (non-chronological) split: they have no continuous past to condition on."""
     from stforecast.ingested import as_catalog
     from stforecast.registry import fit_baselines
@@ -63,6 +64,12 @@ def fit_catalog_baselines(catalog, names=tuple(BASELINES), max_events: int | Non
         log(f"{catalog.name}: the source's own split is not one continuous catalog, so the baselines "
             "(which condition on the whole past) are skipped")
         return {}
+    if max_events is None:  # the full fits: from the cache every command shares when this catalog was fitted before
+        from stforecast.registry import applies, cached_baseline
+
+        log(f"fitting baselines {list(names)} on events before the validation start (or reading their cached fits) "
+            "...")
+        return {n: cached_baseline(n, catalog, log=log) for n in names if applies(n, catalog.events)}
     log(f"fitting baselines {list(names)} on events before the validation start ...")
     return fit_baselines(catalog.events, catalog.split_start("val"), mc=catalog.completeness(),
                          max_events=max_events, names=names)

@@ -49,7 +49,8 @@ def mixture_exact_nll(model, histories: Batch, truth: torch.Tensor, cond: torch.
     """A parent mixture's exact next-event NLL (H,) of ``truth`` (H, 3) after each history (states ``cond`` (H, 3 d)):
     −logsumexp over the components of log π_c + log p_c, each parent component's density its probability-flow
     ODE's (one solve over all H × J (history, parent) pairs), the background's in closed form. ``info`` as
-    :func:`exact_nll`'s (the solver error measured on the first ``error_events`` histories' components)."""
+    :func:`exact_nll`'s (the solver error measured on the components of the first ``error_events`` / J histories:
+    as many solved rows as a single-reference model's)."""
     with evaluating(model):
         comps = model.next_components(histories, cond)
         H, J = comps["ref"].shape[:2]
@@ -62,7 +63,7 @@ def mixture_exact_nll(model, histories: Batch, truth: torch.Tensor, cond: torch.
         result = flow.log_prob(model.continuous_denoiser(ctx), x0)
         info = {"nfe": result.nfe, "solver_error": float("nan")}
         if error_events:
-            k = min(error_events, H) * J
+            k = max(1, min(error_events // J, H)) * J  # error_events (history, parent) rows, as many as a single model's
             sub = model.continuous_denoiser(model.denoiser.prepare(comps["cond"].reshape(H * J, -1)[:k]))
             info["solver_error"] = solver_error(flow, sub, x0[:k], first_rows(result, k))
         log_p = (result.log_prob + model.log_jacobian(rep, ref).sum(-1)).view(H, J)
