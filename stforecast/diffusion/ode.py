@@ -49,8 +49,8 @@ class StepClamped:
 
     def __init__(self, denoise: Denoise, lo: float = 0.0):
         self.denoise, self.lo = denoise, lo
-        if hasattr(denoise, "divergence"):
-            self.divergence = lambda x, s: denoise.divergence(x, s.clamp(min=lo))
+        inner = getattr(denoise, "divergence", None)
+        self.divergence = None if inner is None else (lambda x, s: inner(x, s.clamp(min=lo)))
 
     def __call__(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return self.denoise(x, s.clamp(min=self.lo))

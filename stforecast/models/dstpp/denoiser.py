@@ -103,3 +103,17 @@ class CoAttentionDenoiser(nn.Module):
         if tangent.dim() > o.dim():
             active = active.unsqueeze(-2)
         return ((tangent @ first.weight.T) * active) @ last.weight.T
+
+
+class ContinuousDenoiser:
+    """The denoiser at continuous steps for the ODE: float64 in and out, the network in ``dtype``."""
+
+    def __init__(self, denoiser, ctx: dict, dtype: torch.dtype):
+        self.denoiser, self.ctx, self.dtype = denoiser, ctx, dtype
+
+    def __call__(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x.to(self.dtype), s.to(self.dtype), self.ctx).double()
+
+    def divergence(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps, div = self.denoiser.divergence(x.to(self.dtype), s.to(self.dtype), self.ctx)
+        return eps.double(), div.double()

@@ -22,7 +22,7 @@ from stforecast.diffusion.schedule import (
 from stforecast.models.base import Forecaster, Histories
 from stforecast.models.dstpp import likelihood, simulation
 from stforecast.models.dstpp.config import DISPLACEMENTS, OUTSIDE, ModelConfig
-from stforecast.models.dstpp.denoiser import CoAttentionDenoiser
+from stforecast.models.dstpp.denoiser import CoAttentionDenoiser, ContinuousDenoiser
 from stforecast.models.dstpp.encoder import HistoryEncoder, length_buckets
 from stforecast.models.dstpp.forecaster import DiffusionNextEvent
 from stforecast.models.dstpp.head import MagnitudeHead
@@ -30,20 +30,6 @@ from stforecast.models.dstpp.modes import evaluating
 from stforecast.models.dstpp.parents import ParentMixture
 from stforecast.models.dstpp.scaler import Scaler
 from stforecast.models.marks import sample_gutenberg_richter
-
-
-class ContinuousDenoiser:
-    """The denoiser at continuous steps for the ODE: float64 in and out, the network in ``dtype``."""
-
-    def __init__(self, denoiser, ctx: dict, dtype: torch.dtype):
-        self.denoiser, self.ctx, self.dtype = denoiser, ctx, dtype
-
-    def __call__(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(x.to(self.dtype), s.to(self.dtype), self.ctx).double()
-
-    def divergence(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        eps, div = self.denoiser.divergence(x.to(self.dtype), s.to(self.dtype), self.ctx)
-        return eps.double(), div.double()
 
 
 class DSTPP(nn.Module, Forecaster):
