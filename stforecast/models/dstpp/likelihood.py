@@ -27,14 +27,20 @@ def exact_nll(model, histories: Batch, truth: torch.Tensor, tolerance: float | N
         truth = truth.to(cond.device)
         x0 = model.scaler(truth[:, 0], truth[:, 1:3], ref).double()
         flow = model.flow(tolerance)
-        result = flow.log_prob(model.continuous_denoiser(model.denoiser.prepare(cond)), x0)
+        ctx = model.denoiser.prepare(cond)
+        result = flow.log_prob(model.continuous_denoiser(ctx), x0)
         info = {"nfe": result.nfe, "solver_error": float("nan")}
         if error_events:
             k = min(error_events, len(x0))
-            sub = model.continuous_denoiser(model.denoiser.prepare(cond[:k]))
+            sub = model.continuous_denoiser(first_context_rows(ctx, k))
             info["solver_error"] = solver_error(flow, sub, x0[:k], first_rows(result, k))
         nll = -result.log_prob - model.log_jacobian(truth, ref).sum(-1)
         return nll, info
+
+
+def first_context_rows(ctx: dict, k: int) -> dict:
+    """The denoiser's prepared context (:meth:`CoAttentionDenoiser.prepare`, row-wise) of the first ``k`` rows."""
+    return {name: [t[:k] for t in parts] for name, parts in ctx.items()}
 
 
 def first_rows(result: ODELogProb, k: int) -> ODELogProb:
@@ -64,7 +70,7 @@ def mixture_exact_nll(model, histories: Batch, truth: torch.Tensor, cond: torch.
         info = {"nfe": result.nfe, "solver_error": float("nan")}
         if error_events:
             k = max(1, min(error_events // J, H)) * J  # error_events (history, parent) rows, as many as a single model's
-            sub = model.continuous_denoiser(model.denoiser.prepare(comps["cond"].reshape(H * J, -1)[:k]))
+            sub = model.continuous_denoiser(first_context_rows(ctx, k))
             info["solver_error"] = solver_error(flow, sub, x0[:k], first_rows(result, k))
         log_p = (result.log_prob + model.log_jacobian(rep, ref).sum(-1)).view(H, J)
         background = model.mixture.background_log_prob(cond, truth, model.scaler).unsqueeze(1)
